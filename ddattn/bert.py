@@ -1,0 +1,214 @@
+"""A compact BERT encoder in plain PyTorch, written as a pure function of its parameters.
+
+Dataset distillation differentiates through SGD steps taken on the model (paper Eq. 1, 7):
+θ_{t+1} = θ_t − η ∇_θ L(x̃, ỹ, θ_t). So the model here is not an nn.Module holding state but a function
+`bert_forward(theta, config, ...)` of a flat dict `theta` (name → tensor). A caller evaluates the model at
+θ_{t+1} simply by passing another dict; nothing is mutated and autograd sees every dependency.
+
+Architecture (Devlin et al., 2019), post-LayerNorm:
+    h⁰ = LN(E_word[ids] or x̃  +  E_pos[0..S)  +  E_type[types])
+    a  = LN(hˡ + Attn(hˡ))                      multi-head self-attention, padded keys masked
+    hˡ⁺¹ = LN(a + W₂ GELU(W₁ a))                 exact (erf) GELU
+    pooled = tanh(W_p h_[CLS] + b_p);  logits = W_c pooled + b_c     (fine-tuning head, C classes)
+
+The distilled data are input *embeddings* x̃ (paper Sec. 2.1), so `inputs_embeds` can replace the word
+lookup. The attention labels (Sec. 2.3, Eq. 6) supervise the attention of the [CLS] query, so the
+forward returns the [CLS] attention scores of every layer and head, (B, L, H, S), and on request the
+full (B, L, H, S, S) probability maps.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from .errors import UserError
+
+Params = Dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Path) -> "BertConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read model config {path}: {e}") from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(values, dict) or set(values) != known:
+            raise UserError(f"{path} is not a ddattn BERT config (expected keys {sorted(known)}); "
+                            "convert the checkpoint with `make weights`")
+        return cls(**values)
+
+
+def param_shapes(config: BertConfig) -> Dict[str, tuple]:
+    """Every encoder + pooler parameter ddattn expects, with its shape (the classifier is added per task)."""
+    D, F_, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    shapes = {
+        "embeddings.word": (V, D),
+        "embeddings.position": (config.max_positions, D),
+        "embeddings.token_type": (config.type_vocab_size, D),
+        "embeddings.norm.weight": (D,), "embeddings.norm.bias": (D,),
+    }
+    for i in range(config.num_layers):
+        p = f"layers.{i}."
+        shapes.update({
+            p + "attention.qkv.weight": (3 * D, D), p + "attention.qkv.bias": (3 * D,),   # [W_q; W_k; W_v]
+            p + "attention.out.weight": (D, D), p + "attention.out.bias": (D,),
+            p + "attention.norm.weight": (D,), p + "attention.norm.bias": (D,),
+            p + "ffn.up.weight": (F_, D), p + "ffn.up.bias": (F_,),
+            p + "ffn.down.weight": (D, F_), p + "ffn.down.bias": (D,),
+            p + "ffn.norm.weight": (D,), p + "ffn.norm.bias": (D,),
+        })
+    shapes.update({"pooler.weight": (D, D), "pooler.bias": (D,)})
+    return shapes
+
+
+def load_pretrained(path: Path, dtype: torch.dtype = torch.float32, device="cpu"):
+    """Load a converted checkpoint directory (config.json + model.safetensors) → (config, theta)."""
+    path = Path(path)
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise UserError(f"checkpoint file {path / name} is missing; run `make weights` "
+                            "(or `python -m ddattn.convert`) to create it")
+    config = BertConfig.from_json(path / "config.json")
+    try:
+        tensors = load_file(str(path / "model.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UserError(f"cannot read {path / 'model.safetensors'}: {e}; re-run `make weights`") from None
+    expected = param_shapes(config)
+    problems = [f"missing {k}" for k in expected if k not in tensors]
+    problems += [f"unexpected {k}" for k in tensors if k not in expected]
+    problems += [f"{k} has shape {tuple(tensors[k].shape)}, expected {s}"
+                 for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
+    if problems:
+        raise UserError(f"{path / 'model.safetensors'} does not match its config: {'; '.join(problems)}")
+    theta = {k: tensors[k].to(device=device, dtype=dtype) for k in expected}
+    return config, theta
+
+
+def init_classifier(config: BertConfig, num_classes: int, generator: Optional[torch.Generator] = None,
+                    dtype: torch.dtype = torch.float32, device="cpu") -> Params:
+    """A fresh classification head W ∈ R^{C×D} (paper Sec. 3.1), N(0, 0.02²) weights and zero bias as in BERT."""
+    weight = torch.randn(num_classes, config.hidden_size, generator=generator, dtype=dtype) * 0.02
+    return {"classifier.weight": weight.to(device), "classifier.bias": torch.zeros(num_classes, dtype=dtype, device=device)}
+
+
+@dataclass
+class BertOutput:
+    logits: Optional[torch.Tensor]        # (B, C), None when theta has no classifier
+    pooled: torch.Tensor                  # (B, D) tanh(W_p h_[CLS] + b_p)
+    cls_hidden: torch.Tensor              # (B, D) final hidden state of [CLS]
+    cls_scores: Optional[torch.Tensor]    # (B, L, H, S) pre-softmax [CLS] attention scores, padded keys = dtype min
+    attention: Optional[torch.Tensor]     # (B, L, H, S, S) attention probabilities, when requested
+
+    @property
+    def cls_attention(self) -> torch.Tensor:
+        """(B, L, H, S) attention probabilities of the [CLS] query; padded keys are exactly 0."""
+        return torch.softmax(self.cls_scores, dim=-1)
+
+
+def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, key_mask: torch.Tensor,
+               want: str, fused: bool):
+    """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, probs)."""
+    B, S, D = x.shape
+    H, Dh = config.num_heads, config.head_dim
+    qkv = F.linear(x, theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"])      # (B, S, 3D)
+    q, k, v = qkv.view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)                          # 3 × (B, H, S, Dh)
+    cls_scores = probs = None
+    if fused:
+        # Fused kernel (no double backward, pytorch#116350): use only where no second-order graph is needed.
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])  # (B, H, S, Dh)
+        if want == "cls":   # the only row the attention loss reads: (B, H, 1, Dh) @ (B, H, Dh, S)
+            cls_scores = (q[:, :, 0:1] @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(Dh)  # (B, H, S)
+            cls_scores = cls_scores.masked_fill(~key_mask[:, None, :], torch.finfo(x.dtype).min)
+    else:
+        scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)                                 # (B, H, S, S)
+        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(x.dtype).min)
+        attn = torch.softmax(scores, dim=-1)                                             # (B, H, S, S)
+        context = attn @ v                                                               # (B, H, S, Dh)
+        cls_scores = scores[:, :, 0] if want in ("cls", "all") else None                 # (B, H, S)
+        probs = attn if want == "all" else None
+    context = context.transpose(1, 2).reshape(B, S, D)                                   # (B, S, D)
+    return F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores, probs
+
+
+def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, (config.hidden_size,), theta[prefix + "weight"], theta[prefix + "bias"],
+                        config.layer_norm_eps)
+
+
+def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Tensor] = None, *,
+                 inputs_embeds: Optional[torch.Tensor] = None, token_type_ids: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, attention: str = "cls",
+                 fused: bool = False) -> BertOutput:
+    """Run BERT at parameters `theta`.
+
+    input_ids (B, S) or inputs_embeds (B, S, D): tokens, or embeddings that replace the word lookup.
+    attention: "none", "cls" (return [CLS] scores, (B, L, H, S)) or "all" (also (B, L, H, S, S) probs).
+    fused: use PyTorch's fused scaled-dot-product attention. Faster, but it has no double backward, so
+        it must stay off inside an inner step that will be differentiated through (see unroll.py).
+    """
+    if attention not in ("none", "cls", "all"):
+        raise ValueError(f"attention must be 'none', 'cls' or 'all', not {attention!r}")
+    if fused and attention == "all":
+        raise ValueError("full attention maps need the explicit (unfused) path")
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if inputs_embeds is None:
+        inputs_embeds = F.embedding(input_ids, theta["embeddings.word"])                 # (B, S, D)
+    B, S, D = inputs_embeds.shape
+    if S > config.max_positions:
+        raise UserError(f"sequence length {S} exceeds the model's {config.max_positions} positions")
+    device = inputs_embeds.device
+    if token_type_ids is None:
+        token_type_ids = torch.zeros(B, S, dtype=torch.long, device=device)
+    key_mask = (torch.ones(B, S, dtype=torch.bool, device=device) if attention_mask is None
+                else attention_mask.to(torch.bool))                                      # (B, S)
+
+    x = (inputs_embeds + theta["embeddings.position"][:S]
+         + F.embedding(token_type_ids, theta["embeddings.token_type"]))                 # (B, S, D)
+    x = _layer_norm(theta, "embeddings.norm.", config, x)
+    cls_scores, maps = [], []
+    for i in range(config.num_layers):
+        p = f"layers.{i}."
+        attn_out, scores, probs = _attention(theta, p + "attention.", config, x, key_mask, attention, fused)
+        x = _layer_norm(theta, p + "attention.norm.", config, x + attn_out)              # (B, S, D)
+        h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, S, F), erf GELU
+        h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, S, D)
+        x = _layer_norm(theta, p + "ffn.norm.", config, x + h)
+        cls_scores.append(scores)
+        maps.append(probs)
+
+    cls_hidden = x[:, 0]                                                                 # (B, D)
+    pooled = torch.tanh(F.linear(cls_hidden, theta["pooler.weight"], theta["pooler.bias"]))  # (B, D)
+    logits = (F.linear(pooled, theta["classifier.weight"], theta["classifier.bias"])
+              if "classifier.weight" in theta else None)                                 # (B, C)
+    return BertOutput(
+        logits=logits, pooled=pooled, cls_hidden=cls_hidden,
+        cls_scores=torch.stack(cls_scores, dim=1) if attention != "none" else None,      # (B, L, H, S)
+        attention=torch.stack(maps, dim=1) if attention == "all" else None,              # (B, L, H, S, S)
+    )

@@ -1,0 +1,38 @@
+"""Where things live: checkpoints, task data, the read-only shared data, run directories.
+
+Every default can be overridden by an environment variable (and by a command-line flag where a command
+takes one), so the package works from any working directory.
+"""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def weights_dir() -> Path:
+    """Converted checkpoints: `weights/<name>/` (env DDATTN_WEIGHTS_DIR)."""
+    return Path(os.environ.get("DDATTN_WEIGHTS_DIR", REPO_ROOT / "weights"))
+
+
+def data_dir() -> Path:
+    """Task data: `data/<task>/` (env DDATTN_DATA_DIR)."""
+    return Path(os.environ.get("DDATTN_DATA_DIR", REPO_ROOT / "data"))
+
+
+def shared_data_dir() -> Path:
+    """Read-only copies of the real task files that CI and offline machines have (env DDATTN_SHARED_DATA)."""
+    return Path(os.environ.get("DDATTN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def runs_dir() -> Path:
+    """Distillation runs: `runs/<task>/<name>/` (env DDATTN_RUNS_DIR)."""
+    return Path(os.environ.get("DDATTN_RUNS_DIR", REPO_ROOT / "runs"))
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """A checkpoint given as a directory path, or as a name under `weights_dir()`."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    return weights_dir() / name_or_path
