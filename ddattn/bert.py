@@ -14,7 +14,8 @@ Architecture (Devlin et al., 2019), post-LayerNorm:
 The distilled data are input *embeddings* x̃ (paper Sec. 2.1), so `inputs_embeds` can replace the word
 lookup. The attention labels (Sec. 2.3, Eq. 6) supervise the attention of the [CLS] query, so the
 forward returns the [CLS] attention scores of every layer and head, (B, L, H, S), and on request the
-full (B, L, H, S, S) probability maps.
+full (B, L, H, S, S) maps. Scores are returned before the softmax so that the attention loss can use
+log_softmax(scores) directly (exact and stable) instead of log(probabilities).
 """
 
 import json
@@ -123,22 +124,27 @@ class BertOutput:
     pooled: torch.Tensor                  # (B, D) tanh(W_p h_[CLS] + b_p)
     cls_hidden: torch.Tensor              # (B, D) final hidden state of [CLS]
     cls_scores: Optional[torch.Tensor]    # (B, L, H, S) pre-softmax [CLS] attention scores, padded keys = dtype min
-    attention: Optional[torch.Tensor]     # (B, L, H, S, S) attention probabilities, when requested
+    scores: Optional[torch.Tensor]        # (B, L, H, S, S) all pre-softmax scores, when requested
 
     @property
     def cls_attention(self) -> torch.Tensor:
         """(B, L, H, S) attention probabilities of the [CLS] query; padded keys are exactly 0."""
         return torch.softmax(self.cls_scores, dim=-1)
 
+    @property
+    def attention(self) -> torch.Tensor:
+        """(B, L, H, S, S) attention probabilities of every query (needs attention="all")."""
+        return torch.softmax(self.scores, dim=-1)
+
 
 def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, key_mask: torch.Tensor,
                want: str, fused: bool):
-    """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, probs)."""
+    """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, all_scores)."""
     B, S, D = x.shape
     H, Dh = config.num_heads, config.head_dim
     qkv = F.linear(x, theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"])      # (B, S, 3D)
     q, k, v = qkv.view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)                          # 3 × (B, H, S, Dh)
-    cls_scores = probs = None
+    cls_scores = all_scores = None
     if fused:
         # Fused kernel (no double backward, pytorch#116350): use only where no second-order graph is needed.
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])  # (B, H, S, Dh)
@@ -151,9 +157,9 @@ def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, 
         attn = torch.softmax(scores, dim=-1)                                             # (B, H, S, S)
         context = attn @ v                                                               # (B, H, S, Dh)
         cls_scores = scores[:, :, 0] if want in ("cls", "all") else None                 # (B, H, S)
-        probs = attn if want == "all" else None
+        all_scores = scores if want == "all" else None
     context = context.transpose(1, 2).reshape(B, S, D)                                   # (B, S, D)
-    return F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores, probs
+    return F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores, all_scores
 
 
 def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor) -> torch.Tensor:
@@ -168,14 +174,14 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     """Run BERT at parameters `theta`.
 
     input_ids (B, S) or inputs_embeds (B, S, D): tokens, or embeddings that replace the word lookup.
-    attention: "none", "cls" (return [CLS] scores, (B, L, H, S)) or "all" (also (B, L, H, S, S) probs).
+    attention: "none", "cls" (return [CLS] scores, (B, L, H, S)) or "all" (also (B, L, H, S, S) scores).
     fused: use PyTorch's fused scaled-dot-product attention. Faster, but it has no double backward, so
         it must stay off inside an inner step that will be differentiated through (see unroll.py).
     """
     if attention not in ("none", "cls", "all"):
         raise ValueError(f"attention must be 'none', 'cls' or 'all', not {attention!r}")
     if fused and attention == "all":
-        raise ValueError("full attention maps need the explicit (unfused) path")
+        raise ValueError("full attention maps need the explicit (unfused) attention path")
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if inputs_embeds is None:
@@ -192,16 +198,16 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     x = (inputs_embeds + theta["embeddings.position"][:S]
          + F.embedding(token_type_ids, theta["embeddings.token_type"]))                 # (B, S, D)
     x = _layer_norm(theta, "embeddings.norm.", config, x)
-    cls_scores, maps = [], []
+    cls_scores, all_scores = [], []
     for i in range(config.num_layers):
         p = f"layers.{i}."
-        attn_out, scores, probs = _attention(theta, p + "attention.", config, x, key_mask, attention, fused)
+        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, key_mask, attention, fused)
         x = _layer_norm(theta, p + "attention.norm.", config, x + attn_out)              # (B, S, D)
         h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, S, F), erf GELU
         h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, S, D)
         x = _layer_norm(theta, p + "ffn.norm.", config, x + h)
-        cls_scores.append(scores)
-        maps.append(probs)
+        cls_scores.append(cls)
+        all_scores.append(scores)
 
     cls_hidden = x[:, 0]                                                                 # (B, D)
     pooled = torch.tanh(F.linear(cls_hidden, theta["pooler.weight"], theta["pooler.bias"]))  # (B, D)
@@ -210,5 +216,5 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     return BertOutput(
         logits=logits, pooled=pooled, cls_hidden=cls_hidden,
         cls_scores=torch.stack(cls_scores, dim=1) if attention != "none" else None,      # (B, L, H, S)
-        attention=torch.stack(maps, dim=1) if attention == "all" else None,              # (B, L, H, S, S)
+        scores=torch.stack(all_scores, dim=1) if attention == "all" else None,           # (B, L, H, S, S)
     )

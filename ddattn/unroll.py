@@ -1,0 +1,144 @@
+"""The inner loop and its hypergradient: T manual SGD steps on distilled data, differentiated through.
+
+Inner step (paper Eq. 7), on the distilled samples of step t:
+    θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn)
+    L_task = mean_i  −Σ_c ỹ_ic log softmax(f(x̃_i; θ_t))_c                    (Eq. 1, soft targets)
+    L_attn = mean_(i, layer, head)  KL(ã ‖ a(θ_t))                             (Eq. 6, [CLS] query)
+Outer loss (Eq. 3–4): cross-entropy of a real mini-batch at θ_T. Its gradient with respect to
+D̃ = (x̃, ỹ, ã, η̃) is the hypergradient that Algorithm 1 (line 15) descends.
+
+θ is a plain dict of tensors (see bert.py), so a step is `{k: θ[k] − η g[k]}` and nothing is mutated.
+The word-embedding matrix is left out of the unroll: distilled inputs bypass the lookup, so its gradient
+is exactly zero and it stays θ_0's.
+
+Two ways to get the hypergradient, equal to rounding:
+- `graph`: keep autograd's graph across all T steps and call backward once (the paper's way; memory
+  grows linearly in T, the paper's Limitation (i)).
+- `recompute`: keep only θ_0..θ_T. Sweep backward from v = ∂L_outer/∂θ_T; at each step recompute that
+  one step with a graph and take one vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v. Activation
+  memory no longer grows with T; the price is one extra forward+backward per step.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .bert import BertConfig, Params, bert_forward
+from .distilled import DistilledData
+
+FROZEN = ("embeddings.word",)   # no gradient path from distilled inputs
+
+
+def trainable_names(theta: Params) -> List[str]:
+    """The parameters the inner SGD steps update: all but the word embeddings."""
+    return [name for name in theta if name not in FROZEN]
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean_i −Σ_c y_ic log softmax(logits_i)_c; logits, targets: (B, C)."""
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """KL(ã ‖ a) per attention row, ã = softmax(label_logits), a = softmax(scores). (..., S) → (...).
+
+    Computed from log-probabilities (log_softmax of the scores), never log(p + ε): exact, and finite
+    even where the model's attention underflows.
+    """
+    log_target = F.log_softmax(label_logits, dim=-1)
+    return (log_target.exp() * (log_target - F.log_softmax(scores, dim=-1))).sum(-1)
+
+
+def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7)."""
+    rows = distilled.step_indices(t)
+    attention = distilled.config.attention_type
+    out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention)
+    task = soft_cross_entropy(out.logits, distilled.targets(t))
+    if attention == "none":
+        attn = torch.zeros((), dtype=task.dtype, device=task.device)
+    else:
+        scores = out.cls_scores if attention == "cls" else out.scores     # (b, L, H, S) or (b, L, H, S, S)
+        attn = attention_kl(distilled.attn_logits[rows], scores).mean()   # mean over sample, layer, head(, query)
+    return task + distilled.config.attn_weight * attn, task, attn
+
+
+def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int, create_graph: bool
+             ) -> Tuple[Params, torch.Tensor]:
+    """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7). Returns θ_{t+1} and the three losses."""
+    names = trainable_names(theta)
+    losses = torch.stack(inner_losses(theta, config, distilled, t))
+    grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)
+    lr = distilled.inner_lr(t)
+    return {**theta, **{n: theta[n] - lr * g for n, g in zip(names, grads)}}, losses.detach()
+
+
+def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 3: cross-entropy of a real mini-batch at θ_T. Only first-order gradients flow through this
+    forward, so it may use the fused attention kernel."""
+    out = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                       attention_mask=batch["attention_mask"], attention="none", fused=True)
+    return F.cross_entropy(out.logits, batch["labels"])
+
+
+@dataclass
+class Hypergradient:
+    loss: torch.Tensor                   # outer loss at θ_T (scalar, detached)
+    grads: Dict[str, torch.Tensor]       # ∂L_outer / ∂(learnable distilled tensor), by name
+    inner_losses: torch.Tensor           # (T, 3): [L_task + λ L_attn, L_task, L_attn] at each θ_t
+
+
+def _with_grad(theta: Params) -> Params:
+    """Detached copies of θ whose trainable entries are leaves that require grad."""
+    return {n: v.detach().requires_grad_(n not in FROZEN) for n, v in theta.items()}
+
+
+def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
+                  batch: Dict[str, torch.Tensor], mode: str = "recompute") -> Hypergradient:
+    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch, by `graph` or `recompute`."""
+    if mode == "graph":
+        return _hypergradient_graph(theta0, config, distilled, batch)
+    if mode == "recompute":
+        return _hypergradient_recompute(theta0, config, distilled, batch)
+    raise ValueError(f"unknown hypergradient mode {mode!r}; choose 'graph' or 'recompute'")
+
+
+def _hypergradient_graph(theta0, config, distilled, batch) -> Hypergradient:
+    theta, losses = _with_grad(theta0), []
+    for t in range(distilled.config.steps):
+        theta, step_losses = sgd_step(theta, config, distilled, t, create_graph=True)
+        losses.append(step_losses)
+    loss = outer_loss(theta, config, batch)
+    learnable = distilled.learnable()
+    grads = torch.autograd.grad(loss, list(learnable.values()), materialize_grads=True)
+    return Hypergradient(loss.detach(), dict(zip(learnable, grads)), torch.stack(losses))
+
+
+def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
+    frozen_distilled = distilled.detached()
+    thetas, losses = [{n: v.detach() for n, v in theta0.items()}], []
+    for t in range(distilled.config.steps):                         # forward sweep: keep θ_t only
+        theta_next, step_losses = sgd_step(_with_grad(thetas[-1]), config, frozen_distilled, t, create_graph=False)
+        thetas.append({n: v.detach() for n, v in theta_next.items()})
+        losses.append(step_losses)
+
+    theta_T = _with_grad(thetas[-1])
+    names = trainable_names(theta_T)
+    loss = outer_loss(theta_T, config, batch)
+    v = torch.autograd.grad(loss, [theta_T[n] for n in names])     # v = ∂L_outer/∂θ_T
+
+    learnable = distilled.learnable()
+    totals = {k: torch.zeros_like(x) for k, x in learnable.items()}
+    for t in reversed(range(distilled.config.steps)):               # reverse sweep, one step at a time
+        theta_t = _with_grad(thetas[t])
+        theta_next, _ = sgd_step(theta_t, config, distilled, t, create_graph=True)
+        # One vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v: gives ∂L/∂θ_t and this step's ∂L/∂D̃.
+        vjp = torch.autograd.grad([theta_next[n] for n in names], [theta_t[n] for n in names] + list(learnable.values()),
+                                  grad_outputs=v, materialize_grads=True)
+        v = vjp[:len(names)]
+        for k, g in zip(learnable, vjp[len(names):]):
+            totals[k] += g
+    return Hypergradient(loss.detach(), totals, torch.stack(losses))
