@@ -117,14 +117,21 @@ def _hypergradient_graph(theta0, config, distilled, batch) -> Hypergradient:
     return Hypergradient(loss.detach(), dict(zip(learnable, grads)), torch.stack(losses))
 
 
-def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
+def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData
+                       ) -> Tuple[List[Params], torch.Tensor]:
+    """Fine-tune θ_0 for T steps on D̃ without any graph (evaluation, and the forward sweep of
+    `recompute`). Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses."""
     frozen_distilled = distilled.detached()
     thetas, losses = [{n: v.detach() for n, v in theta0.items()}], []
-    for t in range(distilled.config.steps):                         # forward sweep: keep θ_t only
+    for t in range(distilled.config.steps):
         theta_next, step_losses = sgd_step(_with_grad(thetas[-1]), config, frozen_distilled, t, create_graph=False)
         thetas.append({n: v.detach() for n, v in theta_next.items()})
         losses.append(step_losses)
+    return thetas, torch.stack(losses)
 
+
+def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
+    thetas, losses = train_on_distilled(theta0, config, distilled)  # forward sweep: keep θ_t only
     theta_T = _with_grad(thetas[-1])
     names = trainable_names(theta_T)
     loss = outer_loss(theta_T, config, batch)
@@ -141,4 +148,4 @@ def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
         v = vjp[:len(names)]
         for k, g in zip(learnable, vjp[len(names):]):
             totals[k] += g
-    return Hypergradient(loss.detach(), totals, torch.stack(losses))
+    return Hypergradient(loss.detach(), totals, losses)

