@@ -19,7 +19,6 @@ log_softmax(scores) directly (exact and stable) instead of log(probabilities).
 """
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, Optional
@@ -137,25 +136,33 @@ class BertOutput:
         return torch.softmax(self.scores, dim=-1)
 
 
-def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, key_mask: torch.Tensor,
+def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, key_mask: Optional[torch.Tensor],
                want: str, fused: bool):
-    """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, all_scores)."""
+    """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, all_scores).
+
+    key_mask (B, S) bool, or None when every key is real (distilled data): then no mask is applied at all,
+    which saves an (S, S) tensor per head in the double-backward graph of the inner step.
+    """
     B, S, D = x.shape
     H, Dh = config.num_heads, config.head_dim
     qkv = F.linear(x, theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"])      # (B, S, 3D)
     q, k, v = qkv.view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)                          # 3 × (B, H, S, Dh)
+    q = q * Dh ** -0.5                                 # scale the (S, Dh) queries, not the (S, S) scores
+    min_score = torch.finfo(x.dtype).min               # padded keys: exp(min − max) is exactly 0
     cls_scores = all_scores = None
     if fused:
         # Fused kernel (no double backward, pytorch#116350): use only where no second-order graph is needed.
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])  # (B, H, S, Dh)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)   # (B, H, S, Dh)
         if want == "cls":   # the only row the attention loss reads: (B, H, 1, Dh) @ (B, H, Dh, S)
-            cls_scores = (q[:, :, 0:1] @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(Dh)  # (B, H, S)
-            cls_scores = cls_scores.masked_fill(~key_mask[:, None, :], torch.finfo(x.dtype).min)
+            cls_scores = (q[:, :, 0:1] @ k.transpose(-1, -2)).squeeze(2)                 # (B, H, S)
+            if key_mask is not None:
+                cls_scores = cls_scores.masked_fill(~key_mask[:, None, :], min_score)
     else:
-        scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)                                 # (B, H, S, S)
-        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(x.dtype).min)
-        attn = torch.softmax(scores, dim=-1)                                             # (B, H, S, S)
-        context = attn @ v                                                               # (B, H, S, Dh)
+        scores = q @ k.transpose(-1, -2)                                                 # (B, H, S, S)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], min_score)
+        context = torch.softmax(scores, dim=-1) @ v                                      # (B, H, S, Dh)
         cls_scores = scores[:, :, 0] if want in ("cls", "all") else None                 # (B, H, S)
         all_scores = scores if want == "all" else None
     context = context.transpose(1, 2).reshape(B, S, D)                                   # (B, S, D)
@@ -192,8 +199,7 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     device = inputs_embeds.device
     if token_type_ids is None:
         token_type_ids = torch.zeros(B, S, dtype=torch.long, device=device)
-    key_mask = (torch.ones(B, S, dtype=torch.bool, device=device) if attention_mask is None
-                else attention_mask.to(torch.bool))                                      # (B, S)
+    key_mask = None if attention_mask is None else attention_mask.to(torch.bool)       # (B, S)
 
     x = (inputs_embeds + theta["embeddings.position"][:S]
          + F.embedding(token_type_ids, theta["embeddings.token_type"]))                 # (B, S, D)
