@@ -14,13 +14,14 @@ is exactly zero and it stays θ_0's.
 Two ways to get the hypergradient, equal to rounding:
 - `graph`: keep autograd's graph across all T steps and call backward once (the paper's way; memory
   grows linearly in T, the paper's Limitation (i)).
-- `recompute`: keep only θ_0..θ_T. Sweep backward from v = ∂L_outer/∂θ_T; at each step recompute that
-  one step with a graph and take one vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v. Activation
-  memory no longer grows with T; the price is one extra forward+backward per step.
+- `recompute`: keep only θ_0..θ_{T−1}. Take the last step with its graph into the outer loss and pull
+  the gradient back to v = ∂L_outer/∂θ_{T−1}; then sweep backward, rebuilding one step at a time with a
+  graph and taking one vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v. Activation memory no longer
+  grows with T; the price is one extra forward+backward for each step but the last.
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,35 +118,42 @@ def _hypergradient_graph(theta0, config, distilled, batch) -> Hypergradient:
     return Hypergradient(loss.detach(), dict(zip(learnable, grads)), torch.stack(losses))
 
 
-def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData
+def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None
                        ) -> Tuple[List[Params], torch.Tensor]:
-    """Fine-tune θ_0 for T steps on D̃ without any graph (evaluation, and the forward sweep of
-    `recompute`). Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses."""
+    """Fine-tune θ_0 for T (or `steps`) SGD steps on D̃ without any graph: evaluation, and the forward
+    sweep of `recompute`. Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses."""
     frozen_distilled = distilled.detached()
     thetas, losses = [{n: v.detach() for n, v in theta0.items()}], []
-    for t in range(distilled.config.steps):
+    for t in range(distilled.config.steps if steps is None else steps):
         theta_next, step_losses = sgd_step(_with_grad(thetas[-1]), config, frozen_distilled, t, create_graph=False)
         thetas.append({n: v.detach() for n, v in theta_next.items()})
         losses.append(step_losses)
-    return thetas, torch.stack(losses)
+    return thetas, torch.stack(losses) if losses else torch.zeros(0, 3)
 
 
 def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
-    thetas, losses = train_on_distilled(theta0, config, distilled)  # forward sweep: keep θ_t only
-    theta_T = _with_grad(thetas[-1])
-    names = trainable_names(theta_T)
-    loss = outer_loss(theta_T, config, batch)
-    v = torch.autograd.grad(loss, [theta_T[n] for n in names])     # v = ∂L_outer/∂θ_T
-
+    T = distilled.config.steps
+    thetas, losses = train_on_distilled(theta0, config, distilled, steps=T - 1)   # forward sweep: keep θ_t only
     learnable = distilled.learnable()
-    totals = {k: torch.zeros_like(x) for k, x in learnable.items()}
-    for t in reversed(range(distilled.config.steps)):               # reverse sweep, one step at a time
+    names = trainable_names(theta0)
+
+    def step_vjp(t: int, cotangent=None):
+        """Rebuild step t with a graph; pull `cotangent` (or, for the last step, the outer loss) back to
+        θ_t and D̃. Returns (∂L/∂θ_t, this step's ∂L/∂D̃ by name, outer loss or None, inner losses)."""
         theta_t = _with_grad(thetas[t])
-        theta_next, _ = sgd_step(theta_t, config, distilled, t, create_graph=True)
-        # One vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v: gives ∂L/∂θ_t and this step's ∂L/∂D̃.
-        vjp = torch.autograd.grad([theta_next[n] for n in names], [theta_t[n] for n in names] + list(learnable.values()),
-                                  grad_outputs=v, materialize_grads=True)
-        v = vjp[:len(names)]
-        for k, g in zip(learnable, vjp[len(names):]):
+        theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True)
+        if cotangent is None:         # the last step: its graph runs on into the outer loss (Eq. 3)
+            loss = outer_loss(theta_next, config, batch)
+            outputs, cotangent = [loss], None
+        else:                         # one vector–Jacobian product of θ_{t+1}(θ_t, D̃)
+            loss, outputs = None, [theta_next[n] for n in names]
+        grads = torch.autograd.grad(outputs, [theta_t[n] for n in names] + list(learnable.values()),
+                                    grad_outputs=cotangent, materialize_grads=True)
+        return grads[:len(names)], dict(zip(learnable, grads[len(names):])), loss, step_losses
+
+    v, totals, loss, last_losses = step_vjp(T - 1)
+    for t in reversed(range(T - 1)):                               # reverse sweep, one step at a time
+        v, step_grads, _, _ = step_vjp(t, v)
+        for k, g in step_grads.items():
             totals[k] += g
-    return Hypergradient(loss.detach(), totals, losses)
+    return Hypergradient(loss.detach(), totals, torch.cat([losses.to(last_losses), last_losses[None]]))
