@@ -136,12 +136,38 @@ class BertOutput:
         return torch.softmax(self.scores, dim=-1)
 
 
+class RecomputedAttention(torch.autograd.Function):
+    """softmax(q kᵀ) v for unpadded sequences, saving only q, k, v (never the (S, S) probabilities).
+
+    The backward recomputes P = softmax(q kᵀ) and is written with ordinary differentiable ops, so it can
+    itself be differentiated: the inner SGD step needs exactly that (a gradient of a gradient), which
+    PyTorch's fused attention kernels do not offer (pytorch#116350). Compared with autograd's graph of
+    the plain ops, the forward keeps no (S, S) tensor alive until the outer backward.
+        dV = Pᵀ dC,   dP = dC Vᵀ,   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = dS K,   dK = dSᵀ Q
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v):                                   # (B, H, S, Dh) each, q pre-scaled
+        ctx.save_for_backward(q, k, v)
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v  # (B, H, S, Dh)
+
+    @staticmethod
+    def backward(ctx, grad_context):
+        q, k, v = ctx.saved_tensors
+        probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)        # (B, H, S, S), recomputed
+        grad_probs = grad_context @ v.transpose(-1, -2)               # (B, H, S, S)
+        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
+        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, probs.transpose(-1, -2) @ grad_context
+
+
 def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, key_mask: Optional[torch.Tensor],
                want: str, fused: bool):
     """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, all_scores).
 
-    key_mask (B, S) bool, or None when every key is real (distilled data): then no mask is applied at all,
-    which saves an (S, S) tensor per head in the double-backward graph of the inner step.
+    key_mask (B, S) bool, or None when every key is real (distilled data). Three paths, same numbers:
+    fused  — PyTorch's scaled_dot_product_attention: fastest, first-order gradients only;
+    unpadded, no full maps wanted — RecomputedAttention: differentiable twice, lean in memory;
+    otherwise — the plain ops, which also give the full (S, S) scores.
     """
     B, S, D = x.shape
     H, Dh = config.num_heads, config.head_dim
@@ -150,10 +176,12 @@ def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, 
     q = q * Dh ** -0.5                                 # scale the (S, Dh) queries, not the (S, S) scores
     min_score = torch.finfo(x.dtype).min               # padded keys: exp(min − max) is exactly 0
     cls_scores = all_scores = None
-    if fused:
-        # Fused kernel (no double backward, pytorch#116350): use only where no second-order graph is needed.
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)   # (B, H, S, Dh)
+    if fused or (key_mask is None and want != "all"):
+        if fused:
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, S, Dh)
+        else:
+            context = RecomputedAttention.apply(q, k, v)                                  # (B, H, S, Dh)
         if want == "cls":   # the only row the attention loss reads: (B, H, 1, Dh) @ (B, H, Dh, S)
             cls_scores = (q[:, :, 0:1] @ k.transpose(-1, -2)).squeeze(2)                 # (B, H, S)
             if key_mask is not None:
