@@ -36,3 +36,15 @@ def golden_path():
     if not GOLDEN.is_file():
         pytest.fail(f"golden fixture {GOLDEN} not found; set DDATTN_GOLDEN or put ../shared beside the repo")
     return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The converted default checkpoint in float64 (`make test` converts it first)."""
+    from ddattn.bert import load_pretrained
+    from ddattn.paths import weights_dir
+
+    path = weights_dir() / "minilm-l6"
+    if not (path / "model.safetensors").is_file():
+        pytest.fail(f"{path} is missing: run `make weights` (python -m ddattn.convert) first")
+    return load_pretrained(path, dtype=torch.float64)
