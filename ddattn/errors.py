@@ -6,12 +6,20 @@ wrong checkpoint, impossible hyperparameter, divergence); `run_cli` prints it as
 and exits with status 2. Anything else is a bug and keeps its traceback.
 """
 
+import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
 
 class UserError(Exception):
     """An error caused by the user's input or environment, reported as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a UserError (one line, exit 2) instead of usage text plus a line."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], None], argv: Optional[Sequence[str]] = None) -> None:
