@@ -11,12 +11,16 @@ from tqdm import tqdm
 from .errors import UserError
 
 
+class NotFoundError(UserError):
+    """The server answered HTTP 404: the file does not exist there (callers may try another file)."""
+
+
 def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     """Fetch `url` into `dest` atomically (a temp file in the same folder, renamed when complete).
 
     Raises UserError with one line when the server cannot be reached or answers with an error, so a
-    machine without internet gets "cannot download ... (offline?)" instead of a traceback. Nothing is
-    left at `dest` unless the whole file arrived.
+    machine without internet gets "cannot download ... (offline?)" instead of a traceback; a 404 raises
+    the subclass NotFoundError. Nothing is left at `dest` unless the whole file arrived.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -31,7 +35,8 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
                     bar.update(len(chunk))
         os.replace(tmp, dest)
     except urllib.error.HTTPError as e:
-        raise UserError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+        error = NotFoundError if e.code == 404 else UserError
+        raise error(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise UserError(f"cannot download {url}: {reason} (offline? copy the file in by hand)") from None
