@@ -59,24 +59,24 @@ class DistilledConfig:
         return self.batch_size or self.num_samples
 
     def validate(self, max_positions: int) -> None:
-        """Refuse impossible settings up front, with one line each."""
-        checks = [
-            (self.num_classes >= 2, f"a task needs at least 2 classes, not {self.num_classes}"),
-            (self.shots >= 1, f"--shots must be ≥ 1, not {self.shots}"),
-            (self.steps >= 1, f"--steps must be ≥ 1, not {self.steps}"),
-            (1 <= self.seq_len <= max_positions,
-             f"--seq-len must be between 1 and the model's {max_positions} positions, not {self.seq_len}"),
-            (self.label_type in LABEL_TYPES, f"unknown label type {self.label_type!r}; choose from {LABEL_TYPES}"),
-            (self.attention_type in ATTENTION_TYPES,
-             f"unknown attention label type {self.attention_type!r}; choose from {ATTENTION_TYPES}"),
-            (self.attn_weight >= 0, f"--attn-weight (λ) must be ≥ 0, not {self.attn_weight}"),
-            (self.inner_lr_init > 0, f"--inner-lr must be > 0, not {self.inner_lr_init}"),
-            (0 <= self.batch_size <= self.num_samples and self.num_samples % self.step_batch_size == 0,
-             f"--batch-size {self.batch_size} must divide the {self.num_samples} distilled samples"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        """Refuse impossible settings up front, with one line each (checked in order)."""
+        require(self.num_classes >= 2, f"a task needs at least 2 classes, not {self.num_classes}")
+        require(self.shots >= 1, f"--shots must be ≥ 1, not {self.shots}")
+        require(self.steps >= 1, f"--steps must be ≥ 1, not {self.steps}")
+        require(1 <= self.seq_len <= max_positions,
+                f"--seq-len must be between 1 and the model's {max_positions} positions, not {self.seq_len}")
+        require(self.label_type in LABEL_TYPES, f"unknown label type {self.label_type!r}; choose from {LABEL_TYPES}")
+        require(self.attention_type in ATTENTION_TYPES,
+                f"unknown attention label type {self.attention_type!r}; choose from {ATTENTION_TYPES}")
+        require(self.attn_weight >= 0, f"--attn-weight (λ) must be ≥ 0, not {self.attn_weight}")
+        require(self.inner_lr_init > 0, f"--inner-lr must be > 0, not {self.inner_lr_init}")
+        require(0 <= self.batch_size <= self.num_samples and self.num_samples % self.step_batch_size == 0,
+                f"--batch-size {self.batch_size} must divide the {self.num_samples} distilled samples")
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
 
 
 class DistilledData:
@@ -97,8 +97,9 @@ class DistilledData:
         tensors = {
             "x": torch.randn(M, S, config.hidden_size, generator=generator, dtype=dtype),  # N(0, 1), as the paper
             "label_logits": F.one_hot(torch.arange(M) % C, C).to(dtype),                   # one-hot
-            # softplus⁻¹(η̃_0) = log(exp(η̃_0) − 1), so that softplus(lr_raw) starts at η̃_0
-            "lr_raw": torch.full((config.steps,), math.log(math.expm1(config.inner_lr_init)), dtype=dtype),
+            # softplus⁻¹(η) = log(exp(η) − 1) = η + log(1 − exp(−η)), so that softplus(lr_raw) starts at η̃_0
+            "lr_raw": torch.full((config.steps,), config.inner_lr_init + math.log(-math.expm1(-config.inner_lr_init)),
+                                 dtype=dtype),
         }
         if config.attention_type != "none":
             queries = (S,) if config.attention_type == "all" else ()

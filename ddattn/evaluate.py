@@ -41,7 +41,7 @@ def compute_metrics(metric_names: Sequence[str], predictions: torch.Tensor, labe
 def mean_std(runs: List[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
     """{metric: {"mean", "std"}} over runs (population std, as over a fixed set of seeds)."""
     summary = {}
-    for name in runs[0]:
+    for name in (k for k in runs[0] if k != "seed"):
         values = torch.tensor([r[name] for r in runs], dtype=torch.float64)
         summary[name] = {"mean": values.mean().item(), "std": values.std(correction=0).item()}
     return summary

@@ -1,0 +1,379 @@
+"""`python -m ddattn.distill`: learn a distilled dataset with attention labels (paper Algorithm 1).
+
+    for each outer step s:                                       one real mini-batch (x_s, y_s)
+        θ_0 ~ p(θ_0)                                             pretrained BERT + fresh random head
+        θ_T = T SGD steps on D̃ from θ_0                         Eq. 7   (unroll.py)
+        D̃ ← D̃ − α ∇_D̃ L(x_s, y_s, θ_T)                          Eq. 3–5, with Adam, warmup + linear decay,
+                                                                 gradient clipping at 1.0 (Appendix B)
+
+Everything a run produces lives in `runs/<task>/<name>/`: config.json (every setting), checkpoint.pt
+(distilled data + optimiser + scheduler + step, written atomically), distilled_last / distilled_best
+.safetensors, metrics.jsonl (one line per outer step), validation.jsonl and run.log. `--resume RUN_DIR`
+continues from checkpoint.pt; every random draw is a pure function of (seed, step), so a resumed run on
+the CPU ends bit-identical to one that was never interrupted.
+
+Validation trains K fresh models on D̃ and scores them on a held-out slice of the *training* split,
+never on the evaluation split that results are reported on (the authors' code selects on the GLUE dev
+set; we do not). The best D̃ by validation loss is kept.
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from . import data as taskdata
+from . import distributed
+from .bert import load_pretrained
+from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
+from .errors import ArgumentParser, UserError, run_cli
+from .evaluate import evaluate_distilled, fresh_model, mean_std
+from .paths import resolve_checkpoint, runs_dir
+from .unroll import hypergradient
+
+# Paper defaults (Sec. 3.1, Appendix B) and a preset that finishes MRPC on 2 CPU cores in ~10 minutes.
+PRESETS = {
+    "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
+    "quick": dict(seq_len=32, epochs=1, val_size=128, val_models=2, max_length=64),
+}
+DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
+                batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
+                inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
+                optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, max_length=128,
+                mode="recompute", val_every=0, seed=0, device=None, max_steps=0, train_limit=0,
+                checkpoint_every=25, seq_len=None, epochs=None, val_size=None, val_models=None)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = ArgumentParser(prog="python -m ddattn.distill", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", help=f"task to distil: {', '.join(taskdata.TASK_NAMES)}")
+    p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
+    p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
+    p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the paper's settings; quick: MRPC in ~10 min on 2 CPU cores")
+    g = p.add_argument_group("distilled data (Sec. 2)")
+    g.add_argument("--shots", type=int, help="distilled samples per class")
+    g.add_argument("--steps", type=int, help="T, inner SGD steps")
+    g.add_argument("--data-per-step", choices=["same", "different"], help="same distilled batch at every step, or its own per step (Table 3)")
+    g.add_argument("--batch-size", type=int, help="distilled samples per inner step (0: from --data-per-step)")
+    g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample (paper 512; quick preset 32)")
+    g.add_argument("--label-type", choices=LABEL_TYPES)
+    g.add_argument("--attention-type", choices=ATTENTION_TYPES, help="attention labels: none, cls (the paper), all")
+    g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")
+    g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper 1e-2 or 1e-1)")
+    g.add_argument("--init", choices=["random", "real"], help="x̃ init: N(0,1) (paper) or embeddings of real examples")
+    g = p.add_argument_group("outer optimisation (Algorithm 1, Appendix B)")
+    g.add_argument("--lr", type=float, help="α, Adam learning rate for every distilled tensor (paper 1e-3, 1e-2, 1e-1)")
+    for name in ("x", "labels", "attn", "inner"):
+        g.add_argument(f"--lr-{name}", type=float, help=f"α for the {name} group (default --lr)")
+    g.add_argument("--optimizer", choices=["adam", "adamw"])
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup", type=float, help="fraction of outer steps with linear warmup, then linear decay")
+    g.add_argument("--clip", type=float, help="gradient-norm clipping of the hypergradient")
+    g.add_argument("--epochs", type=int, help="epochs over the real training split (paper 30)")
+    g.add_argument("--real-batch-size", type=int, help="real examples per outer step (paper 32)")
+    g.add_argument("--max-length", type=int, help="truncation length of real examples")
+    g.add_argument("--mode", choices=["graph", "recompute"], help="hypergradient: whole graph (paper) or per-step recompute (memory flat in T)")
+    g.add_argument("--max-steps", type=int, help="stop after this many outer steps (0: all epochs)")
+    g.add_argument("--train-limit", type=int, help="use only the first N training examples (0: all)")
+    g = p.add_argument_group("validation and checkpoints")
+    g.add_argument("--val-size", type=int, help="held-out training examples for validation")
+    g.add_argument("--val-models", type=int, help="K fresh models trained on D̃ per validation")
+    g.add_argument("--val-every", type=int, help="validate every N outer steps (0: once per epoch)")
+    g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    args = p.parse_args(argv)
+    if args.resume:
+        return args
+    settings = {**DEFAULTS, **PRESETS[args.preset or "paper"], "resume": None}
+    settings.update({k: v for k, v in vars(args).items() if v is not None})
+    return argparse.Namespace(**settings)
+
+
+def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
+    if args.data_per_step == "different" and not args.batch_size:
+        if args.shots % args.steps:
+            raise UserError(f"--data-per-step different needs --shots ({args.shots}) divisible by --steps ({args.steps})")
+        args.batch_size = num_classes * args.shots // args.steps
+    config = DistilledConfig(num_classes=num_classes, seq_len=args.seq_len, hidden_size=bert_config.hidden_size,
+                             num_layers=bert_config.num_layers, num_heads=bert_config.num_heads, shots=args.shots,
+                             steps=args.steps, batch_size=args.batch_size, label_type=args.label_type,
+                             attention_type=args.attention_type, attn_weight=args.attn_weight,
+                             inner_lr_init=args.inner_lr)
+    config.validate(bert_config.max_positions)
+    return config
+
+
+def check_settings(args) -> None:
+    positive = ["epochs", "real_batch_size", "max_length", "val_models", "checkpoint_every"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, not {getattr(args, name)}")
+    for name in ["lr", "lr_x", "lr_labels", "lr_attn", "lr_inner"]:
+        value = getattr(args, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
+    if not 0 <= args.warmup < 1:
+        raise UserError(f"--warmup is a fraction in [0, 1), not {args.warmup}")
+    if args.val_size < 1:
+        raise UserError(f"--val-size must be ≥ 1, not {args.val_size}")
+
+
+# --- pieces of the loop --------------------------------------------------------------------------
+def init_from_real(distilled: DistilledData, pretrained, train, seed: int) -> None:
+    """x̃_i ← word embeddings of one random real training example of class i mod C (padded/cut to S)."""
+    g = torch.Generator().manual_seed(seed)
+    C, S = distilled.config.num_classes, distilled.config.seq_len
+    with torch.no_grad():
+        for i in range(distilled.config.num_samples):
+            candidates = torch.nonzero(train.labels == i % C).flatten()
+            if len(candidates) == 0:
+                raise UserError(f"--init real: the training split has no example of class {i % C}")
+            ids = train.token_ids(candidates[torch.randint(len(candidates), (1,), generator=g)].item(), S)
+            distilled.x[i] = pretrained["embeddings.word"][ids.to(distilled.x.device)]
+
+
+def make_optimizer(distilled: DistilledData, args):
+    group_lr = {"x": args.lr_x, "label_logits": args.lr_labels, "attn_logits": args.lr_attn, "lr_raw": args.lr_inner}
+    groups = [{"params": [tensor], "lr": group_lr[name] or args.lr, "name": name}
+              for name, tensor in distilled.learnable().items()]
+    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(groups, weight_decay=args.weight_decay)
+
+
+def linear_schedule(optimizer, total_steps: int, warmup: float):
+    """Linear warmup over the first `warmup` fraction of steps, then linear decay to 0 (Appendix B)."""
+    warmup_steps = int(warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def write_atomic(path: Path, obj) -> None:
+    tmp = Path(f"{path}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    """The files of one run; every write that matters is atomic."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.checkpoint = path / "checkpoint.pt"
+
+    def log(self, message: str) -> None:
+        tqdm.write(message)
+        with open(self.path / "run.log", "a") as f:
+            f.write(message + "\n")
+
+    def append(self, name: str, record: dict) -> None:
+        with open(self.path / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, name: str, step: int) -> None:
+        """Drop log lines of steps after `step` (work lost with an interrupted run, redone on resume)."""
+        path = self.path / name
+        if path.exists():
+            lines = [l for l in path.read_text().splitlines() if json.loads(l)["step"] <= step]
+            path.write_text("".join(l + "\n" for l in lines))
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def load_or_start(argv):
+    """(settings, run directory, checkpoint or None) for a new run or for `--resume RUN_DIR`."""
+    args = parse_args(argv)
+    if args.resume:
+        run = RunDirectory(Path(args.resume))
+        if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
+            raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
+        args = argparse.Namespace(**json.loads((run.path / "config.json").read_text()))
+        return args, run, torch.load(run.checkpoint, weights_only=True)
+    if not args.task:
+        raise UserError(f"--task is required: one of {', '.join(taskdata.TASK_NAMES)}")
+    check_settings(args)
+    args.name = args.name or (f"{args.label_type}-{args.attention_type}-s{args.shots}-t{args.steps}-S{args.seq_len}"
+                              f"-lr{args.lr:g}-eta{args.inner_lr:g}-seed{args.seed}")
+    run = RunDirectory(runs_dir() / args.task / args.name)
+    if run.checkpoint.exists():
+        raise UserError(f"{run.path} already holds a run; continue it with --resume {run.path} or pick another --name")
+    return args, run, None
+
+
+class Distillation:
+    """Algorithm 1 with its state: model, data, D̃, optimiser, schedule, step counter, best validation."""
+
+    def __init__(self, args, run: RunDirectory, checkpoint: Optional[dict]):
+        self.args, self.run = args, run
+        device = distributed.local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        distributed.setup(device)
+        self.device = device
+        self.task = taskdata.get_task(args.task)
+        self.model_dir = resolve_checkpoint(args.model)
+        self.bert_config, self.pretrained = load_pretrained(self.model_dir, device=device)
+        config = distilled_config(args, self.bert_config, self.task.num_classes)
+
+        self.train = taskdata.load_split(self.task, "train", self.model_dir / "tokenizer.json", args.max_length, args.data_dir)
+        n = min(len(self.train), args.train_limit) if args.train_limit else len(self.train)
+        if not args.real_batch_size + args.val_size <= n:
+            raise UserError(f"{n} training examples cannot hold --val-size {args.val_size} plus one batch of {args.real_batch_size}")
+        if distributed.world_size() > args.real_batch_size:
+            raise UserError(f"{distributed.world_size()} processes need --real-batch-size ≥ {distributed.world_size()}")
+        self.train_idx, self.val_idx = taskdata.split_train_val(n, args.val_size, args.seed)
+        self.steps_per_epoch = len(self.train_idx) // args.real_batch_size      # full batches only
+        self.total_steps = self.steps_per_epoch * args.epochs
+        if args.max_steps:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.val_every = args.val_every or self.steps_per_epoch
+
+        self.distilled = DistilledData.initial(config, torch.Generator().manual_seed(args.seed), device=device)
+        if args.init == "real":
+            init_from_real(self.distilled, self.pretrained, self.train, args.seed)
+        self.optimizer = make_optimizer(self.distilled, args)
+        self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
+        self.step, self.best_val = 0, math.inf
+        if checkpoint is None:
+            if distributed.is_main():
+                run.path.mkdir(parents=True, exist_ok=True)   # only once every setting has been checked
+                (run.path / "config.json").write_text(json.dumps({**vars(args), "resume": None}, indent=2) + "\n")
+            self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {len(self.val_idx)} validation "
+                     f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
+                     f"checkpoint {self.model_dir}")
+        else:
+            self.restore(checkpoint)
+
+    def log(self, message: str) -> None:
+        if distributed.is_main():
+            self.run.log(message)
+
+    def restore(self, checkpoint: dict) -> None:
+        with torch.no_grad():
+            for name, tensor in self.distilled.tensors().items():
+                tensor.copy_(checkpoint["distilled"][name])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.step, self.best_val = checkpoint["step"], checkpoint["best_val_loss"]
+        if distributed.is_main():
+            for name in ("metrics.jsonl", "validation.jsonl"):
+                self.run.truncate_after(name, self.step)
+        self.log(f"resumed {self.run.path} at outer step {self.step}/{self.total_steps}")
+
+    def save(self) -> None:
+        """distilled_last + checkpoint.pt, each written atomically (rank 0 only)."""
+        if not distributed.is_main():
+            return
+        self.distilled.save(self.run.path / "distilled_last.safetensors", extra=self.provenance())
+        write_atomic(self.run.checkpoint, {
+            "step": self.step, "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "distilled": {k: v.detach().cpu() for k, v in self.distilled.tensors().items()}})
+
+    def provenance(self, **extra) -> dict:
+        return {"task": self.task.name, "model": str(self.args.model), "step": self.step, **extra}
+
+    def real_batch(self) -> Dict[str, torch.Tensor]:
+        """This rank's share of outer step `step`'s real mini-batch (Algorithm 1, line 13)."""
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        order = self.train_idx[torch.randperm(len(self.train_idx),
+                                              generator=torch.Generator().manual_seed(self.args.seed * 7919 + epoch))]
+        rows = order[offset * self.args.real_batch_size:(offset + 1) * self.args.real_batch_size]
+        return next(iter(taskdata.batches(self.train, len(rows), indices=distributed.shard(rows), device=self.device)))
+
+    def outer_step(self) -> dict:
+        """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃."""
+        started = time.perf_counter()
+        batch = self.real_batch()
+        theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
+                             seed=self.args.seed * 1_000_003 + self.step)
+        result = hypergradient(theta0, self.bert_config, self.distilled, batch, mode=self.args.mode)
+        share = len(batch["labels"]) / self.args.real_batch_size
+        totals = distributed.sum_weighted({**result.grads, "loss": result.loss}, share)
+        loss = totals.pop("loss")
+        self.check_finite(loss, result.inner_losses, totals)
+        for name, tensor in self.distilled.learnable().items():
+            tensor.grad = totals[name]
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.distilled.learnable().values()), self.args.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, "loss": loss.item(),
+                "inner_losses": result.inner_losses.tolist(), "inner_lr": self.inner_lrs(),
+                "grad_norm": grad_norm.item(), "alpha": self.scheduler.get_last_lr()[0],
+                "seconds": time.perf_counter() - started}
+
+    def inner_lrs(self) -> List[float]:
+        return [self.distilled.inner_lr(t).item() for t in range(self.distilled.config.steps)]
+
+    def check_finite(self, loss, inner_losses, grads) -> None:
+        bad = [k for k, g in grads.items() if not torch.isfinite(g).all()]
+        if torch.isfinite(loss) and torch.isfinite(inner_losses).all() and not bad:
+            return
+        what = f"gradient of {', '.join(bad)}" if bad else "loss"
+        kept = f"the last good checkpoint {self.run.checkpoint} is intact" if self.run.checkpoint.exists() else "nothing was saved yet"
+        raise UserError(f"non-finite {what} at outer step {self.step + 1}: the learning rates are probably too high "
+                        f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.inner_lrs()]}); {kept}")
+
+    def validate(self) -> dict:
+        """K fresh models trained on D̃, scored on the held-out slice of the training split."""
+        seeds = [10_000 + k for k in range(self.args.val_models)][distributed.rank()::distributed.world_size()]
+        runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled,
+                                  lambda: taskdata.batches(self.train, self.args.real_batch_size, indices=self.val_idx,
+                                                           device=self.device),
+                                  seeds=seeds, metric_names=self.task.metrics)
+        return mean_std(distributed.gather(runs))
+
+    def run_to_end(self) -> None:
+        progress = tqdm(total=self.total_steps, initial=self.step, desc=f"distil {self.task.name}", unit="step",
+                        dynamic_ncols=True, disable=not distributed.is_main())
+        with progress:   # closed (its line ended) before any error message
+            self.loop(progress)
+        self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
+
+    def loop(self, progress) -> None:
+        while self.step < self.total_steps:
+            record = self.outer_step()
+            if distributed.is_main():
+                self.run.append("metrics.jsonl", record)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", eta=f"{record['inner_lr'][0]:.4f}")
+            progress.update(1)
+            if self.step % self.val_every == 0 or self.step == self.total_steps:
+                self.after_validation(self.validate())
+            if self.step % self.args.checkpoint_every == 0 or self.step % self.val_every == 0 or self.step == self.total_steps:
+                self.save()
+
+    def after_validation(self, summary: dict) -> None:
+        val_loss = summary["loss"]["mean"]
+        improved = val_loss < self.best_val
+        if improved:
+            self.best_val = val_loss
+            if distributed.is_main():
+                self.distilled.save(self.run.path / "distilled_best.safetensors", extra=self.provenance(val_loss=val_loss))
+        if distributed.is_main():
+            self.run.append("validation.jsonl", {"step": self.step, **summary})
+        self.log(f"step {self.step}: validation loss {val_loss:.4f}, accuracy {summary['accuracy']['mean']:.4f}"
+                 f"{' (best)' if improved else ''}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args, run, checkpoint = load_or_start(argv)
+    try:
+        Distillation(args, run, checkpoint).run_to_end()
+    finally:
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,116 @@
+"""`python -m ddattn.distill` end to end on a few real MRPC batches: run directory, resume, guards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+# A few seconds per run: 96 MRPC training pairs, batches of 16, 8-token distilled samples.
+SMALL = ["--task", "mrpc", "--train-limit", "96", "--val-size", "32", "--real-batch-size", "16", "--seq-len", "8",
+         "--max-length", "32", "--epochs", "2", "--val-models", "1", "--val-every", "3", "--checkpoint-every", "1",
+         "--lr", "0.05", "--seed", "3"]
+
+
+def distill(tmp_path, *args, timeout=300, wait=True):
+    env = {**os.environ, "DDATTN_RUNS_DIR": str(tmp_path / "runs"), "DDATTN_DATA_DIR": str(tmp_path / "data")}
+    command = [sys.executable, "-m", "ddattn.distill", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def mrpc_data(tmp_path_factory):
+    """data/mrpc filled the way `make data TASK=mrpc` fills it."""
+    root = tmp_path_factory.mktemp("shared")
+    done = subprocess.run([sys.executable, "-m", "ddattn.data", "--task", "mrpc", "--data-dir", str(root / "data")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def one_error_line(done):
+    """Exit 2, no traceback, and one `error:` line (a progress bar may stand above it on stderr)."""
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = [l for l in done.stderr.splitlines() if "error:" in l]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def use(tmp_path, data_root):
+    (tmp_path / "data").symlink_to(data_root / "data")
+
+
+def test_run_directory_is_complete(tmp_path, mrpc_data):
+    use(tmp_path, mrpc_data)
+    done = distill(tmp_path, *SMALL, "--name", "smoke")
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "mrpc" / "smoke"
+    for name in ["config.json", "checkpoint.pt", "distilled_best.safetensors", "distilled_last.safetensors",
+                 "metrics.jsonl", "validation.jsonl", "run.log"]:
+        assert (run / name).is_file(), name
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 9))             # 2 epochs × 4 full batches of 16
+    assert all(m["loss"] > 0 and m["grad_norm"] > 0 and len(m["inner_lr"]) == 1 for m in metrics)
+    with safe_open(str(run / "distilled_best.safetensors"), "pt") as f:   # plain safetensors can read it
+        info = json.loads(f.metadata()["ddattn_distilled"])
+        assert info["task"] == "mrpc" and info["config"]["label_type"] == "soft"
+        assert f.get_tensor("x").shape == (2, 8, 384) and f.get_tensor("attn_logits").shape == (2, 6, 12, 8)
+    config = json.loads((run / "config.json").read_text())
+    assert config["seq_len"] == 8 and config["attention_type"] == "cls"
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data):
+    use(tmp_path, mrpc_data)
+    assert distill(tmp_path, *SMALL, "--name", "straight").returncode == 0
+    run = tmp_path / "runs" / "mrpc" / "killed"
+    process = distill(tmp_path, *SMALL, "--name", "killed", wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:     # kill -9 once a few steps are checkpointed
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] < 8
+    resumed = distill(tmp_path, "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    straight = load_file(tmp_path / "runs" / "mrpc" / "straight" / "distilled_last.safetensors")
+    again = load_file(run / "distilled_last.safetensors")
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
+    use(tmp_path, mrpc_data)
+    done = distill(tmp_path, *SMALL, "--name", "diverge", "--inner-lr", "1e38")
+    line = one_error_line(done)
+    assert "non-finite" in line and "outer step 1" in line
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--task", "nope"], "unknown task"),
+    (["--shots", "0"], "--shots"),
+    (["--steps", "0"], "--steps"),
+    (["--seq-len", "513"], "--seq-len"),
+    (["--label-type", "fuzzy"], "invalid choice"),
+    (["--lr", "-1"], "--lr"),
+    (["--model", "no-such-model"], "make weights"),
+])
+def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):
+    use(tmp_path, mrpc_data)
+    args = SMALL + flags
+    assert expected in one_error_line(distill(tmp_path, *args))
+    assert not (tmp_path / "runs" / "mrpc").exists() or not any((tmp_path / "runs" / "mrpc").iterdir())
