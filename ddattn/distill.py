@@ -40,7 +40,7 @@ from .unroll import hypergradient
 # Paper defaults (Sec. 3.1, Appendix B) and a preset that finishes MRPC on 2 CPU cores in ~10 minutes.
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
-    "quick": dict(seq_len=32, epochs=1, val_size=128, val_models=2, max_length=64),
+    "quick": dict(seq_len=64, epochs=3, val_size=128, val_models=2, max_length=64, inner_lr=1e-1),
 }
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
@@ -64,7 +64,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--steps", type=int, help="T, inner SGD steps")
     g.add_argument("--data-per-step", choices=["same", "different"], help="same distilled batch at every step, or its own per step (Table 3)")
     g.add_argument("--batch-size", type=int, help="distilled samples per inner step (0: from --data-per-step)")
-    g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample (paper 512; quick preset 32)")
+    g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample (paper 512; quick preset 64)")
     g.add_argument("--label-type", choices=LABEL_TYPES)
     g.add_argument("--attention-type", choices=ATTENTION_TYPES, help="attention labels: none, cls (the paper), all")
     g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")

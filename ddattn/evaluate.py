@@ -5,14 +5,23 @@ For each of N models: θ_0 = the pretrained encoder with a freshly initialised c
 loss), then scored on the task's evaluation split. We report mean ± std over the N models.
 """
 
+import json
 import math
-from typing import Dict, Iterable, List, Sequence
+import os
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from .bert import BertConfig, Params, bert_forward, init_classifier
+from . import data as taskdata
+from . import distributed
+from .bert import BertConfig, Params, bert_forward, init_classifier, load_pretrained
 from .distilled import DistilledData
+from .errors import ArgumentParser, UserError, run_cli
+from .paths import resolve_checkpoint
 from .unroll import train_on_distilled
 
 
@@ -85,3 +94,69 @@ def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: Distil
         if progress is not None:
             progress.update(1)
     return runs
+
+
+# --- command line: python -m ddattn.evaluate RUN_DIR -------------------------------------------------
+def load_run(run_dir: Path, which: str = "best"):
+    """A run's settings and its distilled data (distilled_best or distilled_last)."""
+    config_path, data_path = run_dir / "config.json", run_dir / f"distilled_{which}.safetensors"
+    for path in (config_path, data_path):
+        if not path.is_file():
+            raise UserError(f"{path} is missing: is {run_dir} a finished `python -m ddattn.distill` run?")
+    return json.loads(config_path.read_text()), DistilledData.load(data_path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = ArgumentParser(prog="python -m ddattn.evaluate",
+                       description="Train N fresh models on a run's distilled data and score them (paper Sec. 3.1).")
+    p.add_argument("run_dir", type=Path, help="runs/<task>/<name>/ of python -m ddattn.distill")
+    p.add_argument("--n-models", type=int, default=100, help="N models, each with its own random head (paper: 100)")
+    p.add_argument("--split", choices=["eval", "train"], default="eval",
+                   help="eval: the task's evaluation split (GLUE dev, AG News test)")
+    p.add_argument("--which", choices=["best", "last"], default="best", help="distilled_best or distilled_last")
+    p.add_argument("--seed", type=int, default=0, help="model i gets head seed seed + i")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--out", type=Path, help="default RUN_DIR/eval.json")
+    args = p.parse_args(argv)
+    if args.n_models < 1 or args.batch_size < 1:
+        raise UserError("--n-models and --batch-size must be ≥ 1")
+    settings, distilled = load_run(args.run_dir, args.which)
+    device = distributed.local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    distributed.setup(device)
+    try:
+        task = taskdata.get_task(settings["task"])
+        model_dir = resolve_checkpoint(settings["model"])
+        config, pretrained = load_pretrained(model_dir, device=device)
+        distilled = DistilledData(distilled.config, {k: v.to(device) for k, v in distilled.tensors().items()})
+        split = taskdata.load_split(task, args.split, model_dir / "tokenizer.json", settings["max_length"],
+                                    settings.get("data_dir"))
+        by_length = split.lengths.argsort()      # batches of similar lengths: less padding, same metrics
+        seeds = list(range(args.seed, args.seed + args.n_models))[distributed.rank()::distributed.world_size()]
+        started = time.perf_counter()
+        with tqdm(total=len(seeds), desc=f"evaluate {task.name}", unit="model", disable=not distributed.is_main()) as bar:
+            runs = evaluate_distilled(pretrained, config, distilled,
+                                      lambda: taskdata.batches(split, args.batch_size, indices=by_length, device=device),
+                                      seeds, task.metrics, progress=bar)
+        runs = sorted(distributed.gather(runs), key=lambda r: r["seed"])
+        summary = mean_std(runs)
+        if distributed.is_main():
+            write_json_atomic(args.out or args.run_dir / "eval.json", {
+                "task": task.name, "split": args.split, "examples": len(split), "checkpoint": str(settings["model"]),
+                "distilled": f"distilled_{args.which}.safetensors", "n_models": args.n_models,
+                "settings": settings, "summary": summary, "runs": runs,
+                "seconds": time.perf_counter() - started, "processes": distributed.world_size()})
+            print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: " + ", ".join(
+                f"{k} {v['mean'] * 100:.1f} ± {v['std'] * 100:.1f}" for k, v in summary.items() if k != "loss"))
+    finally:
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    run_cli(main)
