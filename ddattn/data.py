@@ -72,7 +72,7 @@ TASK_NAMES = sorted(TASKS) + ["custom"]
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)} "
-                        "(custom tasks: ddattn.data.custom_task)")
+                        "(custom: your own CSV/TSV, see --help)")
     return TASKS[name]
 
 
@@ -85,6 +85,18 @@ def custom_task(train_path: str, eval_path: str, text_columns: Sequence[str], la
     return Task("custom", {"train": train.name, "eval": evaluation.name}, tuple(text_columns), label_column,
                 tuple(label_values), tuple(label_names or label_values),
                 format="tsv" if train.suffix == ".tsv" else "csv", directory=train.parent)
+
+
+def task_from_settings(settings: dict) -> Task:
+    """The task a run names: a registered one, or `custom` with its files and columns."""
+    if settings["task"] != "custom":
+        return get_task(settings["task"])
+    needed = ["train_file", "eval_file", "text_columns", "label_column", "labels"]
+    missing = [f"--{n.replace('_', '-')}" for n in needed if not settings.get(n)]
+    if missing:
+        raise UserError(f"--task custom needs {', '.join(missing)}")
+    return custom_task(settings["train_file"], settings["eval_file"], settings["text_columns"].split(","),
+                       settings["label_column"], settings["labels"].split(","))
 
 
 # --- reading files ---------------------------------------------------------------------------------
@@ -205,7 +217,7 @@ def load_split(task: Task, split: str, tokenizer_path: Path, max_length: int = 1
     """Read and tokenise a split, through a cache in data/<task>/cache/ keyed by the source file, the
     tokenizer and max_length (safetensors, written atomically)."""
     source = task_file(task, split, data_dir)
-    cache = source.parent / "cache" / f"{source.stem}-{_digest(source)}-tok{_digest(tokenizer_path)}-len{max_length}.safetensors"
+    cache = Path(data_dir or paths.data_dir()) / task.name / "cache" / f"{source.stem}-{_digest(source)}-tok{_digest(tokenizer_path)}-len{max_length}.safetensors"
     if cache.is_file():
         t = load_file(str(cache))
         return EncodedSplit(t["input_ids"], t["token_type_ids"], t["lengths"], t["labels"])

@@ -47,7 +47,8 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
                 optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, max_length=128,
                 mode="recompute", val_every=0, seed=0, device=None, max_steps=0, train_limit=0,
-                checkpoint_every=25, seq_len=None, epochs=None, val_size=None, val_models=None)
+                checkpoint_every=25, train_file=None, eval_file=None, text_columns=None, label_column=None,
+                labels=None, seq_len=None, epochs=None, val_size=None, val_models=None)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -58,6 +59,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
     p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used)")
+    g = p.add_argument_group("your own data (--task custom): CSV/TSV files with a header row")
+    g.add_argument("--train-file", help="training file (.csv or .tsv)")
+    g.add_argument("--eval-file", help="evaluation file, same columns")
+    g.add_argument("--text-columns", help="one or two text column names, comma-separated")
+    g.add_argument("--label-column", help="label column name")
+    g.add_argument("--labels", help="label values as written in the file, comma-separated, in class order")
     p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the paper's settings; quick: MRPC in ~10 min on 2 CPU cores")
     g = p.add_argument_group("distilled data (Sec. 2)")
     g.add_argument("--shots", type=int, help="distilled samples per class")
@@ -203,6 +210,10 @@ def load_or_start(argv):
         return args, run, torch.load(run.checkpoint, weights_only=True)
     if not args.task:
         raise UserError(f"--task is required: one of {', '.join(taskdata.TASK_NAMES)}")
+    for name in ("train_file", "eval_file"):      # absolute, so that --resume works from anywhere
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+    taskdata.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
     check_settings(args)
     args.name = args.name or (f"{args.label_type}-{args.attention_type}-s{args.shots}-t{args.steps}-S{args.seq_len}"
                               f"-lr{args.lr:g}-eta{args.inner_lr:g}-seed{args.seed}")
@@ -220,7 +231,7 @@ class Distillation:
         device = distributed.local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
         distributed.setup(device)
         self.device = device
-        self.task = taskdata.get_task(args.task)
+        self.task = taskdata.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
         self.bert_config, self.pretrained = load_pretrained(self.model_dir, device=device)
         config = distilled_config(args, self.bert_config, self.task.num_classes)

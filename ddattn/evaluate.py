@@ -131,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     device = distributed.local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     distributed.setup(device)
     try:
-        task = taskdata.get_task(settings["task"])
+        task = taskdata.task_from_settings(settings)
         model_dir = resolve_checkpoint(settings["model"])
         config, pretrained = load_pretrained(model_dir, device=device)
         distilled = DistilledData(distilled.config, {k: v.to(device) for k, v in distilled.tensors().items()})

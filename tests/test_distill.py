@@ -114,3 +114,25 @@ def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):
     args = SMALL + flags
     assert expected in one_error_line(distill(tmp_path, *args))
     assert not (tmp_path / "runs" / "mrpc").exists() or not any((tmp_path / "runs" / "mrpc").iterdir())
+
+
+def test_custom_task_distils_and_evaluates(tmp_path):
+    rows = ["review,stars"] + [f"{w} movie number {i},{'good' if i % 2 else 'bad'}"
+                               for i, w in enumerate(["great", "awful"] * 20)]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "mine" / "test.csv").write_text("\n".join(rows[:9]) + "\n")
+    custom = ["--task", "custom", "--train-file", str(tmp_path / "mine" / "train.csv"), "--eval-file",
+              str(tmp_path / "mine" / "test.csv"), "--text-columns", "review", "--label-column", "stars",
+              "--labels", "bad,good"]
+    done = distill(tmp_path, *custom, "--name", "mine", "--real-batch-size", "8", "--val-size", "8", "--seq-len", "8",
+                   "--epochs", "1", "--val-models", "1", "--max-length", "16")
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "custom" / "mine"
+    evaluated = subprocess.run([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "2"], cwd=REPO,
+                               capture_output=True, text=True, env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")})
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((run / "eval.json").read_text())
+    assert result["examples"] == 8 and len(result["runs"]) == 2
+    bad = distill(tmp_path, "--task", "custom", "--train-file", "x.csv")
+    assert "--task custom needs" in one_error_line(bad)
