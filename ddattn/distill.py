@@ -52,8 +52,7 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m ddattn.distill", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m ddattn.distill", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", help=f"task to distil: {', '.join(taskdata.TASK_NAMES)}")
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
@@ -71,11 +70,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--steps", type=int, help="T, inner SGD steps")
     g.add_argument("--data-per-step", choices=["same", "different"], help="same distilled batch at every step, or its own per step (Table 3)")
     g.add_argument("--batch-size", type=int, help="distilled samples per inner step (0: from --data-per-step)")
-    g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample (paper 512; quick preset 64)")
+    g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample")
     g.add_argument("--label-type", choices=LABEL_TYPES)
     g.add_argument("--attention-type", choices=ATTENTION_TYPES, help="attention labels: none, cls (the paper), all")
     g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")
-    g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper 1e-2 or 1e-1)")
+    g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper: 1e-2 or 1e-1)")
     g.add_argument("--init", choices=["random", "real"], help="x̃ init: N(0,1) (paper) or embeddings of real examples")
     g = p.add_argument_group("outer optimisation (Algorithm 1, Appendix B)")
     g.add_argument("--lr", type=float, help="α, Adam learning rate for every distilled tensor (paper 1e-3, 1e-2, 1e-1)")
@@ -98,6 +97,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    for action in p._actions:    # show the effective defaults: the preset's, else the paper's
+        presets = {name: values[action.dest] for name, values in PRESETS.items() if action.dest in values}
+        if presets:
+            action.help = (action.help or "") + " [" + ", ".join(f"{name} preset: {value}" for name, value in presets.items()) + "]"
+        elif DEFAULTS.get(action.dest) not in (None, ""):
+            action.help = (action.help or "") + f" [default: {DEFAULTS[action.dest]}]"
     args = p.parse_args(argv)
     if args.resume:
         return args
