@@ -93,7 +93,8 @@ class Hypergradient:
 
 
 def _with_grad(theta: Params) -> Params:
-    """Detached copies of θ whose trainable entries are leaves that require grad."""
+    """Detached copies of θ whose trainable entries are leaves that require grad (so that the step's
+    gradient ∇_θ L can be taken; θ_0's own gradient is never asked for)."""
     return {n: v.detach().requires_grad_(n not in FROZEN) for n, v in theta.items()}
 
 
@@ -147,9 +148,10 @@ def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
             outputs, cotangent = [loss], None
         else:                         # one vector–Jacobian product of θ_{t+1}(θ_t, D̃)
             loss, outputs = None, [theta_next[n] for n in names]
-        grads = torch.autograd.grad(outputs, [theta_t[n] for n in names] + list(learnable.values()),
+        wrt_theta = names if t > 0 else []          # nothing needs ∂L/∂θ_0: skip that work
+        grads = torch.autograd.grad(outputs, [theta_t[n] for n in wrt_theta] + list(learnable.values()),
                                     grad_outputs=cotangent, materialize_grads=True)
-        return grads[:len(names)], dict(zip(learnable, grads[len(names):])), loss, step_losses
+        return grads[:len(wrt_theta)], dict(zip(learnable, grads[len(wrt_theta):])), loss, step_losses
 
     v, totals, loss, last_losses = step_vjp(T - 1)
     for t in reversed(range(T - 1)):                               # reverse sweep, one step at a time
