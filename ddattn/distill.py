@@ -33,7 +33,7 @@ from . import distributed
 from .bert import load_pretrained
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import evaluate_distilled, fresh_model, mean_std
+from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import resolve_checkpoint, runs_dir
 from .unroll import hypergradient
 
@@ -247,7 +247,8 @@ class Distillation:
             raise UserError(f"{n} training examples cannot hold --val-size {args.val_size} plus one batch of {args.real_batch_size}")
         if distributed.world_size() > args.real_batch_size:
             raise UserError(f"{distributed.world_size()} processes need --real-batch-size ≥ {distributed.world_size()}")
-        self.train_idx, self.val_idx = taskdata.split_train_val(n, args.val_size, args.seed)
+        self.train_idx, val_idx = taskdata.split_train_val(n, args.val_size, args.seed)
+        self.val_batches = eval_batches(self.train, args.real_batch_size, device, indices=val_idx)
         self.steps_per_epoch = len(self.train_idx) // args.real_batch_size      # full batches only
         self.total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
@@ -264,7 +265,7 @@ class Distillation:
             if distributed.is_main():
                 run.path.mkdir(parents=True, exist_ok=True)   # only once every setting has been checked
                 (run.path / "config.json").write_text(json.dumps({**vars(args), "resume": None}, indent=2) + "\n")
-            self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {len(self.val_idx)} validation "
+            self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
                      f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
                      f"checkpoint {self.model_dir}")
         else:
@@ -345,9 +346,7 @@ class Distillation:
     def validate(self) -> dict:
         """K fresh models trained on D̃, scored on the held-out slice of the training split."""
         seeds = [10_000 + k for k in range(self.args.val_models)][distributed.rank()::distributed.world_size()]
-        runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled,
-                                  lambda: taskdata.batches(self.train, self.args.real_batch_size, indices=self.val_idx,
-                                                           device=self.device),
+        runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled, lambda: self.val_batches,
                                   seeds=seeds, metric_names=self.task.metrics)
         return mean_std(distributed.gather(runs))
 

@@ -1,0 +1,427 @@
+"""`python -m ddattn.bench`: what one outer step of distillation costs in time, memory and FLOPs, versus T.
+
+One outer step is `unroll.hypergradient`: T inner SGD steps on the M distilled samples (each a forward
+and a create_graph backward through BERT at sequence length S), the outer loss on a real batch at θ_T,
+and the backward through all of it to D̃. Time grows with T in both modes; memory grows with T in `graph`
+mode (the paper's Limitation (i)) and stays nearly flat in `recompute` mode, which pays for that with
+one more forward + backward per inner step but the last.
+
+How it measures (bench/README.md has the details):
+- each configuration (S, T, mode, attn) runs in a fresh subprocess, so no allocator cache, lazy
+  initialisation or memory high-water mark leaks from one configuration into the next;
+- time: one warm-up outer step, then --repeat timed ones; median and min seconds;
+- memory: the peak above what is resident once the model and inputs are loaded (and one warm-up step
+  has run). CUDA: torch.cuda.max_memory_allocated. CPU: the kernel's resident-set high-water mark VmHWM,
+  reset at that point by writing 5 to /proc/self/clear_refs (ru_maxrss cannot be reset, so it would
+  report the model-load peak whenever that is the larger);
+- FLOPs: torch.utils.flop_counter on one extra, untimed outer step counts the matmul and attention FLOPs
+  that are actually dispatched, double backward included; achieved GFLOP/s is compared with a large
+  dense matmul timed in the same process.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .bert import BertConfig, load_pretrained
+from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
+from .errors import ArgumentParser, UserError, run_cli
+from .evaluate import fresh_model
+from .paths import REPO_ROOT, resolve_checkpoint
+from .unroll import hypergradient
+
+MODES = ("graph", "recompute")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
+MB = 2 ** 20
+
+
+# --- measuring instruments (used inside the worker subprocess) -----------------------------------
+def _status_bytes(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (resident high-water mark) of this process, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024          # the kernel reports kB
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+class PeakMemory:
+    """Peak memory used between start() and stop(), above what was already in use at start()."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.method, self.base = "torch.cuda.max_memory_allocated", torch.cuda.memory_allocated(self.device)
+            return
+        try:   # hand freed heap pages back to the OS, so they cannot hide in the baseline and be reused unseen
+            import ctypes
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")                                  # 5: reset VmHWM to the current VmRSS
+            self.method = "VmHWM after clear_refs"
+        except OSError as e:
+            self.method = f"ru_maxrss, includes the model-load peak (clear_refs not writable: {e.strerror})"
+        self.base = _status_bytes("VmRSS")
+
+    def stop(self):
+        """(peak above the baseline, peak of the whole process), in bytes."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("VmHWM"):
+            peak = _status_bytes("VmHWM")
+        else:
+            import resource
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # kB on Linux
+        return max(0, peak - self.base), peak
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """What this device does at its best: GFLOP/s of an n×n matmul (2n³ FLOPs), best of 4."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    best = float("inf")
+    for _ in range(4):
+        _sync(device)
+        started = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n ** 3 / best / 1e9
+
+
+def count_flops(fn) -> int:
+    """FLOPs that `fn()` dispatches: matmuls and attention, forward and (double) backward."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+    aten = torch.ops.aten
+    # PyTorch's table knows the CUDA attention kernels, not the CPU one the outer loss's fused attention uses.
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(grad, q, k, v),
+    }
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
+# --- one configuration, in its own process ---------------------------------------------------------
+def worker(spec: dict) -> dict:
+    """Load the model, build θ_0, D̃ and a real batch, then time, measure and count `hypergradient`."""
+    device, dtype = torch.device(spec["device"]), DTYPES[spec["dtype"]]
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    started = time.perf_counter()
+    config, pretrained = load_pretrained(Path(spec["model"]), dtype=dtype, device=device)
+    theta0 = fresh_model(pretrained, config, NUM_CLASSES, spec["seed"])
+    distilled_config = DistilledConfig(
+        num_classes=NUM_CLASSES, seq_len=spec["seq_len"], hidden_size=config.hidden_size,
+        num_layers=config.num_layers, num_heads=config.num_heads, shots=spec["shots"], steps=spec["steps"],
+        attention_type=spec["attn"])
+    distilled_config.validate(config.max_positions)
+    g = torch.Generator().manual_seed(spec["seed"])
+    distilled = DistilledData.initial(distilled_config, g, dtype=dtype, device=device)
+    B, L = spec["real_batch"], spec["real_len"]
+    batch = {"input_ids": torch.randint(1, config.vocab_size, (B, L), generator=g),     # no padding: worst case
+             "token_type_ids": torch.zeros(B, L, dtype=torch.long),
+             "attention_mask": torch.ones(B, L, dtype=torch.long),
+             "labels": torch.randint(0, NUM_CLASSES, (B,), generator=g)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    peak_gflops = matmul_gflops(device, dtype, spec["matmul_size"])     # before the baseline: not counted
+    load_s = time.perf_counter() - started
+
+    def outer_step():
+        result = hypergradient(theta0, config, distilled, batch, mode=spec["mode"])
+        _sync(device)
+        return result.loss.item()
+
+    outer_step()           # warm-up: lazy initialisation, kernel selection, code pages faulted in
+    memory = PeakMemory(device)
+    memory.start()
+    times = []
+    for _ in range(spec["repeat"]):
+        started = time.perf_counter()
+        loss = outer_step()
+        times.append(time.perf_counter() - started)
+    peak, process_peak = memory.stop()
+    flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
+    median = statistics.median(times)
+    return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": loss, "load_s": load_s,
+            "times_s": times, "median_s": median, "min_s": min(times),
+            "peak_mb": peak / MB, "process_peak_mb": process_peak / MB, "memory_method": memory.method,
+            "flops": flops, "gflop_per_step": flops / 1e9, "gflops_per_s": flops / median / 1e9,
+            "matmul_size": spec["matmul_size"], "matmul_gflops": peak_gflops,
+            "pct_of_matmul_peak": 100 * flops / median / 1e9 / peak_gflops,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "device_name": device_name(device)}
+
+
+def worker_main(spec_json: str) -> None:
+    """`--worker SPEC`: run one configuration and print its result as one JSON line (exit 1 on failure)."""
+    spec = json.loads(spec_json)
+    try:
+        result = worker(spec)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        result = {**spec, "error": "out of memory: " + (str(e).splitlines() or [""])[0]}
+    except UserError as e:
+        result = {**spec, "error": str(e)}
+    except Exception as e:   # a bug or a broken setup: still a row of the table, with the traceback on stderr
+        import traceback
+        traceback.print_exc()
+        result = {**spec, "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
+    print(json.dumps(result), flush=True)
+    if "error" in result:
+        sys.exit(1)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_in_subprocess(spec: dict) -> dict:
+    """Run one configuration in a fresh Python process and return its result (or its error)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "ddattn.bench", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    if proc.returncode < 0:
+        why = f"killed by signal {-proc.returncode}"
+        why += " (out of memory?)" if -proc.returncode == signal.SIGKILL else ""
+    else:
+        errors = [line for line in proc.stderr.splitlines() if line.strip()]
+        why = errors[-1] if errors else f"exit status {proc.returncode}"
+    return {**spec, "error": why}
+
+
+# --- reporting -----------------------------------------------------------------------------------
+COLUMNS = ["S", "T", "mode", "attn", "median s", "min s", "peak MB", "process MB", "GFLOP/step", "GFLOP/s",
+           "% of matmul peak"]
+
+
+def table_row(r: dict) -> List[str]:
+    cells = [str(r["seq_len"]), str(r["steps"]), r["mode"], r["attn"]]
+    if "error" in r:
+        return cells + ["—"] * (len(COLUMNS) - 4) + [r["error"].replace("|", "/")]
+    return cells + [f"{r['median_s']:.3g}", f"{r['min_s']:.3g}", f"{r['peak_mb']:.0f}", f"{r['process_peak_mb']:.0f}",
+                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", f"{r['pct_of_matmul_peak']:.0f} %", ""]
+
+
+def markdown(results: List[dict], env: dict) -> str:
+    s = env["settings"]
+    lines = [f"# ddattn benchmark: {env['device']} ({env['device_name']})", "",
+             f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, {s['dtype']}, "
+             f"model {Path(s['model']).name}, "
+             f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']}, "
+             f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
+             "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes).", "",
+             "| " + " | ".join(COLUMNS + ["error"]) + " |",
+             "|" + "---:|" * 2 + "---|" * 2 + "---:|" * (len(COLUMNS) - 4) + "---|"]
+    lines += ["| " + " | ".join(table_row(r)) + " |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: List[dict], path: Path) -> None:
+    """Time and peak memory versus T, one line per mode (and per S and attn when several were run)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib)")
+        return
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        if "error" not in r:
+            groups.setdefault((r["mode"], r["seq_len"], r["attn"]), []).append(r)
+    if not groups:
+        print("no plot: every configuration failed")
+        return
+    several = len({key[1:] for key in groups}) > 1
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (mode, S, attn), rows in sorted(groups.items()):
+        rows.sort(key=lambda r: r["steps"])
+        label = f"{mode}, S={S}, attn={attn}" if several else mode
+        steps = [r["steps"] for r in rows]
+        ax_time.plot(steps, [r["median_s"] for r in rows], marker="o", label=label)
+        ax_mem.plot(steps, [r["peak_mb"] for r in rows], marker="o", label=label)
+    ax_time.set(xlabel="T (inner steps)", ylabel="seconds per outer step (median)", title="time")
+    ax_mem.set(xlabel="T (inner steps)", ylabel="peak MB above the loaded model", title="memory")
+    all_steps = sorted({r["steps"] for rows in groups.values() for r in rows})
+    for ax in (ax_time, ax_mem):
+        if all_steps[-1] >= 8 * all_steps[0]:
+            ax.set_xscale("log", base=2)      # T = 1, 2, 4, ... 32 evenly spaced
+        ax.set_xticks(all_steps, [str(t) for t in all_steps])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_ylim(bottom=0)
+    _, S, attn = next(iter(groups))
+    fig.suptitle(f"ddattn outer step on {results[0]['device']}" + ("" if several else f", S={S}, attn={attn}"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+# --- command line ----------------------------------------------------------------------------------
+def _flat(values: Sequence[str], convert, flag: str) -> list:
+    """`--steps 1 2 4` or `--steps 1,2,4` → [1, 2, 4] (duplicates dropped, order kept)."""
+    out = []
+    for text in ",".join(values).split(","):
+        try:
+            value = convert(text.strip())
+        except ValueError:
+            raise UserError(f"{flag}: {text!r} is not a valid value") from None
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]]):
+    p = ArgumentParser(prog="python -m ddattn.bench",
+                       description="Time, peak memory and FLOPs of one distillation outer step, per configuration.",
+                       epilog="example: python -m ddattn.bench --seq-len 128 --steps 1 2 4 8 --no-plot")
+    p.add_argument("--model", default="minilm-l6", help="converted checkpoint: a name under weights/ or a directory")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--seq-len", nargs="+", default=["512"], metavar="S",
+                   help="S, tokens per distilled sample (list; default 512)")
+    p.add_argument("--steps", nargs="+", default=["1"], metavar="T",
+                   help="T, inner SGD steps (list, e.g. 1 2 4 8; default 1)")
+    p.add_argument("--mode", nargs="+", default=list(MODES), metavar="MODE",
+                   help="hypergradient modes: graph, recompute (default both)")
+    p.add_argument("--attn", nargs="+", default=["cls"], metavar="ATTN",
+                   help="attention-label types: none, cls, all (default cls)")
+    p.add_argument("--shots", type=int, default=1, help="distilled samples per class (2 classes)")
+    p.add_argument("--real-batch", type=int, default=32, help="real examples in the outer loss")
+    p.add_argument("--real-len", type=int, default=64, help="tokens per real example")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--repeat", type=int, default=3, help="timed outer steps after one warm-up")
+    p.add_argument("--matmul-size", type=int, help="n of the n×n reference matmul (default 2048, 8192 on CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (default 0: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path,
+                   help="results file (default bench/results/<device>.json); the .md table and .png plot go beside it")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    p.add_argument("--worker", help=argparse.SUPPRESS)   # --worker SPEC: how the parent runs one configuration
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker_main(args.worker)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device.type}: only cpu and cuda are benchmarked")
+    model_dir = resolve_checkpoint(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"checkpoint {model_dir} not found: run `make weights` (python -m ddattn.convert) "
+                        "or pass --model DIR")
+    config = BertConfig.from_json(model_dir / "config.json")
+    seq_lens = _flat(args.seq_len, int, "--seq-len")
+    steps = _flat(args.steps, int, "--steps")
+    modes, attns = _flat(args.mode, str, "--mode"), _flat(args.attn, str, "--attn")
+    checks = [
+        (all(1 <= s <= config.max_positions for s in seq_lens),
+         f"--seq-len must be between 1 and the model's {config.max_positions} positions, not {seq_lens}"),
+        (all(t >= 1 for t in steps), f"--steps must be ≥ 1, not {steps}"),
+        (set(modes) <= set(MODES), f"unknown --mode {sorted(set(modes) - set(MODES))}; choose from {list(MODES)}"),
+        (set(attns) <= set(ATTENTION_TYPES),
+         f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}"),
+        (1 <= args.real_len <= config.max_positions,
+         f"--real-len must be between 1 and the model's {config.max_positions} positions, not {args.real_len}"),
+        (min(args.shots, args.real_batch, args.repeat) >= 1, "--shots, --real-batch and --repeat must be ≥ 1"),
+        (args.threads >= 0, "--threads must be ≥ 0 (0: torch's default)"),
+        (args.matmul_size is None or args.matmul_size >= 1, "--matmul-size must be ≥ 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+    json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    settings = dict(model=str(model_dir), device=str(device), dtype=args.dtype, shots=args.shots,
+                    real_batch=args.real_batch, real_len=args.real_len, repeat=args.repeat, seed=args.seed,
+                    threads=args.threads,
+                    matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
+    env = {"device": device.type, "device_name": device_name(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+           "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
+           "python": platform.python_version(),
+           "platform": platform.platform(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)]),
+           "settings": settings}
+    specs = [dict(settings, seq_len=S, steps=T, mode=mode, attn=attn)
+             for S in seq_lens for attn in attns for mode in modes for T in steps]
+    results = []
+    for i, spec in enumerate(specs, 1):
+        print(f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} attn={spec['attn']}: ",
+              end="", flush=True)
+        r = run_in_subprocess(spec)
+        results.append(r)
+        print(f"error: {r['error']}" if "error" in r else
+              f"{r['median_s']:.3g} s/step, peak {r['peak_mb']:.0f} MB, {r['gflop_per_step']:.4g} GFLOP, "
+              f"{r['gflops_per_s']:.3g} GFLOP/s", flush=True)
+        write_json_atomic(json_path, {"environment": env, "results": results})   # a sweep cut short keeps its rows
+    table = markdown(results, env)
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(table)
+    print("\n" + table)
+    print(f"wrote {json_path} and {md_path}")
+    if not args.no_plot:
+        plot(results, json_path.with_suffix(".png"))
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} configurations failed; see their error column")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,107 @@
+"""python -m ddattn.bench on a tiny random checkpoint: result fields, memory reading, tables, bad flags."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ddattn import bench
+from ddattn.bert import BertConfig, param_shapes
+from ddattn.errors import UserError
+
+TINY = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32)
+FAST = ["--seq-len", "8", "--real-batch", "2", "--real-len", "8", "--repeat", "1", "--matmul-size", "64",
+        "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert")
+    g = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(s, generator=g) * 0.3 for k, s in param_shapes(TINY).items()},
+              str(path / "model.safetensors"))
+    TINY.to_json(path / "config.json")
+    return path
+
+
+def spec(tiny_dir, steps, mode):
+    return dict(model=str(tiny_dir), device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, repeat=2,
+                seed=0, threads=1, matmul_size=64, seq_len=8, steps=steps, mode=mode, attn="cls")
+
+
+def test_worker_reports_sane_numbers(tiny_dir):
+    results = {(T, mode): bench.worker(spec(tiny_dir, T, mode)) for T in (1, 2) for mode in bench.MODES}
+    for (T, mode), r in results.items():
+        assert (r["steps"], r["mode"], r["seq_len"], r["attn"], r["num_samples"]) == (T, mode, 8, "cls", 2)
+        assert len(r["times_s"]) == 2 and 0 < r["min_s"] <= r["median_s"]
+        assert 0 <= r["peak_mb"] <= r["process_peak_mb"] and r["memory_method"]
+        assert r["flops"] > 0 and r["gflops_per_s"] > 0 and r["matmul_gflops"] > 0 and r["pct_of_matmul_peak"] > 0
+        assert r["threads"] == 1 and r["torch"] == torch.__version__ and r["cpu"] and r["device_name"]
+        assert torch.isfinite(torch.tensor(r["outer_loss"]))
+    for T in (1, 2):   # recompute rebuilds each inner step: never less work than keeping the graph
+        assert results[T, "recompute"]["flops"] >= results[T, "graph"]["flops"]
+    for mode in bench.MODES:
+        assert results[2, mode]["flops"] > results[1, mode]["flops"]
+    assert results[1, "graph"]["outer_loss"] == pytest.approx(results[1, "recompute"]["outer_loss"])
+
+
+def test_peak_memory_sees_an_allocation():
+    memory = bench.PeakMemory(torch.device("cpu"))
+    memory.start()
+    block = torch.ones(50 * 2 ** 20 // 4)       # 50 MiB, every page touched
+    del block
+    peak, process_peak = memory.stop()
+    assert 45 * 2 ** 20 < peak < 80 * 2 ** 20 and process_peak > peak
+
+
+def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "cpu.json"
+    bench.main(["--model", str(tiny_dir), "--steps", "2", "--mode", "graph", "--json", str(out), *FAST])
+    saved = json.loads(out.read_text())
+    assert [(r["steps"], r["mode"]) for r in saved["results"]] == [(2, "graph")]
+    assert all("error" not in r for r in saved["results"])
+    env = saved["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1 and env["cpu"]
+    table = (tmp_path / "cpu.md").read_text()
+    assert "| S | T | mode | attn | median s |" in table and table.count("| 8 | ") == 1
+    assert "| 8 | 2 | graph | cls |" in capsys.readouterr().out
+    assert (tmp_path / "cpu.png").stat().st_size > 0
+
+
+def test_failed_configuration_is_a_row_not_a_crash(tiny_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_dir / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "cpu.json"
+    bench.main(["--model", str(broken), "--mode", "graph", "--no-plot", "--json", str(out), *FAST])
+    (row,) = json.loads(out.read_text())["results"]
+    assert "model.safetensors" in row["error"] and row["steps"] == 1
+    assert "| 8 | 1 | graph | cls | — |" in (tmp_path / "cpu.md").read_text()
+    assert not (tmp_path / "cpu.png").exists()
+
+
+def test_lists_take_spaces_or_commas():
+    assert bench._flat(["1,2", "4", "2"], int, "--steps") == [1, 2, 4]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--steps", "0"], "--steps must be ≥ 1"),
+    (["--seq-len", "33"], "32 positions"),
+    (["--mode", "graph", "unrolled"], "unknown --mode"),
+    (["--attn", "some"], "unknown --attn"),
+    (["--steps", "two"], "not a valid value"),
+])
+def test_bad_flags_are_user_errors(tiny_dir, flags, message):
+    with pytest.raises(UserError, match=message):
+        bench.main(["--model", str(tiny_dir), *FAST, *flags])
+
+
+def test_bad_flag_on_the_command_line_is_one_line_exit_2(tiny_dir):
+    command = [sys.executable, "-m", "ddattn.bench", "--model", str(tiny_dir), "--seq-len", "8", "--steps", "0"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --steps must be ≥ 1, not [0]"]
