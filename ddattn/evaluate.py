@@ -56,6 +56,16 @@ def mean_std(runs: List[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
     return summary
 
 
+def headline_metric(summary: Dict[str, Dict[str, float]]) -> str:
+    """The metric the paper's tables show: for MRPC the mean of accuracy and F1 (`acc_f1`), else accuracy."""
+    return "acc_f1" if "acc_f1" in summary else "accuracy"
+
+
+def format_summary(summary: Dict[str, Dict[str, float]]) -> str:
+    """'accuracy 68.4 ± 0.0, f1 81.2 ± 0.0, ...' in percent (the loss is left out)."""
+    return ", ".join(f"{k} {v['mean'] * 100:.1f} ± {v['std'] * 100:.1f}" for k, v in summary.items() if k != "loss")
+
+
 # --- models ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]]):
@@ -69,6 +79,24 @@ def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch
         labels.append(batch["labels"])
     labels = torch.cat(labels)
     return (torch.stack(losses).sum() / len(labels)).item(), torch.cat(predictions), labels
+
+
+def score(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]],
+          metric_names: Sequence[str]) -> Dict[str, float]:
+    """{"loss", **metrics} of one model on `batches`; the metrics are NaN when the loss is (a diverged model)."""
+    loss, predictions, labels = predict(theta, config, batches)
+    metrics = compute_metrics(metric_names, predictions, labels)
+    if not math.isfinite(loss):
+        metrics = {k: float("nan") for k in metrics}
+    return {"loss": loss, **metrics}
+
+
+def eval_batches(split: "taskdata.EncodedSplit", batch_size: int, device="cpu",
+                 indices: Optional[torch.Tensor] = None) -> List[Dict[str, torch.Tensor]]:
+    """A split (or its rows `indices`) as batches of similar lengths (less padding, same metrics), built
+    once and reused for all N models."""
+    rows = torch.arange(len(split)) if indices is None else torch.as_tensor(indices)
+    return list(taskdata.batches(split, batch_size, indices=rows[split.lengths[rows].argsort()], device=device))
 
 
 def fresh_model(pretrained: Params, config: BertConfig, num_classes: int, seed: int) -> Params:
@@ -86,11 +114,7 @@ def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: Distil
     for seed in seeds:
         theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
         thetas, _ = train_on_distilled(theta0, config, distilled)
-        loss, predictions, labels = predict(thetas[-1], config, make_batches())
-        metrics = compute_metrics(metric_names, predictions, labels)
-        if not math.isfinite(loss):
-            metrics = {k: float("nan") for k in metrics}
-        runs.append({"seed": seed, "loss": loss, **metrics})
+        runs.append({"seed": seed, **score(thetas[-1], config, make_batches(), metric_names)})
         if progress is not None:
             progress.update(1)
     return runs
@@ -137,12 +161,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         distilled = DistilledData(distilled.config, {k: v.to(device) for k, v in distilled.tensors().items()})
         split = taskdata.load_split(task, args.split, model_dir / "tokenizer.json", settings["max_length"],
                                     settings.get("data_dir"))
-        by_length = split.lengths.argsort()      # batches of similar lengths: less padding, same metrics
+        eval_set = eval_batches(split, args.batch_size, device)
         seeds = list(range(args.seed, args.seed + args.n_models))[distributed.rank()::distributed.world_size()]
         started = time.perf_counter()
         with tqdm(total=len(seeds), desc=f"evaluate {task.name}", unit="model", disable=not distributed.is_main()) as bar:
             runs = evaluate_distilled(pretrained, config, distilled,
-                                      lambda: taskdata.batches(split, args.batch_size, indices=by_length, device=device),
+                                      lambda: eval_set,
                                       seeds, task.metrics, progress=bar)
         runs = sorted(distributed.gather(runs), key=lambda r: r["seed"])
         summary = mean_std(runs)
@@ -152,8 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "distilled": f"distilled_{args.which}.safetensors", "n_models": args.n_models,
                 "settings": settings, "summary": summary, "runs": runs,
                 "seconds": time.perf_counter() - started, "processes": distributed.world_size()})
-            print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: " + ", ".join(
-                f"{k} {v['mean'] * 100:.1f} ± {v['std'] * 100:.1f}" for k, v in summary.items() if k != "loss"))
+            print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: {format_summary(summary)}")
     finally:
         distributed.teardown()
 
