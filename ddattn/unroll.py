@@ -145,7 +145,7 @@ def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
         theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True)
         if cotangent is None:         # the last step: its graph runs on into the outer loss (Eq. 3)
             loss = outer_loss(theta_next, config, batch)
-            outputs, cotangent = [loss], None
+            outputs = [loss]
         else:                         # one vector–Jacobian product of θ_{t+1}(θ_t, D̃)
             loss, outputs = None, [theta_next[n] for n in names]
         wrt_theta = names if t > 0 else []          # nothing needs ∂L/∂θ_0: skip that work
