@@ -1,5 +1,7 @@
 # ddattn — every target installs what it needs first, so each works on a fresh clone.
 #   make distill TASK=mrpc [PRESET=quick] [MODEL=minilm-l6] [ARGS="--steps 3"]   the main job
+#   make sweep TASK=mrpc [PRESET=quick] [ARGS=...]                                 the paper's α × η̃_0 grid, then evaluate
+#   make table                                                                     results/table2.md, table3.md
 #   make test                                                                      the test suite
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -11,7 +13,7 @@ PRESET   ?=
 SRC      ?=
 ARGS     ?=
 
-.PHONY: setup weights data distill test
+.PHONY: setup weights data distill sweep table test
 
 setup: $(VENV)/.installed
 
@@ -32,6 +34,13 @@ data: setup
 distill: weights data
 	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.distill --task $(TASK) --model $(MODEL) --data-dir $(DATA_DIR) \
 		$(if $(PRESET),--preset $(PRESET)) $(ARGS)
+
+sweep: weights data
+	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.sweep --task $(TASK) --model $(MODEL) --data-dir $(DATA_DIR) \
+		$(if $(PRESET),--preset $(PRESET)) $(ARGS)
+
+table: setup
+	$(PY) -m ddattn.report
 
 test: setup
 	$(PY) -m ddattn.convert --model minilm-l6

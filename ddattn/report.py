@@ -1,0 +1,264 @@
+"""`python -m ddattn.report`: the paper's Tables 2 and 3 from whatever runs exist (`make table`).
+
+Reads every runs/<task>/<name>/eval.json (written by `python -m ddattn.evaluate` for distilled runs and by
+`python -m ddattn.baselines` for the baselines) and writes results/table2.md, results/table3.md and
+results/tables.json.
+
+- Table 2 (1 shot per class, 1 inner step): Majority, HL, SL, HL + AL, SL + AL, Full dataset, one column
+  per task. HL/SL = hard/soft class labels (Sec. 2.2), AL = attention labels on the [CLS] query (Sec. 2.3).
+  Each distilled row also gets its share of the full-dataset score (the paper's "% performance of the
+  full dataset", Sec. 3.2).
+- Table 3 (SL + AL): rows (inner steps T, shots per class, same or different distilled data per step).
+
+Cells are mean ± std in % over the N evaluation models; MRPC's number is the mean of accuracy and F1 (the
+GLUE convention the paper follows), every other task's is accuracy. Where several runs fall in one cell
+(a learning-rate sweep, several seeds), the run with the lowest best *validation* loss (held-out training
+data, validation.jsonl) is shown, never the one with the best evaluation score.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import ArgumentParser, UserError, run_cli
+from .evaluate import headline_metric, write_json_atomic
+from .paths import REPO_ROOT, runs_dir
+
+PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]            # the paper's column order; other tasks follow
+TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}
+DISTILLED_ROWS = {"HL": ("hard", "none"), "SL": ("soft", "none"), "HL + AL": ("hard", "cls"), "SL + AL": ("soft", "cls")}
+BASELINE_ROWS = {"Majority": "majority", "Random real": "random-real", "Full dataset": "full"}
+TABLE2_ROWS = ["Majority", "Random real", "HL", "SL", "HL + AL", "SL + AL", "Full dataset"]
+TABLE3_ROWS = [(1, 1, "single"), (1, 3, "single"), (1, 5, "single"), (3, 1, "same"), (5, 1, "same"),
+               (3, 3, "different"), (5, 5, "different")]                 # the paper's rows (steps, shots, mode)
+SELECTION = ("Where several runs fall in one cell, the one with the lowest best validation loss is shown "
+             "(min of validation.jsonl \"loss\".\"mean\", measured on a held-out slice of the training split), "
+             "never the one with the best evaluation score.")
+MISSING = "—"
+
+
+@dataclass
+class Result:
+    """One eval.json and what the tables need from its run directory."""
+    run: Path
+    task: str
+    split: str
+    settings: dict
+    summary: dict
+    n_models: int
+    checkpoint: str
+    val_loss: float               # best validation loss of a distilled run; inf when it has none
+
+    @property
+    def baseline(self) -> Optional[str]:
+        return self.settings.get("baseline")
+
+    @property
+    def metric(self) -> str:
+        return headline_metric(self.summary)
+
+    def cell(self, candidates: int) -> dict:
+        value = self.summary[self.metric]
+        return {"mean": value["mean"], "std": value["std"], "metric": self.metric, "n_models": self.n_models,
+                "run": str(self.run), "checkpoint": self.checkpoint, "candidates": candidates,
+                "val_loss": self.val_loss if math.isfinite(self.val_loss) else None}
+
+
+# --- reading runs ----------------------------------------------------------------------------------
+def best_validation_loss(run: Path) -> float:
+    """min over validation.jsonl of "loss"."mean" (inf without validations)."""
+    path = run / "validation.jsonl"
+    if not path.is_file():
+        return math.inf
+    losses = [json.loads(line)["loss"]["mean"] for line in path.read_text().splitlines() if line.strip()]
+    return min((l for l in losses if not math.isnan(l)), default=math.inf)
+
+
+def read_result(path: Path) -> Result:
+    try:
+        record = json.loads(path.read_text())
+        settings = record["settings"]
+        return Result(path.parent, record["task"], record.get("split", "eval"), settings, record["summary"],
+                      record.get("n_models", len(record["runs"])), str(record["checkpoint"]),
+                      math.inf if "baseline" in settings else best_validation_loss(path.parent))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not an eval.json of ddattn.evaluate or ddattn.baselines ({e!r})") from None
+
+
+def load_results(root: Path, checkpoint: Optional[str] = None) -> List[Result]:
+    """Every evaluation-split result under root/<task>/<name>/eval.json (optionally of one checkpoint)."""
+    paths = sorted(root.glob("*/*/eval.json"))
+    results = [r for r in map(read_result, paths) if r.split == "eval" and checkpoint in (None, r.checkpoint)]
+    if not results:
+        which = f" for checkpoint {checkpoint}" if checkpoint else ""
+        raise UserError(f"no evaluated runs{which} under {root} (no <task>/<name>/eval.json); run "
+                        "`python -m ddattn.evaluate RUN_DIR` or `python -m ddattn.baselines` first")
+    return results
+
+
+def task_columns(results: Sequence[Result]) -> List[str]:
+    present = {r.task for r in results}
+    return [t for t in PAPER_TASKS if t in present] + sorted(present - set(PAPER_TASKS))
+
+
+# --- building the tables -------------------------------------------------------------------------------
+def pick(candidates: List[Result]) -> Optional[dict]:
+    """The cell of the run with the lowest best validation loss (ties: by path), never by eval score."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: (r.val_loss, str(r.run))).cell(len(candidates))
+
+
+def is_distilled(r: Result, label_type: str, attention_type: str) -> bool:
+    s = r.settings
+    return r.baseline is None and s.get("label_type") == label_type and s.get("attention_type") == attention_type
+
+
+def per_step_mode(settings: dict) -> str:
+    """Table 3's grouping: a single step, or the same / different distilled data at every step."""
+    return "single" if settings.get("steps") == 1 else settings.get("data_per_step", "same")
+
+
+def row_members(results: Sequence[Result], row: str) -> List[Result]:
+    """Table 2's candidates for one row (1-shot, 1-step runs and baselines)."""
+    if row in BASELINE_ROWS:
+        found = [r for r in results if r.baseline == BASELINE_ROWS[row]]
+        if row == "Random real":
+            found = [r for r in found if r.settings.get("shots") == 1 and r.settings.get("steps") == 1]
+        return found
+    return [r for r in results if is_distilled(r, *DISTILLED_ROWS[row])
+            and r.settings.get("shots") == 1 and r.settings.get("steps") == 1]
+
+
+def percent_of(cell: Optional[dict], full: Optional[dict]) -> Optional[float]:
+    if cell is None or full is None or not full["mean"]:
+        return None
+    return cell["mean"] / full["mean"] * 100
+
+
+def build_table2(results: Sequence[Result], tasks: Sequence[str]) -> dict:
+    rows = {row: {t: pick([r for r in row_members(results, row) if r.task == t]) for t in tasks} for row in TABLE2_ROWS}
+    if not any(rows["Random real"].values()):
+        del rows["Random real"]
+    percent = {row: {t: percent_of(rows[row][t], rows["Full dataset"][t]) for t in tasks}
+               for row in rows if row in DISTILLED_ROWS or row == "Random real"}
+    return {"tasks": list(tasks), "rows": rows, "percent_of_full": percent}
+
+
+def build_table3(results: Sequence[Result], tasks: Sequence[str]) -> dict:
+    sl_al = [r for r in results if is_distilled(r, "soft", "cls")]
+    keys = {(r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings)) for r in sl_al}
+    order = {"single": 0, "same": 1, "different": 2}
+    keys = sorted(set(TABLE3_ROWS) | keys, key=lambda k: (order.get(k[2], 3), k[0], k[1]))
+    rows = []
+    for steps, shots, mode in keys:
+        members = [r for r in sl_al if (r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings))
+                   == (steps, shots, mode)]
+        rows.append({"steps": steps, "shots": shots, "data_per_step": mode,
+                     "cells": {t: pick([r for r in members if r.task == t]) for t in tasks}})
+    return {"tasks": list(tasks), "rows": rows}
+
+
+# --- rendering -------------------------------------------------------------------------------------------
+def fmt(cell: Optional[dict]) -> str:
+    """'78.8 ± 0.7' in %; a single run (majority, full dataset) shows its mean only, as the paper does."""
+    if cell is None:
+        return MISSING
+    if math.isnan(cell["mean"]):
+        return "diverged"
+    return f"{cell['mean'] * 100:.1f}" + ("" if cell["n_models"] == 1 else f" ± {cell['std'] * 100:.1f}")
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def cells_of(table: dict) -> List[Tuple[str, str, dict]]:
+    """(row label, task, cell) of every filled cell."""
+    if "percent_of_full" in table:
+        return [(row, t, c) for row, cells in table["rows"].items() for t, c in cells.items() if c]
+    return [(f"T={r['steps']}, {r['shots']} shot(s), {r['data_per_step']}", t, c)
+            for r in table["rows"] for t, c in r["cells"].items() if c]
+
+
+def notes(table: dict) -> List[str]:
+    """What every table says under itself: metric, selection, checkpoints, N, and which run filled each cell."""
+    cells = cells_of(table)
+    checkpoints = sorted({c["checkpoint"] for _, _, c in cells})
+    n_models = sorted({c["n_models"] for row, _, c in cells if row not in ("Majority", "Full dataset")})
+    lines = ["Cells: mean ± std in % over the evaluation models; MRPC shows the mean of accuracy and F1 (GLUE), "
+             f"the other tasks accuracy. {MISSING}: no evaluated run.",
+             SELECTION,
+             f"Checkpoint{'s' if len(checkpoints) > 1 else ''}: {', '.join(checkpoints) or MISSING}"
+             + (" (cells mix checkpoints: pass --checkpoint to keep one)" if len(checkpoints) > 1 else "") + ".",
+             f"Evaluation models per cell (distilled, random real): {', '.join(map(str, n_models)) or MISSING} "
+             "(the paper: 100, each with a fresh random head)."]
+    lines.append("Runs shown:" + "".join(
+        f"\n  - {row} / {TITLES.get(t, t)}: {Path(c['run']).parent.name}/{Path(c['run']).name}"
+        + (f" (best validation loss {c['val_loss']:.4f}; {c['candidates']} evaluated run(s) in the cell)"
+           if c["val_loss"] is not None else "")
+        for row, t, c in cells) if cells else "Runs shown: none.")
+    return lines
+
+
+def table2_markdown(table: dict) -> str:
+    header = ["", *(TITLES.get(t, t) for t in table["tasks"])]
+    return markdown(header, [[row, *(fmt(cells[t]) for t in table["tasks"])] for row, cells in table["rows"].items()])
+
+
+def render_table2(table: dict) -> str:
+    header = ["", *(TITLES.get(t, t) for t in table["tasks"])]
+    text = ["# Table 2: 1 shot per class, 1 inner step", "", table2_markdown(table),
+            "## % of the full-dataset score (mean / full × 100)", "",
+            markdown(header, [[row, *(MISSING if p is None else f"{p:.1f}" for p in percents.values())]
+                              for row, percents in table["percent_of_full"].items()])]
+    extra = []
+    if any(table["rows"]["Full dataset"].values()):
+        extra.append("Full dataset: standard fine-tuning, the best of its epoch counts selected on the eval split, "
+                     "as in the paper (Appendix B); an optimistic upper bound.")
+    extra.append("Majority: the majority class of the training split.")
+    if "Random real" in table["rows"]:
+        extra.append("Random real: 1 real training example per class with its hard label, 1 SGD step, the learning "
+                     "rate chosen on held-out training data (data selection; not in the paper).")
+    return "\n".join(text) + "\n" + "\n".join(f"- {line}" for line in notes(table) + extra) + "\n"
+
+
+def render_table3(table: dict) -> str:
+    tasks = table["tasks"]
+    header = ["# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in tasks)]
+    mode_names = {"single": "single step", "same": "same", "different": "different"}
+    rows = [[str(r["steps"]), str(r["shots"]), mode_names.get(r["data_per_step"], r["data_per_step"]),
+             *(fmt(r["cells"][t]) for t in tasks)] for r in table["rows"]]
+    return ("# Table 3: SL + AL with several shots and steps\n\n" + markdown(header, rows) + "\n"
+            + "\n".join(f"- {line}" for line in notes(table)) + "\n")
+
+
+# --- command line ---------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = ArgumentParser(prog="python -m ddattn.report", description="Write the paper's Tables 2 and 3 from runs/.")
+    p.add_argument("--runs-dir", type=Path, help="default runs/ (env DDATTN_RUNS_DIR)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "results", help="folder for table2.md, table3.md, tables.json")
+    p.add_argument("--checkpoint", help="only runs evaluated with this checkpoint (as named in eval.json)")
+    args = p.parse_args(argv)
+    root = args.runs_dir or runs_dir()
+    if not root.is_dir():
+        raise UserError(f"runs directory {root} does not exist; distil and evaluate first")
+    results = load_results(root, args.checkpoint)
+    tasks = task_columns(results)
+    tables = {"table2": build_table2(results, tasks), "table3": build_table3(results, tasks),
+              "selection": SELECTION, "runs_dir": str(root)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", render_table3(tables["table3"]))):
+        tmp = args.out / f"{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(args.out / name)
+    write_json_atomic(args.out / "tables.json", tables)
+    print(table2_markdown(tables["table2"]))
+    print(f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,197 @@
+"""Metrics against hand-computed values, the table builder (`python -m ddattn.report`) on run directories
+written by hand, and the sweep's bookkeeping (`python -m ddattn.sweep`) without running distillation."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddattn import report, sweep
+from ddattn.evaluate import compute_metrics, f1_positive, headline_metric, mean_std
+from tests.test_baselines import cli_error
+
+T = torch.tensor
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+def test_metrics_by_hand():
+    predictions, labels = T([1, 1, 0, 0, 1]), T([1, 0, 0, 1, 1])
+    # tp = 2, predicted positives = 3, actual positives = 3: F1 = 2·2 / (3 + 3)
+    values = compute_metrics(("accuracy", "f1"), predictions, labels)
+    assert values == pytest.approx({"accuracy": 3 / 5, "f1": 4 / 6, "acc_f1": (3 / 5 + 4 / 6) / 2})
+    assert compute_metrics(("accuracy",), predictions, labels) == {"accuracy": pytest.approx(0.6)}
+
+
+@pytest.mark.parametrize("predictions, labels, f1", [
+    ([0, 0, 0, 0], [1, 0, 1, 0], 0.0),     # no predicted positive
+    ([1, 1, 0, 0], [0, 0, 0, 0], 0.0),     # no true positive (and no actual positive)
+    ([0, 1, 1, 0], [1, 0, 0, 1], 0.0),     # positives predicted and present, none right
+    ([1, 0, 1, 1], [1, 0, 1, 1], 1.0),     # all correct
+    ([0, 0, 0], [0, 0, 0], 0.0),           # all correct but no positive at all: F1 of class 1 is 0 by convention
+    ([1, 1, 1, 1], [1, 0, 0, 0], 0.4),     # tp 1, predicted 4, actual 1: 2 / 5
+])
+def test_f1_edge_cases(predictions, labels, f1):
+    assert f1_positive(T(predictions), T(labels)) == pytest.approx(f1)
+
+
+def test_mean_std_is_over_models_without_the_seed():
+    summary = mean_std([{"seed": 0, "accuracy": 0.5, "loss": 1.0}, {"seed": 7, "accuracy": 1.0, "loss": 3.0}])
+    assert summary == {"accuracy": {"mean": 0.75, "std": 0.25}, "loss": {"mean": 2.0, "std": 1.0}}   # population std
+    assert headline_metric(compute_metrics(("accuracy", "f1"), T([1]), T([1]))) == "acc_f1"
+    assert headline_metric({"accuracy": 1.0, "loss": 0.0}) == "accuracy"
+
+
+# --- tables --------------------------------------------------------------------------------------------
+def summary(value: float, std: float = 0.0, f1: bool = True) -> dict:
+    out = {"loss": {"mean": 0.5, "std": 0.0}, "accuracy": {"mean": value, "std": std}}
+    if f1:
+        out["acc_f1"] = {"mean": value, "std": std}
+        out["accuracy"] = {"mean": value - 0.05, "std": std}      # the table must show acc_f1, not accuracy
+    return out
+
+
+def fake_run(root: Path, task: str, name: str, value: float, std: float = 0.01, val_losses=None, n_models=100,
+             split="eval", checkpoint="minilm-l6", **settings) -> Path:
+    """A run directory as distill + evaluate (or baselines) leave it: config.json, validation.jsonl, eval.json."""
+    run = root / task / name
+    run.mkdir(parents=True)
+    if "baseline" not in settings:
+        settings = {"task": task, "model": checkpoint, "label_type": "soft", "attention_type": "cls", "shots": 1,
+                    "steps": 1, "data_per_step": "same", **settings}
+        (run / "config.json").write_text(json.dumps(settings))
+        (run / "validation.jsonl").write_text("".join(
+            json.dumps({"step": 10 * (i + 1), "loss": {"mean": loss, "std": 0.1}, "accuracy": {"mean": 0.5, "std": 0}}) + "\n"
+            for i, loss in enumerate(val_losses or [])))
+    n = 1 if "baseline" in settings and settings["baseline"] != "random-real" else n_models
+    (run / "eval.json").write_text(json.dumps({
+        "task": task, "split": split, "examples": 408, "checkpoint": checkpoint, "n_models": n, "settings": settings,
+        "summary": summary(value, std if n > 1 else 0.0, f1=task == "mrpc"), "runs": [{}] * n, "seconds": 1.0}))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root, "mrpc", "majority", 0.748, baseline="majority")
+    fake_run(root, "mrpc", "full", 0.886, baseline="full")
+    fake_run(root, "mrpc", "random-real", 0.700, 0.02, n_models=50, baseline="random-real", shots=1, steps=1)
+    # three SL + AL 1-shot 1-step runs: the lowest validation loss (b) wins, not the best eval score (c)
+    fake_run(root, "mrpc", "sl-al-a", 0.750, val_losses=[0.70, 0.60, 0.65])
+    fake_run(root, "mrpc", "sl-al-b", 0.650, val_losses=[0.55, 0.50, 0.52])
+    fake_run(root, "mrpc", "sl-al-c", 0.800, val_losses=[float("nan"), 0.58, 0.59])
+    fake_run(root, "mrpc", "hl", 0.748, 0.0, val_losses=[0.6], label_type="hard", attention_type="none")
+    fake_run(root, "mrpc", "sl-al-3shots", 0.793, 0.005, val_losses=[0.4], shots=3)                  # Table 3 only
+    fake_run(root, "mrpc", "diff-3-3", 0.803, 0.008, val_losses=[0.4], shots=3, steps=3, data_per_step="different")
+    fake_run(root, "mrpc", "diff-2-2", 0.790, 0.008, val_losses=[0.4], shots=2, steps=2, data_per_step="different")
+    fake_run(root, "sst2", "sl", 0.825, 0.016, val_losses=[0.3], label_type="soft", attention_type="none")
+    fake_run(root, "sst2", "sl-on-train", 0.990, val_losses=[0.1], label_type="soft", attention_type="none",
+             split="train")                                                                        # not an eval split
+    return root
+
+
+def test_table2_cells_selection_and_percent_of_full(runs, tmp_path, capsys):
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    text = (tmp_path / "results" / "table2.md").read_text()
+    lines = text.splitlines()
+    assert "|  | SST-2 | MRPC |" in lines                                  # the paper's column order
+    assert "| Majority | — | 74.8 |" in lines                             # single run: no ± (as the paper)
+    assert "| HL | — | 74.8 ± 0.0 |" in lines
+    assert "| SL | 82.5 ± 1.6 | — |" in lines                            # the train-split eval.json is ignored
+    assert "| HL + AL | — | — |" in lines
+    assert "| SL + AL | — | 65.0 ± 1.0 |" in lines                       # sl-al-b: lowest validation loss
+    assert "| Full dataset | — | 88.6 |" in lines
+    assert "| Random real | — | 70.0 ± 2.0 |" in lines
+    percent = text.split("% of the full-dataset score")[1]
+    assert f"| SL + AL | — | {65.0 / 88.6 * 100:.1f} |" in percent and "| HL | — | 84.4 |" in percent
+    assert "lowest best validation loss" in text and "never the one with the best evaluation score" in text
+    assert "Checkpoint: minilm-l6." in text and "Evaluation models per cell (distilled, random real): 50, 100" in text
+    assert "mrpc/sl-al-b (best validation loss 0.5000; 3 evaluated run(s) in the cell)" in text
+    tables = json.loads((tmp_path / "results" / "tables.json").read_text())
+    cell = tables["table2"]["rows"]["SL + AL"]["mrpc"]
+    assert cell["run"].endswith("sl-al-b") and cell["metric"] == "acc_f1" and cell["candidates"] == 3
+    assert cell["val_loss"] == 0.5 and tables["table2"]["rows"]["SL"]["sst2"]["metric"] == "accuracy"
+    assert tables["table2"]["percent_of_full"]["SL + AL"]["mrpc"] == pytest.approx(65.0 / 88.6 * 100)
+    assert tables["table2"]["percent_of_full"]["SL"]["sst2"] is None
+    assert "| SL + AL | — | 65.0 ± 1.0 |" in capsys.readouterr().out
+
+
+def test_table3_rows(runs, tmp_path):
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    lines = (tmp_path / "results" / "table3.md").read_text().splitlines()
+    rows = [l for l in lines if l.startswith("| ") and l[2].isdigit()]
+    assert rows == ["| 1 | 1 | single step | — | 65.0 ± 1.0 |", "| 1 | 3 | single step | — | 79.3 ± 0.5 |",
+                    "| 1 | 5 | single step | — | — |", "| 3 | 1 | same | — | — |", "| 5 | 1 | same | — | — |",
+                    "| 2 | 2 | different | — | 79.0 ± 0.8 |",          # a row the paper lacks, in its group
+                    "| 3 | 3 | different | — | 80.3 ± 0.8 |", "| 5 | 5 | different | — | — |"]
+
+
+def test_mixed_checkpoints_are_named_and_can_be_filtered(runs, tmp_path):
+    fake_run(runs, "sst2", "bert", 0.90, val_losses=[0.2], checkpoint="bert-base-uncased", attention_type="none")
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "all")])
+    assert "Checkpoints: bert-base-uncased, minilm-l6 (cells mix checkpoints" in (tmp_path / "all" / "table2.md").read_text()
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "one"), "--checkpoint", "bert-base-uncased"])
+    text = (tmp_path / "one" / "table2.md").read_text()
+    assert "|  | SST-2 |" in text and "| SL | 90.0 ± 1.0 |" in text and "Checkpoint: bert-base-uncased." in text
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "no evaluated runs" in cli_error(report.main, ["--runs-dir", str(tmp_path / "empty")], capsys)
+    assert "does not exist" in cli_error(report.main, ["--runs-dir", str(tmp_path / "nowhere")], capsys)
+    broken = tmp_path / "broken" / "mrpc" / "x"
+    broken.mkdir(parents=True)
+    (broken / "eval.json").write_text("{not json")
+    assert "is not an eval.json" in cli_error(report.main, ["--runs-dir", str(tmp_path / "broken")], capsys)
+
+
+# --- sweep bookkeeping -------------------------------------------------------------------------------------
+def test_sweep_plans_one_named_cell_per_grid_point(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path))
+    args, passthrough = sweep.parse_args(["--task", "mrpc", "--preset", "quick", "--shots", "3"])
+    cells = sweep.plan(args, passthrough)
+    assert [(c["alpha"], c["inner_lr"]) for c in cells] == [(a, e) for a in (1e-3, 1e-2, 1e-1) for e in (1e-2, 1e-1)]
+    assert len({c["name"] for c in cells}) == 6
+    assert cells[0]["name"] == "soft-cls-s3-t1-same-S64-seed0-lr0.001-eta0.01"
+    assert cells[0]["argv"][-6:] == ["--lr", "0.001", "--inner-lr", "0.01", "--name", cells[0]["name"]]
+    assert cells[0]["settings"]["epochs"] == 3 and cells[0]["settings"]["shots"] == 3     # preset passed through
+
+
+def test_sweep_states_and_choice_by_validation_loss(tmp_path):
+    new, unfinished, finished = (tmp_path / n for n in ("new", "unfinished", "finished"))
+    for run in (unfinished, finished):
+        run.mkdir()
+        (run / "checkpoint.pt").write_bytes(b"x")
+        (run / "run.log").write_text("run ...\nstep 3: validation loss 0.6\n")
+    (finished / "distilled_best.safetensors").write_bytes(b"x")
+    with open(finished / "run.log", "a") as f:
+        f.write("done: somewhere (validation loss 0.6)\n")
+    assert [sweep.state(r) for r in (new, unfinished, finished)] == ["new", "unfinished", "finished"]
+    cells = [{"alpha": 0.1, "status": "finished", "best_val_loss": 0.7},
+             {"alpha": 0.01, "status": "finished", "best_val_loss": 0.5},
+             {"alpha": 1.0, "status": "failed (exit 2)", "best_val_loss": None}]
+    assert sweep.choose(cells)["alpha"] == 0.01
+    with pytest.raises(Exception, match="no cell"):
+        sweep.choose(cells[2:])
+
+
+def test_sweep_refuses_a_directory_with_other_settings(tmp_path):
+    run = tmp_path / "cell"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": 3, "lr": 0.01, "batch_size": 2, "device": "cuda"}))
+    sweep.check_same_settings(run, {"epochs": 3, "lr": 0.01, "batch_size": 0, "device": None})   # derived/ignored keys
+    with pytest.raises(Exception, match="epochs 3 there, 30 here"):
+        sweep.check_same_settings(run, {"epochs": 30, "lr": 0.01})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "mrpc", "--lr", "0.1"], "--lr is set by the sweep"),
+    (["--task", "mrpc", "--inner-lr", "0.1"], "--inner-lr is set by the sweep"),
+    (["--task", "mrpc", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--task", "mrpc", "--epochs", "0"], "--epochs must be ≥ 1"),
+    (["--alphas", "0.1"], "--task"),
+])
+def test_sweep_bad_input_is_one_error_line(monkeypatch, tmp_path, capsys, argv, message):
+    monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path))
+    assert message in cli_error(sweep.main, argv, capsys)
+    assert not any(tmp_path.iterdir())                 # nothing was started
