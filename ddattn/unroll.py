@@ -42,14 +42,35 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
-def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """KL(ã ‖ a) per attention row, ã = softmax(label_logits), a = softmax(scores). (..., S) → (...).
+class AttentionKL(torch.autograd.Function):
+    """KL(ã ‖ a) per attention row, ã = softmax(label_logits), a = softmax(scores): (..., S) → (...).
 
-    Computed from log-probabilities (log_softmax of the scores), never log(p + ε): exact, and finite
-    even where the model's attention underflows.
+    One fused op with the closed-form gradients, written with differentiable ops so that the inner
+    step's create_graph backward can itself be differentiated (Eq. 6 sits inside Eq. 7):
+        ∂KL/∂scores = a − ã,        ∂KL/∂label_logits = ã ⊙ (log ã − log a − KL)
+    Everything comes from log_softmax, never log(p + ε): exact, and finite where attention underflows.
+    Only the two (…, S) inputs are saved; the probabilities are recomputed in the backward.
     """
-    log_target = F.log_softmax(label_logits, dim=-1)
-    return (log_target.exp() * (log_target - F.log_softmax(scores, dim=-1))).sum(-1)
+
+    @staticmethod
+    def forward(ctx, label_logits, scores):
+        ctx.save_for_backward(label_logits, scores)
+        log_target = F.log_softmax(label_logits, dim=-1)
+        return (log_target.exp() * (log_target - F.log_softmax(scores, dim=-1))).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        label_logits, scores = ctx.saved_tensors
+        log_target, log_model = F.log_softmax(label_logits, dim=-1), F.log_softmax(scores, dim=-1)
+        target, gap = log_target.exp(), log_target - log_model
+        kl = (target * gap).sum(-1, keepdim=True)
+        grad = grad.unsqueeze(-1)
+        return grad * target * (gap - kl), grad * (log_model.exp() - target)
+
+
+def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(label_logits) ‖ softmax(scores)) over the last axis (see AttentionKL)."""
+    return AttentionKL.apply(label_logits, scores)
 
 
 def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int
