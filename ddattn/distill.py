@@ -37,6 +37,7 @@ from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import resolve_checkpoint, runs_dir
 from .unroll import hypergradient
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Paper defaults (Sec. 3.1, Appendix B) and a preset that finishes MRPC on 2 CPU cores in ~10 minutes.
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
@@ -46,7 +47,7 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
                 inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
                 optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, max_length=128,
-                mode="recompute", val_every=0, seed=0, device=None, max_steps=0, train_limit=0,
+                mode="recompute", val_every=0, seed=0, device=None, dtype="float32", max_steps=0, train_limit=0,
                 checkpoint_every=25, train_file=None, eval_file=None, text_columns=None, label_column=None,
                 labels=None, seq_len=None, epochs=None, val_size=None, val_models=None)
 
@@ -97,6 +98,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), help="float32, or float64 for exactness checks")
     for action in p._actions:    # show the effective defaults: the preset's, else the paper's
         presets = {name: values[action.dest] for name, values in PRESETS.items() if action.dest in values}
         if presets:
@@ -238,7 +240,8 @@ class Distillation:
         self.device = device
         self.task = taskdata.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
-        self.bert_config, self.pretrained = load_pretrained(self.model_dir, device=device)
+        dtype = DTYPES[getattr(args, "dtype", "float32")]
+        self.bert_config, self.pretrained = load_pretrained(self.model_dir, dtype=dtype, device=device)
         config = distilled_config(args, self.bert_config, self.task.num_classes)
 
         self.train = taskdata.load_split(self.task, "train", self.model_dir / "tokenizer.json", args.max_length, args.data_dir)
@@ -255,7 +258,7 @@ class Distillation:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.val_every = args.val_every or self.steps_per_epoch
 
-        self.distilled = DistilledData.initial(config, torch.Generator().manual_seed(args.seed), device=device)
+        self.distilled = DistilledData.initial(config, torch.Generator().manual_seed(args.seed), dtype=dtype, device=device)
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.train, args.seed)
         self.optimizer = make_optimizer(self.distilled, args)
