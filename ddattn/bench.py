@@ -37,7 +37,7 @@ import torch
 from .bert import BertConfig, load_pretrained
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import fresh_model
+from .evaluate import fresh_model, write_json_atomic
 from .paths import REPO_ROOT, resolve_checkpoint
 from .unroll import hypergradient
 
@@ -212,12 +212,6 @@ def worker_main(spec_json: str) -> None:
     print(json.dumps(result), flush=True)
     if "error" in result:
         sys.exit(1)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def run_in_subprocess(spec: dict) -> dict:

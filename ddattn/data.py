@@ -283,20 +283,6 @@ def encode(tokenizer: Tokenizer, examples: Sequence[Example], max_length: Option
                         torch.tensor([e.label for e in examples], dtype=torch.long))
 
 
-@contextlib.contextmanager
-def _atomic_path(dest: Path) -> Iterator[Path]:
-    """A temporary path beside `dest`, renamed to `dest` if the block succeeds: never a half-written file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _cache_file(task: Task, split: str, source: Path, tokenizer_path: Path, max_length: int,
                 data_dir: Optional[Path]) -> Path:
     """`<data_dir>/<task>/cache/<split>-<file>-<key>.safetensors`, the key hashing everything that
@@ -326,7 +312,7 @@ def load_split(task: Task, split: str, tokenizer_path, max_length: int = 128,
     if cache.is_file():
         return EncodedSplit(**load_file(str(cache)))
     encoded = encode(load_tokenizer(tokenizer_path, max_length), read_examples(task, split, data_dir))
-    with _atomic_path(cache) as tmp:
+    with paths.atomic_path(cache) as tmp:
         save_file(vars(encoded), str(tmp))
     return encoded
 
@@ -383,7 +369,7 @@ def _copy_from_shared(shared: Path, target: Path) -> str:
     copied = []
     for source in sorted(p for p in shared.iterdir() if p.is_file()):
         if not (target / source.name).exists():
-            with _atomic_path(target / source.name) as tmp:
+            with paths.atomic_path(target / source.name) as tmp:
                 shutil.copyfile(source, tmp)
             copied.append(source.name)
     return f"copied {len(copied)} file(s) from {shared}" + (f" ({', '.join(copied)})" if copied else "")
@@ -411,7 +397,7 @@ def _glue_zip(zip_name: str):
                                                                             Path(tmp) / zip_name)) as z:
             members = {Path(m).name: m for m in z.namelist() if "MACOSX" not in m}   # e.g. QNLI/train.tsv
             for name in names:
-                with _atomic_path(target / name) as out:
+                with paths.atomic_path(target / name) as out:
                     out.write_bytes(z.read(members[name]))
     return fetch_zip
 
@@ -426,7 +412,7 @@ def _mrpc(target: Path, names: Sequence[str]) -> None:
     rows = [line.strip().split("\t") for line in lines if line.strip()]
     for name in names:
         chosen = [r for r in rows if ((r[1], r[2]) in dev_ids) == (name == "dev.tsv")]
-        with _atomic_path(target / name) as out:
+        with paths.atomic_path(target / name) as out:
             out.write_text("".join(f"{line}\n" for line in [header, *map("\t".join, chosen)]), encoding="utf-8")
 
 

@@ -20,7 +20,6 @@ set; we do not). The best D̃ by validation loss is kept.
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -34,7 +33,7 @@ from .bert import load_pretrained
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
-from .paths import resolve_checkpoint, runs_dir
+from .paths import atomic_path, resolve_checkpoint, runs_dir
 from .unroll import hypergradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -176,9 +175,8 @@ def linear_schedule(optimizer, total_steps: int, warmup: float):
 
 
 def write_atomic(path: Path, obj) -> None:
-    tmp = Path(f"{path}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class RunDirectory:

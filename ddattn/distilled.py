@@ -19,7 +19,6 @@ read a distilled dataset.
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -30,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .paths import atomic_path
 
 LABEL_TYPES = ("hard", "soft", "unrestricted")
 ATTENTION_TYPES = ("none", "cls", "all")
@@ -152,9 +152,8 @@ class DistilledData:
         """Write atomically: a temp file next to `path`, renamed when complete."""
         metadata = {"ddattn_distilled": json.dumps({"config": asdict(self.config), **(extra or {})})}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
-        tmp = Path(f"{path}.tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: Path, dtype: torch.dtype = torch.float32, device="cpu") -> "DistilledData":

@@ -1,7 +1,5 @@
 """Downloading files over HTTP(S) with the standard library: progress, atomic writes, one-line errors."""
 
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -9,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import UserError
+from .paths import atomic_path
 
 
 class NotFoundError(UserError):
@@ -23,24 +22,18 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     the subclass NotFoundError. Nothing is left at `dest` unless the whole file arrived.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     request = urllib.request.Request(url, headers={"User-Agent": "ddattn"})
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, dest)
     except urllib.error.HTTPError as e:
         error = NotFoundError if e.code == 404 else UserError
         raise error(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise UserError(f"cannot download {url}: {reason} (offline? copy the file in by hand)") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest

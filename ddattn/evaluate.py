@@ -7,7 +7,6 @@ loss), then scored on the task's evaluation split. We report mean ± std over th
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -21,7 +20,7 @@ from . import distributed
 from .bert import BertConfig, Params, bert_forward, init_classifier, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .paths import resolve_checkpoint
+from .paths import atomic_path, resolve_checkpoint
 from .unroll import train_on_distilled
 
 
@@ -131,9 +130,8 @@ def load_run(run_dir: Path, which: str = "best"):
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -5,7 +5,10 @@ takes one), so the package works from any working directory.
 """
 
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +31,22 @@ def shared_data_dir() -> Path:
 def runs_dir() -> Path:
     """Distillation runs: `runs/<task>/<name>/` (env DDATTN_RUNS_DIR)."""
     return Path(os.environ.get("DDATTN_RUNS_DIR", REPO_ROOT / "runs"))
+
+
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """A temporary path beside `dest`, renamed to `dest` if the block succeeds and removed if it fails:
+    readers never see a half-written file, and an interrupted write leaves the old one intact."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import headline_metric, write_json_atomic
-from .paths import REPO_ROOT, runs_dir
+from .paths import REPO_ROOT, atomic_path, runs_dir
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]            # the paper's column order; other tasks follow
 TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}
@@ -252,9 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               "selection": SELECTION, "runs_dir": str(root)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", render_table3(tables["table3"]))):
-        tmp = args.out / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(args.out / name)
+        with atomic_path(args.out / name) as tmp:
+            tmp.write_text(text)
     write_json_atomic(args.out / "tables.json", tables)
     print(table2_markdown(tables["table2"]))
     print(f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json")
