@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as taskdata
+from . import distributed
 from .bert import BertConfig, Params, load_pretrained
 from .distill import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli
@@ -276,7 +277,7 @@ def load_setting(args) -> Setting:
     n_train = min(len(train), args.train_limit) if args.train_limit else len(train)
     if args.baseline == "random-real" and n_train <= args.val_size:
         raise UserError(f"{n_train} training examples cannot hold --val-size {args.val_size} and a training pool")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.local_device(args.device)
     return Setting(args, task, train, evaluation, n_train, device)
 
 

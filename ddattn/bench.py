@@ -36,6 +36,7 @@ import torch
 
 from .bert import BertConfig, load_pretrained
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
+from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import fresh_model, write_json_atomic
 from .paths import REPO_ROOT, resolve_checkpoint
@@ -348,10 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.worker is not None:
         return worker_main(args.worker)
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1)") from None
+    device = local_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):

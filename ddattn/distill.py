@@ -233,7 +233,7 @@ class Distillation:
 
     def __init__(self, args, run: RunDirectory, checkpoint: Optional[dict]):
         self.args, self.run = args, run
-        device = distributed.local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
         self.task = taskdata.task_from_settings(vars(args))

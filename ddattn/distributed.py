@@ -8,10 +8,12 @@ Without torchrun (no WORLD_SIZE in the environment) every function here is a no-
 """
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
 
 
 def setup(device: torch.device) -> None:
@@ -22,8 +24,13 @@ def setup(device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def local_device(device: torch.device) -> torch.device:
-    """cuda → this rank's GPU (LOCAL_RANK); any other device unchanged."""
+def local_device(name: Optional[str] = None) -> torch.device:
+    """The device a `--device` flag names (default: cuda when present, else cpu); a bare `cuda` under
+    torchrun becomes this rank's GPU (LOCAL_RANK)."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device

@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.n_models < 1 or args.batch_size < 1:
         raise UserError("--n-models and --batch-size must be ≥ 1")
     settings, distilled = load_run(args.run_dir, args.which)
-    device = distributed.local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    device = distributed.local_device(args.device)
     distributed.setup(device)
     try:
         task = taskdata.task_from_settings(settings)
