@@ -167,12 +167,13 @@ def worker(spec: dict) -> dict:
              "token_type_ids": torch.zeros(B, L, dtype=torch.long),
              "attention_mask": torch.ones(B, L, dtype=torch.long),
              "labels": torch.randint(0, NUM_CLASSES, (B,), generator=g)}
-    batch = {k: v.to(device) for k, v in batch.items()}
+    micro_batches = [{k: v[rows].to(device) for k, v in batch.items()}
+                     for rows in torch.arange(B).split(spec["micro_batch"])]
     peak_gflops = matmul_gflops(device, dtype, spec["matmul_size"])     # before the baseline: not counted
     load_s = time.perf_counter() - started
 
     def outer_step():
-        result = hypergradient(theta0, config, distilled, batch, mode=spec["mode"])
+        result = hypergradient(theta0, config, distilled, micro_batches, mode=spec["mode"])
         _sync(device)
         return result.loss.item()
 
@@ -250,7 +251,8 @@ def markdown(results: List[dict], env: dict) -> str:
     lines = [f"# ddattn benchmark: {env['device']} ({env['device_name']})", "",
              f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, {s['dtype']}, "
              f"model {Path(s['model']).name}, "
-             f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']}, "
+             f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']} "
+             f"in micro-batches of {s.get('micro_batch', s['real_batch'])}, "
              f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
              "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes).", "",
              "| " + " | ".join(COLUMNS + ["error"]) + " |",
@@ -333,6 +335,7 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--shots", type=int, default=1, help="distilled samples per class (2 classes)")
     p.add_argument("--real-batch", type=int, default=32, help="real examples in the outer loss")
     p.add_argument("--real-len", type=int, default=64, help="tokens per real example")
+    p.add_argument("--micro-batch", type=int, default=16, help="real examples per forward/backward (distill's default)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--repeat", type=int, default=3, help="timed outer steps after one warm-up")
     p.add_argument("--matmul-size", type=int, help="n of the n×n reference matmul (default 2048, 8192 on CUDA)")
@@ -371,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
          f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}"),
         (1 <= args.real_len <= config.max_positions,
          f"--real-len must be between 1 and the model's {config.max_positions} positions, not {args.real_len}"),
-        (min(args.shots, args.real_batch, args.repeat) >= 1, "--shots, --real-batch and --repeat must be ≥ 1"),
+        (min(args.shots, args.real_batch, args.micro_batch, args.repeat) >= 1,
+         "--shots, --real-batch, --micro-batch and --repeat must be ≥ 1"),
         (args.threads >= 0, "--threads must be ≥ 0 (0: torch's default)"),
         (args.matmul_size is None or args.matmul_size >= 1, "--matmul-size must be ≥ 1"),
     ]
@@ -382,7 +386,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     settings = dict(model=str(model_dir), device=str(device), dtype=args.dtype, shots=args.shots,
-                    real_batch=args.real_batch, real_len=args.real_len, repeat=args.repeat, seed=args.seed,
+                    real_batch=args.real_batch, real_len=args.real_len, micro_batch=args.micro_batch,
+                    repeat=args.repeat, seed=args.seed,
                     threads=args.threads,
                     matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
     env = {"device": device.type, "device_name": device_name(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),

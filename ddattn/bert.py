@@ -198,8 +198,11 @@ def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, 
 
 
 def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, (config.hidden_size,), theta[prefix + "weight"], theta[prefix + "bias"],
-                        config.layer_norm_eps)
+    """LayerNorm with its affine part written out: the fused kernel's weight/bias gradients change in the
+    last bits with the number of CPU threads, these column sums do not, so one process with 2 threads
+    and 2 torchrun ranks with 1 each get the same bits (distributed.py)."""
+    normed = F.layer_norm(x, (config.hidden_size,), eps=config.layer_norm_eps)
+    return torch.addcmul(theta[prefix + "bias"], normed, theta[prefix + "weight"])
 
 
 def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Tensor] = None, *,

@@ -45,8 +45,8 @@ PRESETS = {
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
                 inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
-                optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, max_length=128,
-                mode="recompute", val_every=0, seed=0, device=None, dtype="float32", max_steps=0, train_limit=0,
+                optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
+                max_length=128, mode="recompute", val_every=0, seed=0, device=None, dtype="float32", max_steps=0, train_limit=0,
                 checkpoint_every=25, train_file=None, eval_file=None, text_columns=None, label_column=None,
                 labels=None, seq_len=None, epochs=None, val_size=None, val_models=None)
 
@@ -86,6 +86,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--clip", type=float, help="gradient-norm clipping of the hypergradient")
     g.add_argument("--epochs", type=int, help="epochs over the real training split (paper 30)")
     g.add_argument("--real-batch-size", type=int, help="real examples per outer step (paper 32)")
+    g.add_argument("--micro-batch-size", type=int, help="real examples per forward/backward; the real batch's gradient "
+                   "is summed over its micro-batches (and processes): less memory, same result up to float rounding "
+                   "(0: 16, or fewer so that every process gets one)")
     g.add_argument("--max-length", type=int, help="truncation length of real examples")
     g.add_argument("--mode", choices=["graph", "recompute"], help="hypergradient: whole graph (paper) or per-step recompute (memory flat in T)")
     g.add_argument("--max-steps", type=int, help="stop after this many outer steps (0: all epochs)")
@@ -137,6 +140,8 @@ def check_settings(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
     if not 0 <= args.warmup < 1:
         raise UserError(f"--warmup is a fraction in [0, 1), not {args.warmup}")
+    if args.micro_batch_size < 0:
+        raise UserError(f"--micro-batch-size must be ≥ 0 (0: automatic), not {args.micro_batch_size}")
     if args.val_size < 1:
         raise UserError(f"--val-size must be ≥ 1, not {args.val_size}")
 
@@ -211,7 +216,9 @@ def load_or_start(argv):
         run = RunDirectory(Path(args.resume))
         if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
             raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
-        args = argparse.Namespace(**json.loads((run.path / "config.json").read_text()))
+        saved = json.loads((run.path / "config.json").read_text())
+        saved.setdefault("micro_batch_size", saved["real_batch_size"])    # runs from before micro-batches
+        args = argparse.Namespace(**saved)
         return args, run, torch.load(run.checkpoint, weights_only=True)
     if not args.task:
         raise UserError(f"--task is required: one of {', '.join(taskdata.TASK_NAMES)}")
@@ -246,8 +253,14 @@ class Distillation:
         n = min(len(self.train), args.train_limit) if args.train_limit else len(self.train)
         if not args.real_batch_size + args.val_size <= n:
             raise UserError(f"{n} training examples cannot hold --val-size {args.val_size} plus one batch of {args.real_batch_size}")
-        if distributed.world_size() > args.real_batch_size:
-            raise UserError(f"{distributed.world_size()} processes need --real-batch-size ≥ {distributed.world_size()}")
+        processes = distributed.world_size()
+        if processes > args.real_batch_size:
+            raise UserError(f"{processes} processes need --real-batch-size ≥ {processes}")
+        self.micro_batch_size = args.micro_batch_size or min(16, args.real_batch_size // processes)
+        micro_batches = -(-args.real_batch_size // self.micro_batch_size)
+        if processes > micro_batches:
+            raise UserError(f"{processes} processes need as many micro-batches, not {micro_batches}: "
+                            f"use --micro-batch-size {args.real_batch_size // processes} or less")
         self.train_idx, val_idx = taskdata.split_train_val(n, args.val_size, args.seed)
         self.val_batches = eval_batches(self.train, args.real_batch_size, device, indices=val_idx)
         self.steps_per_epoch = len(self.train_idx) // args.real_batch_size      # full batches only
@@ -301,33 +314,31 @@ class Distillation:
     def provenance(self, **extra) -> dict:
         return {"task": self.task.name, "model": str(self.args.model), "step": self.step, **extra}
 
-    def real_batch(self) -> Dict[str, torch.Tensor]:
-        """This rank's share of outer step `step`'s real mini-batch (Algorithm 1, line 13)."""
+    def real_batch(self) -> List[Dict[str, torch.Tensor]]:
+        """This rank's micro-batches of outer step `step`'s real mini-batch (Algorithm 1, line 13)."""
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         order = self.train_idx[torch.randperm(len(self.train_idx),
                                               generator=torch.Generator().manual_seed(self.args.seed * 7919 + epoch))]
         rows = order[offset * self.args.real_batch_size:(offset + 1) * self.args.real_batch_size]
-        return next(iter(taskdata.batches(self.train, len(rows), indices=distributed.shard(rows), device=self.device)))
+        micro_batches = rows.split(self.micro_batch_size)
+        return [taskdata.collate(self.train, micro, self.device) for micro in distributed.shard(micro_batches)]
 
     def outer_step(self) -> dict:
         """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃."""
         started = time.perf_counter()
-        batch = self.real_batch()
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
                              seed=self.args.seed * 1_000_003 + self.step)
-        result = hypergradient(theta0, self.bert_config, self.distilled, batch, mode=self.args.mode)
-        share = len(batch["labels"]) / self.args.real_batch_size
-        totals = distributed.sum_weighted({**result.grads, "loss": result.loss}, share)
-        loss = totals.pop("loss")
-        self.check_finite(loss, result.inner_losses, totals)
+        result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
+                               real_batch_size=self.args.real_batch_size)
+        self.check_finite(result.loss, result.inner_losses, result.grads)
         for name, tensor in self.distilled.learnable().items():
-            tensor.grad = totals[name]
+            tensor.grad = result.grads[name]
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.distilled.learnable().values()), self.args.clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, "loss": loss.item(),
+        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, "loss": result.loss.item(),
                 "inner_losses": result.inner_losses.tolist(), "inner_lr": self.inner_lrs(),
                 "grad_norm": grad_norm.item(), "alpha": self.scheduler.get_last_lr()[0],
                 "seconds": time.perf_counter() - started}

@@ -1,14 +1,15 @@
 """Data parallelism on torch.distributed, for `torchrun --nproc_per_node N -m ddattn.distill ...`.
 
-The outer loss is a mean over the real mini-batch, and the hypergradient is linear in it. So each rank
-computes the hypergradient of the mean over its own shard, scales it by shard size / global batch size,
-and an all-reduce (sum) gives exactly the gradient of the whole batch's mean, even for uneven shards.
-Every other random draw is a pure function of (seed, step), so all ranks hold identical distilled data.
-Without torchrun (no WORLD_SIZE in the environment) every function here is a no-op for one process.
+Only the outer gradient g_T = ∂L_outer/∂θ_T depends on the real mini-batch (unroll.py). The batch is cut
+into micro-batches and each rank takes a contiguous share of them; the ranks' sums of per-micro-batch
+gradients are added by an all-reduce, so every rank holds the whole batch's g_T, runs the same reverse
+sweep and gets the same hypergradient, even for uneven shares. Every other random draw is a pure function
+of (seed, step), so all ranks hold identical distilled data. Without torchrun (no WORLD_SIZE in the
+environment) every function here is a no-op for one process.
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -48,18 +49,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def shard(rows: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous share of a batch's rows (sizes differ by at most one)."""
-    return rows.tensor_split(world_size())[rank()]
+def shard(items: Sequence) -> list:
+    """This rank's contiguous share of a list (sizes differ by at most one)."""
+    n, size = len(items), world_size()
+    return list(items[rank() * n // size:(rank() + 1) * n // size])
 
 
-def sum_weighted(values: Dict[str, torch.Tensor], weight: float) -> Dict[str, torch.Tensor]:
-    """Σ_ranks weight_r · values_r, for every tensor (in place on the returned tensors)."""
-    out = {k: v * weight for k, v in values.items()}
+def all_reduce_sum(tensors: List[torch.Tensor]) -> None:
+    """Σ over ranks, in place, for every tensor (one process: nothing to do)."""
     if dist.is_initialized():
-        for tensor in out.values():
+        for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return out
 
 
 def gather(items: List) -> List:

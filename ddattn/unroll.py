@@ -5,7 +5,10 @@ Inner step (paper Eq. 7), on the distilled samples of step t:
     L_task = mean_i  −Σ_c ỹ_ic log softmax(f(x̃_i; θ_t))_c                    (Eq. 1, soft targets)
     L_attn = mean_(i, layer, head)  KL(ã ‖ a(θ_t))                             (Eq. 6, [CLS] query)
 Outer loss (Eq. 3–4): cross-entropy of a real mini-batch at θ_T. Its gradient with respect to
-D̃ = (x̃, ỹ, ã, η̃) is the hypergradient that Algorithm 1 (line 15) descends.
+D̃ = (x̃, ỹ, ã, η̃) is the hypergradient that Algorithm 1 (line 15) descends. It is taken in two parts:
+g_T = ∂L_outer/∂θ_T from the real batch alone (`outer_gradient`), then a reverse sweep that carries g_T
+back through the T steps to D̃. Only g_T depends on the real batch, so it may be summed over
+micro-batches and, under torchrun, over ranks (distributed.py).
 
 θ is a plain dict of tensors (see bert.py), so a step is `{k: θ[k] − η g[k]}` and nothing is mutated.
 The word-embedding matrix is left out of the unroll: distilled inputs bypass the lookup, so its gradient
@@ -21,11 +24,12 @@ Two ways to get the hypergradient, equal to rounding:
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .bert import BertConfig, Params, bert_forward
 from .distilled import DistilledData
 
@@ -98,12 +102,39 @@ def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int
     return {**theta, **{n: theta[n] - lr * g for n, g in zip(names, grads)}}, losses.detach()
 
 
-def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean"
+               ) -> torch.Tensor:
     """Eq. 3: cross-entropy of a real mini-batch at θ_T. Only first-order gradients flow through this
     forward, so it may use the fused attention kernel."""
     out = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
                        attention_mask=batch["attention_mask"], attention="none", fused=True)
-    return F.cross_entropy(out.logits, batch["labels"])
+    return F.cross_entropy(out.logits, batch["labels"], reduction=reduction)
+
+
+def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Dict[str, torch.Tensor]],
+                   batch_size: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """L_outer(θ_T) of a real mini-batch of `batch_size` examples and g_T = ∂L_outer/∂θ_T (trainable
+    parameters, in `trainable_names` order): the seed of the reverse sweep.
+
+    The batch arrives as micro-batches (fewer activations alive at once), under torchrun spread over the
+    ranks. Each micro-batch adds the gradient of its *sum* of losses, in order; the ranks' sums are added
+    by an all-reduce; one division by `batch_size` makes the mean. So one process and two, given the same
+    micro-batches, add the same numbers in the same order and agree to the last bit.
+    """
+    leaves, names = _with_grad(theta), trainable_names(theta)
+    total, grads = None, None
+    for batch in micro_batches:
+        loss = outer_loss(leaves, config, batch, reduction="sum")
+        micro_grads = torch.autograd.grad(loss, [leaves[n] for n in names])
+        if grads is None:
+            total, grads = loss.detach(), list(micro_grads)
+        else:
+            total += loss.detach()
+            torch._foreach_add_(grads, micro_grads)
+    if grads is None:
+        raise ValueError("outer_gradient needs at least one micro-batch")
+    distributed.all_reduce_sum([total, *grads])
+    return total / batch_size, [g / batch_size for g in grads]
 
 
 @dataclass
@@ -120,24 +151,35 @@ def _with_grad(theta: Params) -> Params:
 
 
 def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
-                  batch: Dict[str, torch.Tensor], mode: str = "recompute") -> Hypergradient:
-    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch, by `graph` or `recompute`."""
+                  real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
+                  mode: str = "recompute", real_batch_size: Optional[int] = None) -> Hypergradient:
+    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch, by `graph` or `recompute`.
+
+    `real` is the batch, or this process's micro-batches of it; `real_batch_size` is the whole batch's
+    size across all processes (default: the examples given here)."""
+    micro_batches = [real] if isinstance(real, dict) else list(real)
+    batch_size = real_batch_size or sum(len(b["labels"]) for b in micro_batches)
+
+    def outer(theta_T: Params):
+        return outer_gradient(theta_T, config, micro_batches, batch_size)
+
     if mode == "graph":
-        return _hypergradient_graph(theta0, config, distilled, batch)
+        return _hypergradient_graph(theta0, config, distilled, outer)
     if mode == "recompute":
-        return _hypergradient_recompute(theta0, config, distilled, batch)
+        return _hypergradient_recompute(theta0, config, distilled, outer)
     raise ValueError(f"unknown hypergradient mode {mode!r}; choose 'graph' or 'recompute'")
 
 
-def _hypergradient_graph(theta0, config, distilled, batch) -> Hypergradient:
+def _hypergradient_graph(theta0, config, distilled, outer) -> Hypergradient:
     theta, losses = _with_grad(theta0), []
     for t in range(distilled.config.steps):
         theta, step_losses = sgd_step(theta, config, distilled, t, create_graph=True)
         losses.append(step_losses)
-    loss = outer_loss(theta, config, batch)
+    loss, g_T = outer(theta)
     learnable = distilled.learnable()
-    grads = torch.autograd.grad(loss, list(learnable.values()), materialize_grads=True)
-    return Hypergradient(loss.detach(), dict(zip(learnable, grads)), torch.stack(losses))
+    grads = torch.autograd.grad([theta[n] for n in trainable_names(theta)], list(learnable.values()),
+                                grad_outputs=g_T, materialize_grads=True)
+    return Hypergradient(loss, dict(zip(learnable, grads)), torch.stack(losses))
 
 
 def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None
@@ -153,24 +195,25 @@ def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledD
     return thetas, torch.stack(losses) if losses else torch.zeros(0, 3)
 
 
-def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
+def _hypergradient_recompute(theta0, config, distilled, outer) -> Hypergradient:
     T = distilled.config.steps
     thetas, losses = train_on_distilled(theta0, config, distilled, steps=T - 1)   # forward sweep: keep θ_t only
     learnable = distilled.learnable()
     names = trainable_names(theta0)
 
     def step_vjp(t: int, cotangent=None):
-        """Rebuild step t with a graph; pull `cotangent` (or, for the last step, the outer loss) back to
-        θ_t and D̃. Returns (∂L/∂θ_t, this step's ∂L/∂D̃ by name, outer loss or None, inner losses)."""
+        """Rebuild step t with a graph and pull `cotangent` = ∂L/∂θ_{t+1} back to θ_t and D̃ (one
+        vector–Jacobian product of θ_{t+1}(θ_t, D̃)). The last step (no cotangent yet) is built only
+        once: its θ_T goes straight on into the outer loss, and g_T is the cotangent. Returns (∂L/∂θ_t,
+        this step's ∂L/∂D̃ by name, outer loss or None, inner losses)."""
         theta_t = _with_grad(thetas[t])
         theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True)
-        if cotangent is None:         # the last step: its graph runs on into the outer loss (Eq. 3)
-            loss = outer_loss(theta_next, config, batch)
-            outputs = [loss]
-        else:                         # one vector–Jacobian product of θ_{t+1}(θ_t, D̃)
-            loss, outputs = None, [theta_next[n] for n in names]
+        loss = None
+        if cotangent is None:
+            loss, cotangent = outer(theta_next)                   # Eq. 3 at θ_T, and g_T
         wrt_theta = names if t > 0 else []          # nothing needs ∂L/∂θ_0: skip that work
-        grads = torch.autograd.grad(outputs, [theta_t[n] for n in wrt_theta] + list(learnable.values()),
+        grads = torch.autograd.grad([theta_next[n] for n in names],
+                                    [theta_t[n] for n in wrt_theta] + list(learnable.values()),
                                     grad_outputs=cotangent, materialize_grads=True)
         return grads[:len(wrt_theta)], dict(zip(learnable, grads[len(wrt_theta):])), loss, step_losses
 
@@ -179,4 +222,4 @@ def _hypergradient_recompute(theta0, config, distilled, batch) -> Hypergradient:
         v, step_grads, _, _ = step_vjp(t, v)
         for k, g in step_grads.items():
             totals[k] += g
-    return Hypergradient(loss.detach(), totals, torch.cat([losses.to(last_losses), last_losses[None]]))
+    return Hypergradient(loss, totals, torch.cat([losses.to(last_losses), last_losses[None]]))

@@ -28,7 +28,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def spec(tiny_dir, steps, mode):
-    return dict(model=str(tiny_dir), device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, repeat=2,
+    return dict(model=str(tiny_dir), device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, micro_batch=1, repeat=2,
                 seed=0, threads=1, matmul_size=64, seq_len=8, steps=steps, mode=mode, attn="cls")
 
 

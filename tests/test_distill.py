@@ -107,6 +107,7 @@ def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
     (["--seq-len", "513"], "--seq-len"),
     (["--label-type", "fuzzy"], "invalid choice"),
     (["--lr", "-1"], "--lr"),
+    (["--micro-batch-size", "-1"], "--micro-batch-size"),
     (["--model", "no-such-model"], "make weights"),
 ])
 def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):
