@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddattn.bert import BertConfig, RecomputedAttention, bert_forward, load_pretrained, param_shapes
+from ddattn.bert import AttentionBackward, BertConfig, RecomputedAttention, bert_forward, load_pretrained, param_shapes
 from ddattn.errors import UserError
 from ddattn.unroll import attention_kl
 from tests.conftest import TINY, tiny_theta
@@ -72,6 +72,16 @@ def test_recomputed_attention_gradgradcheck():
     q, k, v = (torch.randn(1, 2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     assert torch.autograd.gradcheck(RecomputedAttention.apply, (q, k, v))
     assert torch.autograd.gradgradcheck(RecomputedAttention.apply, (q, k, v))
+
+
+def test_attention_double_backward_gradcheck():
+    """AttentionBackward's hand-written backward (attention's double backward) against finite differences,
+    and its own derivative (third order) too."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v, grad_context = (torch.randn(2, 2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+                             for _ in range(4))
+    assert torch.autograd.gradcheck(AttentionBackward.apply, (q, k, v, grad_context))
+    assert torch.autograd.gradgradcheck(AttentionBackward.apply, (q, k, v, grad_context))
 
 
 def test_attention_kl_gradgradcheck():
