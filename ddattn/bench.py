@@ -40,9 +40,10 @@ from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import fresh_model, write_json_atomic
 from .paths import REPO_ROOT, resolve_checkpoint
-from .unroll import hypergradient
+from .unroll import MODES, hypergradient
 
-MODES = ("graph", "recompute")
+EXACT_MODES = ("graph", "recompute")
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
 MB = 2 ** 20
@@ -172,10 +173,10 @@ def worker(spec: dict) -> dict:
     peak_gflops = matmul_gflops(device, dtype, spec["matmul_size"])     # before the baseline: not counted
     load_s = time.perf_counter() - started
 
-    def outer_step():
-        result = hypergradient(theta0, config, distilled, micro_batches, mode=spec["mode"])
+    def outer_step(mode=spec["mode"], autocast=AUTOCAST[spec["autocast"]]):
+        result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=autocast)
         _sync(device)
-        return result.loss.item()
+        return result
 
     outer_step()           # warm-up: lazy initialisation, kernel selection, code pages faulted in
     memory = PeakMemory(device)
@@ -183,12 +184,17 @@ def worker(spec: dict) -> dict:
     times = []
     for _ in range(spec["repeat"]):
         started = time.perf_counter()
-        loss = outer_step()
+        result = outer_step()
         times.append(time.perf_counter() - started)
     peak, process_peak = memory.stop()
     flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
     median = statistics.median(times)
-    return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": loss, "load_s": load_s,
+    errors = None
+    if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate: compare with exact
+        exact = outer_step(mode="recompute", autocast=None).grads
+        errors = {k: ((result.grads[k] - g).norm() / g.norm()).item() for k, g in exact.items()}
+    return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": result.loss.item(), "load_s": load_s,
+            "relative_error": errors, "max_relative_error": max(errors.values()) if errors else 0.0,
             "times_s": times, "median_s": median, "min_s": min(times),
             "peak_mb": peak / MB, "process_peak_mb": process_peak / MB, "memory_method": memory.method,
             "flops": flops, "gflop_per_step": flops / 1e9, "gflops_per_s": flops / median / 1e9,
@@ -234,16 +240,17 @@ def run_in_subprocess(spec: dict) -> dict:
 
 
 # --- reporting -----------------------------------------------------------------------------------
-COLUMNS = ["S", "T", "mode", "attn", "median s", "min s", "peak MB", "process MB", "GFLOP/step", "GFLOP/s",
-           "% of matmul peak"]
+COLUMNS = ["S", "T", "mode", "autocast", "attn", "median s", "min s", "peak MB", "process MB", "GFLOP/step",
+           "GFLOP/s", "% of matmul peak", "rel. error vs exact"]
 
 
 def table_row(r: dict) -> List[str]:
-    cells = [str(r["seq_len"]), str(r["steps"]), r["mode"], r["attn"]]
+    cells = [str(r["seq_len"]), str(r["steps"]), r["mode"], r.get("autocast", "none"), r["attn"]]
     if "error" in r:
-        return cells + ["—"] * (len(COLUMNS) - 4) + [r["error"].replace("|", "/")]
+        return cells + ["—"] * (len(COLUMNS) - 5) + [r["error"].replace("|", "/")]
+    error = f"{r['max_relative_error']:.1e}" if r.get("relative_error") else "exact"
     return cells + [f"{r['median_s']:.3g}", f"{r['min_s']:.3g}", f"{r['peak_mb']:.0f}", f"{r['process_peak_mb']:.0f}",
-                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", f"{r['pct_of_matmul_peak']:.0f} %", ""]
+                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", f"{r['pct_of_matmul_peak']:.0f} %", error, ""]
 
 
 def markdown(results: List[dict], env: dict) -> str:
@@ -252,11 +259,13 @@ def markdown(results: List[dict], env: dict) -> str:
              f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, {s['dtype']}, "
              f"model {Path(s['model']).name}, "
              f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']} "
-             f"in micro-batches of {s.get('micro_batch', s['real_batch'])}, "
+             f"in micro-batches of {min(s.get('micro_batch', s['real_batch']), s['real_batch'])}, "
              f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
-             "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes).", "",
+             "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes). "
+             "Rel. error: the largest ‖g − g_exact‖ / ‖g_exact‖ over the distilled tensors, against an fp32 "
+             "`recompute` step on the same inputs.", "",
              "| " + " | ".join(COLUMNS + ["error"]) + " |",
-             "|" + "---:|" * 2 + "---|" * 2 + "---:|" * (len(COLUMNS) - 4) + "---|"]
+             "|" + "---:|" * 2 + "---|" * 3 + "---:|" * (len(COLUMNS) - 6) + "---|" * 2]
     lines += ["| " + " | ".join(table_row(r)) + " |" for r in results]
     return "\n".join(lines) + "\n"
 
@@ -273,7 +282,8 @@ def plot(results: List[dict], path: Path) -> None:
     groups: Dict[tuple, List[dict]] = {}
     for r in results:
         if "error" not in r:
-            groups.setdefault((r["mode"], r["seq_len"], r["attn"]), []).append(r)
+            mode = r["mode"] + ("" if r.get("autocast", "none") == "none" else f" + {r['autocast']}")
+            groups.setdefault((mode, r["seq_len"], r["attn"]), []).append(r)
     if not groups:
         print("no plot: every configuration failed")
         return
@@ -328,8 +338,10 @@ def parse_args(argv: Optional[Sequence[str]]):
                    help="S, tokens per distilled sample (list; default 512)")
     p.add_argument("--steps", nargs="+", default=["1"], metavar="T",
                    help="T, inner SGD steps (list, e.g. 1 2 4 8; default 1)")
-    p.add_argument("--mode", nargs="+", default=list(MODES), metavar="MODE",
-                   help="hypergradient modes: graph, recompute (default both)")
+    p.add_argument("--mode", nargs="+", default=list(EXACT_MODES), metavar="MODE",
+                   help="hypergradient modes: graph, recompute (exact; default both), finite-difference (approximate)")
+    p.add_argument("--autocast", nargs="+", default=["none"], metavar="DTYPE",
+                   help="matmul precision: none (default), bf16, fp16 (torch.autocast; approximate)")
     p.add_argument("--attn", nargs="+", default=["cls"], metavar="ATTN",
                    help="attention-label types: none, cls, all (default cls)")
     p.add_argument("--shots", type=int, default=1, help="distilled samples per class (2 classes)")
@@ -365,11 +377,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     seq_lens = _flat(args.seq_len, int, "--seq-len")
     steps = _flat(args.steps, int, "--steps")
     modes, attns = _flat(args.mode, str, "--mode"), _flat(args.attn, str, "--attn")
+    autocasts = _flat(args.autocast, str, "--autocast")
     checks = [
         (all(1 <= s <= config.max_positions for s in seq_lens),
          f"--seq-len must be between 1 and the model's {config.max_positions} positions, not {seq_lens}"),
         (all(t >= 1 for t in steps), f"--steps must be ≥ 1, not {steps}"),
         (set(modes) <= set(MODES), f"unknown --mode {sorted(set(modes) - set(MODES))}; choose from {list(MODES)}"),
+        (set(autocasts) <= set(AUTOCAST),
+         f"unknown --autocast {sorted(set(autocasts) - set(AUTOCAST))}; choose from {list(AUTOCAST)}"),
+        ("finite-difference" not in modes or autocasts == ["none"],
+         "--mode finite-difference needs full-precision gradients: do not combine it with --autocast"),
         (set(attns) <= set(ATTENTION_TYPES),
          f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}"),
         (1 <= args.real_len <= config.max_positions,
@@ -396,11 +413,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
            "platform": platform.platform(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)]),
            "settings": settings}
-    specs = [dict(settings, seq_len=S, steps=T, mode=mode, attn=attn)
-             for S in seq_lens for attn in attns for mode in modes for T in steps]
+    specs = [dict(settings, seq_len=S, steps=T, mode=mode, autocast=autocast, attn=attn)
+             for S in seq_lens for attn in attns for mode in modes for autocast in autocasts for T in steps]
     results = []
     for i, spec in enumerate(specs, 1):
-        print(f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} attn={spec['attn']}: ",
+        print(f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} autocast={spec['autocast']} "
+              f"attn={spec['attn']}: ",
               end="", flush=True)
         r = run_in_subprocess(spec)
         results.append(r)

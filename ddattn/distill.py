@@ -34,9 +34,10 @@ from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledD
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
-from .unroll import hypergradient
+from .unroll import MODES, hypergradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Paper defaults (Sec. 3.1, Appendix B) and a preset that finishes MRPC on 2 CPU cores in ~10 minutes.
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
@@ -46,7 +47,7 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
                 inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
                 optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
-                max_length=128, mode="recompute", val_every=0, seed=0, device=None, dtype="float32", max_steps=0, train_limit=0,
+                max_length=128, mode="recompute", autocast="none", val_every=0, seed=0, device=None, dtype="float32", max_steps=0, train_limit=0,
                 checkpoint_every=25, train_file=None, eval_file=None, text_columns=None, label_column=None,
                 labels=None, seq_len=None, epochs=None, val_size=None, val_models=None)
 
@@ -90,7 +91,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    "is summed over its micro-batches (and processes): less memory, same result up to float rounding "
                    "(0: 16, or fewer so that every process gets one)")
     g.add_argument("--max-length", type=int, help="truncation length of real examples")
-    g.add_argument("--mode", choices=["graph", "recompute"], help="hypergradient: whole graph (paper) or per-step recompute (memory flat in T)")
+    g.add_argument("--mode", choices=list(MODES), help="hypergradient: whole graph (paper), per-step recompute (memory "
+                   "flat in T), or finite-difference (approximate vector–Hessian products, bench/README.md)")
+    g.add_argument("--autocast", choices=sorted(AUTOCAST), help="matmul precision (approximate; bf16 is faster on CPUs "
+                   "with AVX512-BF16, fp16 is for CUDA; errors in bench/README.md)")
     g.add_argument("--max-steps", type=int, help="stop after this many outer steps (0: all epochs)")
     g.add_argument("--train-limit", type=int, help="use only the first N training examples (0: all)")
     g = p.add_argument_group("validation and checkpoints")
@@ -140,6 +144,8 @@ def check_settings(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
     if not 0 <= args.warmup < 1:
         raise UserError(f"--warmup is a fraction in [0, 1), not {args.warmup}")
+    if args.mode == "finite-difference" and args.autocast != "none":
+        raise UserError("--mode finite-difference needs full-precision gradients: drop --autocast")
     if args.micro_batch_size < 0:
         raise UserError(f"--micro-batch-size must be ≥ 0 (0: automatic), not {args.micro_batch_size}")
     if args.val_size < 1:
@@ -218,6 +224,7 @@ def load_or_start(argv):
             raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
         saved = json.loads((run.path / "config.json").read_text())
         saved.setdefault("micro_batch_size", saved["real_batch_size"])    # runs from before micro-batches
+        saved.setdefault("autocast", "none")
         args = argparse.Namespace(**saved)
         return args, run, torch.load(run.checkpoint, weights_only=True)
     if not args.task:
@@ -243,6 +250,8 @@ class Distillation:
         device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
+        if device.type == "cpu" and args.autocast == "fp16":
+            raise UserError("--autocast fp16 is for CUDA (as in the authors' code); on the CPU use --autocast bf16")
         self.task = taskdata.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
         dtype = DTYPES[getattr(args, "dtype", "float32")]
@@ -329,7 +338,7 @@ class Distillation:
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
                              seed=self.args.seed * 1_000_003 + self.step)
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
-                               real_batch_size=self.args.real_batch_size)
+                               real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast])
         self.check_finite(result.loss, result.inner_losses, result.grads)
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]

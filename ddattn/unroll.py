@@ -34,6 +34,8 @@ from .bert import BertConfig, Params, bert_forward
 from .distilled import DistilledData
 
 FROZEN = ("embeddings.word",)   # no gradient path from distilled inputs
+MODES = ("graph", "recompute", "finite-difference")
+FD_PERTURBATION = 1e-2          # ε = ‖r v‖ of the finite-difference mode
 
 
 def trainable_names(theta: Params) -> List[str]:
@@ -77,12 +79,14 @@ def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tens
     return AttentionKL.apply(label_logits, scores)
 
 
-def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int
+def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int, first_order: bool = False
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7)."""
+    """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7). `first_order`:
+    only first derivatives will be taken, so attention may use the fused kernel (not for full maps)."""
     rows = distilled.step_indices(t)
     attention = distilled.config.attention_type
-    out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention)
+    out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention,
+                       fused=first_order and attention != "all")
     task = soft_cross_entropy(out.logits, distilled.targets(t))
     if attention == "none":
         attn = torch.zeros((), dtype=task.dtype, device=task.device)
@@ -96,7 +100,7 @@ def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int
              ) -> Tuple[Params, torch.Tensor]:
     """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7). Returns θ_{t+1} and the three losses."""
     names = trainable_names(theta)
-    losses = torch.stack(inner_losses(theta, config, distilled, t))
+    losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph))
     grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)
     lr = distilled.inner_lr(t)
     return {**theta, **{n: theta[n] - lr * g for n, g in zip(names, grads)}}, losses.detach()
@@ -152,22 +156,28 @@ def _with_grad(theta: Params) -> Params:
 
 def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
                   real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
-                  mode: str = "recompute", real_batch_size: Optional[int] = None) -> Hypergradient:
-    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch, by `graph` or `recompute`.
+                  mode: str = "recompute", real_batch_size: Optional[int] = None,
+                  autocast: Optional[torch.dtype] = None) -> Hypergradient:
+    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch.
 
+    mode: `graph` and `recompute` are exact; `finite-difference` approximates the vector–Hessian products.
     `real` is the batch, or this process's micro-batches of it; `real_batch_size` is the whole batch's
-    size across all processes (default: the examples given here)."""
+    size across all processes (default: the examples given here). `autocast` (torch.bfloat16 or
+    torch.float16) runs matmuls in that precision (torch.autocast): faster where the hardware has it,
+    approximate; bench/README.md reports its error."""
+    if mode not in MODES:
+        raise ValueError(f"unknown hypergradient mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "finite-difference" and autocast is not None:
+        raise ValueError("finite-difference needs full-precision gradients: do not combine it with autocast")
     micro_batches = [real] if isinstance(real, dict) else list(real)
     batch_size = real_batch_size or sum(len(b["labels"]) for b in micro_batches)
 
     def outer(theta_T: Params):
         return outer_gradient(theta_T, config, micro_batches, batch_size)
 
-    if mode == "graph":
-        return _hypergradient_graph(theta0, config, distilled, outer)
-    if mode == "recompute":
-        return _hypergradient_recompute(theta0, config, distilled, outer)
-    raise ValueError(f"unknown hypergradient mode {mode!r}; choose 'graph' or 'recompute'")
+    device_type = next(iter(theta0.values())).device.type
+    with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
+        return _HYPERGRADIENTS[mode](theta0, config, distilled, outer)
 
 
 def _hypergradient_graph(theta0, config, distilled, outer) -> Hypergradient:
@@ -223,3 +233,45 @@ def _hypergradient_recompute(theta0, config, distilled, outer) -> Hypergradient:
         for k, g in step_grads.items():
             totals[k] += g
     return Hypergradient(loss, totals, torch.cat([losses.to(last_losses), last_losses[None]]))
+
+
+def _hypergradient_finite_difference(theta0, config, distilled, outer, perturbation: float = FD_PERTURBATION
+                                     ) -> Hypergradient:
+    """Approximate: the reverse sweep of `recompute` with each vector–Hessian product replaced by a central
+    difference of two first-order gradients (as in DARTS), so no double backward and fused attention:
+        θ_{t+1} = θ_t − η_t g_t,  g_t = ∇_θ L_in(θ_t, D̃),  v = ∂L/∂θ_{t+1}
+        ∂L/∂θ_t = v − η_t H_θθ v,   ∂L/∂D̃ += −η_t H_D̃θ v − (∂η_t/∂D̃) ⟨g_t, v⟩
+        (H_θθ v, H_D̃θ v) ≈ (∇_(θ,D̃) L_in(θ_t + r v) − ∇_(θ,D̃) L_in(θ_t − r v)) / 2r,   r = ε / ‖v‖
+    and g_t ≈ the mean of the two gradients. Error O(r²) plus rounding / r; measured in bench/README.md."""
+    T = distilled.config.steps
+    thetas, losses = train_on_distilled(theta0, config, distilled, steps=T)   # θ_0 … θ_T, no graph
+    loss, g_T = outer(thetas[-1])
+    learnable, names = distilled.learnable(), trainable_names(theta0)
+    v = dict(zip(names, g_T))
+    totals = {k: torch.zeros_like(x) for k, x in learnable.items()}
+    for t in reversed(range(T)):
+        r = perturbation / torch.sqrt(sum((x * x).sum() for x in v.values()))
+        (plus_theta, plus_d), (minus_theta, minus_d) = (
+            _inner_gradients({**thetas[t], **{n: thetas[t][n] + sign * r * v[n] for n in names}}, config, distilled, t)
+            for sign in (1, -1))
+        lr = distilled.inner_lr(t)
+        g_dot_v = sum(((p + m) * v[n]).sum() for n, p, m in zip(names, plus_theta, minus_theta)) / 2
+        totals["lr_raw"] += torch.autograd.grad(lr, learnable["lr_raw"], grad_outputs=-g_dot_v)[0]
+        eta = lr.detach()
+        for k in learnable:
+            totals[k] -= eta * (plus_d[k] - minus_d[k]) / (2 * r)
+        v = {n: v[n] - eta * (p - m) / (2 * r) for n, p, m in zip(names, plus_theta, minus_theta)}
+    return Hypergradient(loss, totals, losses)
+
+
+def _inner_gradients(theta: Params, config: BertConfig, distilled: DistilledData, t: int):
+    """First-order ∇_θ L_in (list, trainable names) and ∇_D̃ L_in (by name) of inner step t at θ."""
+    leaves, learnable = _with_grad(theta), distilled.learnable()
+    names = trainable_names(leaves)
+    loss = inner_losses(leaves, config, distilled, t, first_order=True)[0]
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names] + list(learnable.values()), materialize_grads=True)
+    return grads[:len(names)], dict(zip(learnable, grads[len(names):]))
+
+
+_HYPERGRADIENTS = {"graph": _hypergradient_graph, "recompute": _hypergradient_recompute,
+                   "finite-difference": _hypergradient_finite_difference}

@@ -29,11 +29,11 @@ def tiny_dir(tmp_path_factory):
 
 def spec(tiny_dir, steps, mode):
     return dict(model=str(tiny_dir), device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, micro_batch=1, repeat=2,
-                seed=0, threads=1, matmul_size=64, seq_len=8, steps=steps, mode=mode, attn="cls")
+                seed=0, threads=1, matmul_size=64, seq_len=8, steps=steps, mode=mode, autocast="none", attn="cls")
 
 
 def test_worker_reports_sane_numbers(tiny_dir):
-    results = {(T, mode): bench.worker(spec(tiny_dir, T, mode)) for T in (1, 2) for mode in bench.MODES}
+    results = {(T, mode): bench.worker(spec(tiny_dir, T, mode)) for T in (1, 2) for mode in bench.EXACT_MODES}
     for (T, mode), r in results.items():
         assert (r["steps"], r["mode"], r["seq_len"], r["attn"], r["num_samples"]) == (T, mode, 8, "cls", 2)
         assert len(r["times_s"]) == 2 and 0 < r["min_s"] <= r["median_s"]
@@ -43,9 +43,23 @@ def test_worker_reports_sane_numbers(tiny_dir):
         assert torch.isfinite(torch.tensor(r["outer_loss"]))
     for T in (1, 2):   # recompute rebuilds each inner step: never less work than keeping the graph
         assert results[T, "recompute"]["flops"] >= results[T, "graph"]["flops"]
-    for mode in bench.MODES:
+    for mode in bench.EXACT_MODES:
         assert results[2, mode]["flops"] > results[1, mode]["flops"]
     assert results[1, "graph"]["outer_loss"] == pytest.approx(results[1, "recompute"]["outer_loss"])
+
+
+def test_approximate_rows_report_their_error(tiny_dir):
+    exact = bench.worker(spec(tiny_dir, 2, "recompute"))
+    finite = bench.worker(spec(tiny_dir, 2, "finite-difference"))
+    bf16 = bench.worker({**spec(tiny_dir, 2, "recompute"), "autocast": "bf16"})
+    assert exact["relative_error"] is None and exact["max_relative_error"] == 0
+    assert set(finite["relative_error"]) == {"x", "label_logits", "attn_logits", "lr_raw"}
+    assert 0 < finite["max_relative_error"] < 1e-2 < bf16["max_relative_error"] < 0.5
+
+
+def test_finite_difference_with_autocast_is_refused(tiny_dir):
+    with pytest.raises(UserError, match="finite-difference"):
+        bench.main(["--model", str(tiny_dir), "--mode", "finite-difference", "--autocast", "bf16", *FAST])
 
 
 def test_peak_memory_sees_an_allocation():
@@ -66,8 +80,8 @@ def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
     env = saved["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1 and env["cpu"]
     table = (tmp_path / "cpu.md").read_text()
-    assert "| S | T | mode | attn | median s |" in table and table.count("| 8 | ") == 1
-    assert "| 8 | 2 | graph | cls |" in capsys.readouterr().out
+    assert "| S | T | mode | autocast | attn | median s |" in table and table.count("| 8 | ") == 1
+    assert "| 8 | 2 | graph | none | cls |" in capsys.readouterr().out
     assert (tmp_path / "cpu.png").stat().st_size > 0
 
 
@@ -80,7 +94,7 @@ def test_failed_configuration_is_a_row_not_a_crash(tiny_dir, tmp_path):
     bench.main(["--model", str(broken), "--mode", "graph", "--no-plot", "--json", str(out), *FAST])
     (row,) = json.loads(out.read_text())["results"]
     assert "model.safetensors" in row["error"] and row["steps"] == 1
-    assert "| 8 | 1 | graph | cls | — |" in (tmp_path / "cpu.md").read_text()
+    assert "| 8 | 1 | graph | none | cls | — |" in (tmp_path / "cpu.md").read_text()
     assert not (tmp_path / "cpu.png").exists()
 
 

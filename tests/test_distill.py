@@ -69,6 +69,15 @@ def test_run_directory_is_complete(tmp_path, mrpc_data):
     assert config["seq_len"] == 8 and config["attention_type"] == "cls"
 
 
+@pytest.mark.parametrize("flags", [["--mode", "finite-difference"], ["--autocast", "bf16"]])
+def test_approximate_options_run(tmp_path, mrpc_data, flags):
+    use(tmp_path, mrpc_data)
+    done = distill(tmp_path, *SMALL, "--max-steps", "2", "--name", "approx", *flags)
+    assert done.returncode == 0, done.stderr
+    metrics = [json.loads(l) for l in (tmp_path / "runs" / "mrpc" / "approx" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["grad_norm"] > 0 for m in metrics)
+
+
 def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data):
     use(tmp_path, mrpc_data)
     assert distill(tmp_path, *SMALL, "--name", "straight").returncode == 0
@@ -108,6 +117,8 @@ def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
     (["--label-type", "fuzzy"], "invalid choice"),
     (["--lr", "-1"], "--lr"),
     (["--micro-batch-size", "-1"], "--micro-batch-size"),
+    (["--mode", "finite-difference", "--autocast", "bf16"], "--autocast"),
+    (["--autocast", "fp16", "--device", "cpu"], "bf16"),
     (["--model", "no-such-model"], "make weights"),
 ])
 def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):

@@ -54,18 +54,41 @@ def golden_distilled(golden, config):
     return DistilledData(dconfig, {k: v.clone().requires_grad_() for k, v in tensors.items()})
 
 
-@pytest.mark.parametrize("mode", ["graph", "recompute"])
-def test_hypergradient_matches_golden(minilm, golden, mode):
+GRADS = [("x", "x_syn"), ("label_logits", "label_logits"), ("attn_logits", "attn_logits"), ("lr_raw", "lr_raw")]
+
+
+def golden_hypergradient(minilm, golden, dtype=torch.float64, **options):
+    """Our hypergradient on the fixture's θ_0, D̃ and real batch; lr_raw folded back to the fixture's shape."""
     config, theta = minilm
     distilled = golden_distilled(golden, config)
+    distilled = DistilledData(distilled.config, {k: v.detach().to(dtype).requires_grad_()
+                                                 for k, v in distilled.tensors().items()})
     batch = {"input_ids": golden["forward.input_ids"], "token_type_ids": golden["forward.token_type_ids"],
              "attention_mask": golden["forward.attention_mask"], "labels": golden["hypergrad.y_real"]}
-    result = hypergradient(with_fixed_head(theta, golden, torch.float64), config, distilled, batch, mode=mode)
+    result = hypergradient(with_fixed_head(theta, golden, dtype), config, distilled, batch, **options)
+    if golden["hypergrad.lr_raw"].numel() == 1:
+        result.grads["lr_raw"] = result.grads["lr_raw"].sum().reshape(1)
+    return result
+
+
+@pytest.mark.parametrize("mode", ["graph", "recompute"])
+def test_hypergradient_matches_golden(minilm, golden, mode):
+    result = golden_hypergradient(minilm, golden, mode=mode)
     torch.testing.assert_close(result.loss, golden["hypergrad.loss_real"][0], rtol=0, atol=1e-9)
     torch.testing.assert_close(result.inner_losses, golden["hypergrad.inner_losses"], rtol=0, atol=1e-9)
-    grads = dict(result.grads)
-    if golden["hypergrad.lr_raw"].numel() == 1:
-        grads["lr_raw"] = grads["lr_raw"].sum().reshape(1)
-    for name, key in [("x", "x_syn"), ("label_logits", "label_logits"), ("attn_logits", "attn_logits"),
-                      ("lr_raw", "lr_raw")]:
-        torch.testing.assert_close(grads[name], golden[f"hypergrad.grad_{key}"], rtol=0, atol=1e-9, msg=name)
+    for name, key in GRADS:
+        torch.testing.assert_close(result.grads[name], golden[f"hypergrad.grad_{key}"], rtol=0, atol=1e-9, msg=name)
+
+
+# The approximate options and their documented error (bench/README.md): ‖g − g_golden‖ / ‖g_golden‖ per tensor.
+@pytest.mark.parametrize("dtype,options,largest", [
+    (torch.float64, dict(mode="finite-difference"), 5e-4),                    # measured ≤ 2.4e-4 (lr_raw)
+    (torch.float32, dict(mode="finite-difference"), 1e-3),                    # measured ≤ 4.2e-4 (attn_logits)
+    (torch.float32, dict(mode="recompute", autocast=torch.bfloat16), 0.1),    # measured ≤ 4.8e-2 (attn_logits)
+])
+def test_approximate_hypergradient_error_on_golden(minilm, golden, dtype, options, largest):
+    result = golden_hypergradient(minilm, golden, dtype, **options)
+    for name, key in GRADS:
+        reference = golden[f"hypergrad.grad_{key}"]
+        error = ((result.grads[name].double() - reference).norm() / reference.norm()).item()
+        assert 0 < error < largest, (name, error)
