@@ -14,13 +14,15 @@ micro-batches and, under torchrun, over ranks (distributed.py).
 The word-embedding matrix is left out of the unroll: distilled inputs bypass the lookup, so its gradient
 is exactly zero and it stays θ_0's.
 
-Two ways to get the hypergradient, equal to rounding:
+Two exact ways to get the hypergradient, equal to rounding, and one approximate:
 - `graph`: keep autograd's graph across all T steps and call backward once (the paper's way; memory
   grows linearly in T, the paper's Limitation (i)).
 - `recompute`: keep only θ_0..θ_{T−1}. Take the last step with its graph into the outer loss and pull
   the gradient back to v = ∂L_outer/∂θ_{T−1}; then sweep backward, rebuilding one step at a time with a
   graph and taking one vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v. Activation memory no longer
   grows with T; the price is one extra forward+backward for each step but the last.
+- `finite-difference`: the reverse sweep of `recompute`, with each vector–Hessian product taken as a
+  central difference of two first-order gradients (no double backward; approximate, error measured).
 """
 
 from dataclasses import dataclass
@@ -134,7 +136,8 @@ def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Di
             total, grads = loss.detach(), list(micro_grads)
         else:
             total += loss.detach()
-            torch._foreach_add_(grads, micro_grads)
+            for grad, micro_grad in zip(grads, micro_grads):
+                grad.add_(micro_grad)
     if grads is None:
         raise ValueError("outer_gradient needs at least one micro-batch")
     distributed.all_reduce_sum([total, *grads])
