@@ -34,7 +34,7 @@ from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledD
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
-from .unroll import MODES, hypergradient
+from .unroll import MODES, hypergradient, row_sum
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,9 +47,10 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
                 inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
                 optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
-                max_length=128, mode="recompute", autocast="none", val_every=0, seed=0, device=None, dtype="float32", max_steps=0, train_limit=0,
-                checkpoint_every=25, train_file=None, eval_file=None, text_columns=None, label_column=None,
-                labels=None, seq_len=None, epochs=None, val_size=None, val_models=None)
+                max_length=128, mode="recompute", autocast="none", val_every=0, seed=0, device=None,
+                dtype="float32", max_steps=0, train_limit=0, checkpoint_every=25, train_file=None, eval_file=None,
+                text_columns=None, label_column=None, labels=None, seq_len=None, epochs=None, val_size=None,
+                val_models=None)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -172,6 +173,16 @@ def make_optimizer(distilled: DistilledData, args):
               for name, tensor in distilled.learnable().items()]
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(groups, weight_decay=args.weight_decay)
+
+
+def clip_grad_norm(parameters: List[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (2-norm, ε = 1e-6) with the norm summed by `row_sum`, which gives
+    the same bits on any number of threads: one process and torchrun ranks clip alike."""
+    norm = torch.stack([row_sum(p.grad * p.grad) for p in parameters]).sum().sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for p in parameters:
+        p.grad.mul_(scale)
+    return norm
 
 
 def linear_schedule(optimizer, total_steps: int, warmup: float):
@@ -342,7 +353,7 @@ class Distillation:
         self.check_finite(result.loss, result.inner_losses, result.grads)
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.distilled.learnable().values()), self.args.clip)
+        grad_norm = clip_grad_norm(list(self.distilled.learnable().values()), self.args.clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

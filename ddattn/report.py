@@ -62,7 +62,7 @@ class Result:
     def cell(self, candidates: int) -> dict:
         value = self.summary[self.metric]
         return {"mean": value["mean"], "std": value["std"], "metric": self.metric, "n_models": self.n_models,
-                "run": str(self.run), "checkpoint": self.checkpoint, "candidates": candidates,
+                "run": f"{self.run.parent.name}/{self.run.name}", "checkpoint": self.checkpoint, "candidates": candidates,
                 "val_loss": self.val_loss if math.isfinite(self.val_loss) else None}
 
 
@@ -197,7 +197,7 @@ def notes(table: dict) -> List[str]:
              f"Evaluation models per cell (distilled, random real): {', '.join(map(str, n_models)) or MISSING} "
              "(the paper: 100, each with a fresh random head)."]
     lines.append("Runs shown:" + "".join(
-        f"\n  - {row} / {TITLES.get(t, t)}: {Path(c['run']).parent.name}/{Path(c['run']).name}"
+        f"\n  - {row} / {TITLES.get(t, t)}: {c['run']}"
         + (f" (best validation loss {c['val_loss']:.4f}; {c['candidates']} evaluated run(s) in the cell)"
            if c["val_loss"] is not None else "")
         for row, t, c in cells) if cells else "Runs shown: none.")
@@ -237,6 +237,12 @@ def render_table3(table: dict) -> str:
 
 
 # --- command line ---------------------------------------------------------------------------------------
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it (results/ is committed), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(prog="python -m ddattn.report", description="Write the paper's Tables 2 and 3 from runs/.")
     p.add_argument("--runs-dir", type=Path, help="default runs/ (env DDATTN_RUNS_DIR)")
@@ -249,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results = load_results(root, args.checkpoint)
     tasks = task_columns(results)
     tables = {"table2": build_table2(results, tasks), "table3": build_table3(results, tasks),
-              "selection": SELECTION, "runs_dir": str(root)}
+              "selection": SELECTION, "runs_dir": _shown(root)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", render_table3(tables["table3"]))):
         with atomic_path(args.out / name) as tmp:

@@ -45,6 +45,13 @@ def trainable_names(theta: Params) -> List[str]:
     return [name for name in theta if name not in FROZEN]
 
 
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """Σ of all entries, over the rows first, then along the last axis. A flat `x.sum()` of a large
+    tensor splits the work by CPU thread and changes in the last bits with the thread count; this does
+    not, so one process (2 threads) and torchrun ranks (1 each) agree to the bit (distributed.py)."""
+    return x.reshape(-1, x.shape[-1]).sum(0).sum()
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean_i −Σ_c y_ic log softmax(logits_i)_c; logits, targets: (B, C)."""
     return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
@@ -105,7 +112,8 @@ def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int
     losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph))
     grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)
     lr = distilled.inner_lr(t)
-    return {**theta, **{n: theta[n] - lr * g for n, g in zip(names, grads)}}, losses.detach()
+    # η̃ broadcast along the last axis only, so that its gradient Σ v ⊙ g is a `row_sum` (thread-invariant)
+    return {**theta, **{n: theta[n] - lr.expand(g.shape[-1]) * g for n, g in zip(names, grads)}}, losses.detach()
 
 
 def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean"
@@ -253,12 +261,12 @@ def _hypergradient_finite_difference(theta0, config, distilled, outer, perturbat
     v = dict(zip(names, g_T))
     totals = {k: torch.zeros_like(x) for k, x in learnable.items()}
     for t in reversed(range(T)):
-        r = perturbation / torch.sqrt(sum((x * x).sum() for x in v.values()))
+        r = perturbation / torch.sqrt(sum(row_sum(x * x) for x in v.values()))
         (plus_theta, plus_d), (minus_theta, minus_d) = (
             _inner_gradients({**thetas[t], **{n: thetas[t][n] + sign * r * v[n] for n in names}}, config, distilled, t)
             for sign in (1, -1))
         lr = distilled.inner_lr(t)
-        g_dot_v = sum(((p + m) * v[n]).sum() for n, p, m in zip(names, plus_theta, minus_theta)) / 2
+        g_dot_v = sum(row_sum((p + m) * v[n]) for n, p, m in zip(names, plus_theta, minus_theta)) / 2
         totals["lr_raw"] += torch.autograd.grad(lr, learnable["lr_raw"], grad_outputs=-g_dot_v)[0]
         eta = lr.detach()
         for k in learnable:

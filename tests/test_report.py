@@ -109,7 +109,7 @@ def test_table2_cells_selection_and_percent_of_full(runs, tmp_path, capsys):
     assert "mrpc/sl-al-b (best validation loss 0.5000; 3 evaluated run(s) in the cell)" in text
     tables = json.loads((tmp_path / "results" / "tables.json").read_text())
     cell = tables["table2"]["rows"]["SL + AL"]["mrpc"]
-    assert cell["run"].endswith("sl-al-b") and cell["metric"] == "acc_f1" and cell["candidates"] == 3
+    assert cell["run"] == "mrpc/sl-al-b" and cell["metric"] == "acc_f1" and cell["candidates"] == 3   # relative: committable
     assert cell["val_loss"] == 0.5 and tables["table2"]["rows"]["SL"]["sst2"]["metric"] == "accuracy"
     assert tables["table2"]["percent_of_full"]["SL + AL"]["mrpc"] == pytest.approx(65.0 / 88.6 * 100)
     assert tables["table2"]["percent_of_full"]["SL"]["sst2"] is None
