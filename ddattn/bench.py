@@ -385,6 +385,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         (set(modes) <= set(MODES), f"unknown --mode {sorted(set(modes) - set(MODES))}; choose from {list(MODES)}"),
         (set(autocasts) <= set(AUTOCAST),
          f"unknown --autocast {sorted(set(autocasts) - set(AUTOCAST))}; choose from {list(AUTOCAST)}"),
+        (device.type != "cpu" or "fp16" not in autocasts,
+         "--autocast fp16 is for CUDA (CPU fp16 matmuls are far slower than fp32); on the CPU use bf16"),
         ("finite-difference" not in modes or autocasts == ["none"],
          "--mode finite-difference needs full-precision gradients: do not combine it with --autocast"),
         (set(attns) <= set(ATTENTION_TYPES),

@@ -57,9 +57,11 @@ def test_approximate_rows_report_their_error(tiny_dir):
     assert 0 < finite["max_relative_error"] < 1e-2 < bf16["max_relative_error"] < 0.5
 
 
-def test_finite_difference_with_autocast_is_refused(tiny_dir):
-    with pytest.raises(UserError, match="finite-difference"):
-        bench.main(["--model", str(tiny_dir), "--mode", "finite-difference", "--autocast", "bf16", *FAST])
+@pytest.mark.parametrize("flags,expected", [(["--mode", "finite-difference", "--autocast", "bf16"], "finite-difference"),
+                                            (["--device", "cpu", "--autocast", "fp16"], "bf16")])
+def test_impossible_autocast_is_refused(tiny_dir, flags, expected):
+    with pytest.raises(UserError, match=expected):
+        bench.main(["--model", str(tiny_dir), *flags, *FAST])
 
 
 def test_peak_memory_sees_an_allocation():
