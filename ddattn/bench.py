@@ -40,10 +40,9 @@ from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import fresh_model, write_json_atomic
 from .paths import REPO_ROOT, resolve_checkpoint
-from .unroll import MODES, hypergradient
+from .unroll import AUTOCAST, MODES, hypergradient, option_problem
 
 EXACT_MODES = ("graph", "recompute")
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
 MB = 2 ** 20
@@ -173,7 +172,7 @@ def worker(spec: dict) -> dict:
     peak_gflops = matmul_gflops(device, dtype, spec["matmul_size"])     # before the baseline: not counted
     load_s = time.perf_counter() - started
 
-    def outer_step(mode=spec["mode"], autocast=AUTOCAST[spec["autocast"]]):
+    def outer_step(mode=spec["mode"], autocast=spec["autocast"]):
         result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=autocast)
         _sync(device)
         return result
@@ -191,7 +190,7 @@ def worker(spec: dict) -> dict:
     median = statistics.median(times)
     errors = None
     if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate: compare with exact
-        exact = outer_step(mode="recompute", autocast=None).grads
+        exact = outer_step(mode="recompute", autocast="none").grads
         errors = {k: ((result.grads[k] - g).norm() / g.norm()).item() for k, g in exact.items()}
     return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": result.loss.item(), "load_s": load_s,
             "relative_error": errors, "max_relative_error": max(errors.values()) if errors else 0.0,
@@ -378,6 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     steps = _flat(args.steps, int, "--steps")
     modes, attns = _flat(args.mode, str, "--mode"), _flat(args.attn, str, "--attn")
     autocasts = _flat(args.autocast, str, "--autocast")
+    problems = sorted(filter(None, (option_problem(m, a, device.type) for m in modes for a in autocasts)))
     checks = [
         (all(1 <= s <= config.max_positions for s in seq_lens),
          f"--seq-len must be between 1 and the model's {config.max_positions} positions, not {seq_lens}"),
@@ -385,10 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         (set(modes) <= set(MODES), f"unknown --mode {sorted(set(modes) - set(MODES))}; choose from {list(MODES)}"),
         (set(autocasts) <= set(AUTOCAST),
          f"unknown --autocast {sorted(set(autocasts) - set(AUTOCAST))}; choose from {list(AUTOCAST)}"),
-        (device.type != "cpu" or "fp16" not in autocasts,
-         "--autocast fp16 is for CUDA (CPU fp16 matmuls are far slower than fp32); on the CPU use bf16"),
-        ("finite-difference" not in modes or autocasts == ["none"],
-         "--mode finite-difference needs full-precision gradients: do not combine it with --autocast"),
+        (not problems, problems[0] if problems else ""),
         (set(attns) <= set(ATTENTION_TYPES),
          f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}"),
         (1 <= args.real_len <= config.max_positions,

@@ -34,10 +34,9 @@ from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledD
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
-from .unroll import MODES, hypergradient, row_sum
+from .unroll import AUTOCAST, MODES, hypergradient, option_problem, row_sum
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Paper defaults (Sec. 3.1, Appendix B) and a preset that finishes MRPC on 2 CPU cores in ~10 minutes.
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
@@ -145,8 +144,6 @@ def check_settings(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
     if not 0 <= args.warmup < 1:
         raise UserError(f"--warmup is a fraction in [0, 1), not {args.warmup}")
-    if args.mode == "finite-difference" and args.autocast != "none":
-        raise UserError("--mode finite-difference needs full-precision gradients: drop --autocast")
     if args.micro_batch_size < 0:
         raise UserError(f"--micro-batch-size must be ≥ 0 (0: automatic), not {args.micro_batch_size}")
     if args.val_size < 1:
@@ -261,8 +258,9 @@ class Distillation:
         device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
-        if device.type == "cpu" and args.autocast == "fp16":
-            raise UserError("--autocast fp16 is for CUDA (as in the authors' code); on the CPU use --autocast bf16")
+        problem = option_problem(args.mode, args.autocast, device.type)
+        if problem:
+            raise UserError(problem)
         self.task = taskdata.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
         dtype = DTYPES[getattr(args, "dtype", "float32")]
@@ -349,7 +347,7 @@ class Distillation:
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
                              seed=self.args.seed * 1_000_003 + self.step)
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
-                               real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast])
+                               real_batch_size=self.args.real_batch_size, autocast=self.args.autocast)
         self.check_finite(result.loss, result.inner_losses, result.grads)
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]

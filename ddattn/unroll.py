@@ -37,6 +37,7 @@ from .distilled import DistilledData
 
 FROZEN = ("embeddings.word",)   # no gradient path from distilled inputs
 MODES = ("graph", "recompute", "finite-difference")
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # --autocast name → matmul dtype
 FD_PERTURBATION = 1e-2          # ε = ‖r v‖ of the finite-difference mode
 
 
@@ -159,6 +160,16 @@ class Hypergradient:
     inner_losses: torch.Tensor           # (T, 3): [L_task + λ L_attn, L_task, L_attn] at each θ_t
 
 
+def option_problem(mode: str, autocast: str, device_type: str) -> Optional[str]:
+    """Why this hypergradient mode and --autocast name cannot run on this device type, or None."""
+    if mode == "finite-difference" and autocast != "none":
+        return "--mode finite-difference needs full-precision gradients: do not combine it with --autocast"
+    if autocast == "fp16" and device_type == "cpu":
+        return ("--autocast fp16 is for CUDA (as in the authors' code; CPU fp16 matmuls are far slower than "
+                "fp32); on the CPU use --autocast bf16")
+    return None
+
+
 def _with_grad(theta: Params) -> Params:
     """Detached copies of θ whose trainable entries are leaves that require grad (so that the step's
     gradient ∇_θ L can be taken; θ_0's own gradient is never asked for)."""
@@ -168,26 +179,27 @@ def _with_grad(theta: Params) -> Params:
 def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
                   real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
                   mode: str = "recompute", real_batch_size: Optional[int] = None,
-                  autocast: Optional[torch.dtype] = None) -> Hypergradient:
+                  autocast: str = "none") -> Hypergradient:
     """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch.
 
     mode: `graph` and `recompute` are exact; `finite-difference` approximates the vector–Hessian products.
     `real` is the batch, or this process's micro-batches of it; `real_batch_size` is the whole batch's
-    size across all processes (default: the examples given here). `autocast` (torch.bfloat16 or
-    torch.float16) runs matmuls in that precision (torch.autocast): faster where the hardware has it,
-    approximate; bench/README.md reports its error."""
-    if mode not in MODES:
-        raise ValueError(f"unknown hypergradient mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "finite-difference" and autocast is not None:
-        raise ValueError("finite-difference needs full-precision gradients: do not combine it with autocast")
+    size across all processes (default: the examples given here). `autocast` ("bf16" or "fp16") runs
+    matmuls in that precision (torch.autocast): faster where the hardware has it, approximate;
+    bench/README.md reports its error."""
+    if mode not in MODES or autocast not in AUTOCAST:
+        raise ValueError(f"unknown mode {mode!r} or autocast {autocast!r}; choose from {MODES} and {tuple(AUTOCAST)}")
+    device_type = next(iter(theta0.values())).device.type
+    problem = option_problem(mode, autocast, device_type)
+    if problem:
+        raise ValueError(problem)
     micro_batches = [real] if isinstance(real, dict) else list(real)
     batch_size = real_batch_size or sum(len(b["labels"]) for b in micro_batches)
 
     def outer(theta_T: Params):
         return outer_gradient(theta_T, config, micro_batches, batch_size)
 
-    device_type = next(iter(theta0.values())).device.type
-    with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
+    with torch.autocast(device_type, dtype=AUTOCAST[autocast], enabled=autocast != "none"):
         return _HYPERGRADIENTS[mode](theta0, config, distilled, outer)
 
 
