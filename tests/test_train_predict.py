@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddattn import baselines, card, convert, evaluate, predict, train
+from ddattn import data as taskdata
 from ddattn.bert import bert_forward, load_pretrained
 from ddattn.distill import parse_args
 from ddattn.export import load_exported
@@ -86,14 +87,21 @@ def test_export_has_hugging_face_names_and_config(exported):
 
 
 def test_transformers_loads_the_export_and_agrees(exported):
+    """Where transformers is installed: its tokenizer and BertForSequenceClassification read the export as ours does."""
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForSequenceClassification.from_pretrained(str(exported)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(exported))
     ours = load_exported(exported)
-    ids = torch.tensor([[2, 1996, 4937, 2938, 1012, 3, 1037, 4937, 3]])   # [CLS] the cat sat . [SEP] a cat [SEP]
-    types = torch.tensor([[0] * 6 + [1] * 3])
+    examples = predict.examples_from_texts(ours, [*PAIR, "Stocks fell sharply on Monday.", "Shares dropped."])
+    batch = taskdata.collate(taskdata.encode(taskdata.load_tokenizer(ours.tokenizer_path, 32), examples), [0, 1])
+    theirs_ids = tokenizer([e.text_a for e in examples], [e.text_b for e in examples], padding="max_length",
+                           max_length=batch["input_ids"].shape[1], return_tensors="pt")
+    assert torch.equal(theirs_ids["input_ids"], batch["input_ids"])
     with torch.no_grad():
-        theirs = model(input_ids=ids, token_type_ids=types).logits
-    mine = bert_forward(ours.theta, ours.config, ids, token_type_ids=types, attention="none").logits
+        theirs = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    mine = bert_forward(ours.theta, ours.config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                        attention_mask=batch["attention_mask"], attention="none").logits
     assert model.config.id2label == {0: "not_equivalent", 1: "equivalent"}
     assert torch.allclose(theirs, mine, atol=1e-5)
 
