@@ -31,6 +31,7 @@ from . import data as taskdata
 from . import distributed
 from . import seeds
 from .bert import load_pretrained
+from .card import write_card
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
@@ -411,6 +412,8 @@ class Distillation:
         with progress:   # closed (its line ended) before any error message
             self.loop(progress)
         self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
+        if distributed.is_main():
+            self.log(f"card: {write_card(self.run.path)}")
 
     def loop(self, progress) -> None:
         while self.step < self.total_steps:

@@ -178,6 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "settings": settings, "summary": summary, "runs": runs,
                 "seconds": time.perf_counter() - started, "processes": distributed.world_size(), "commit": code_version()})
             print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: {format_summary(summary)}")
+            from .card import write_card   # imported here: card.py reads runs through this module
+            print(f"card: {write_card(args.run_dir)}")
     finally:
         distributed.teardown()
 
