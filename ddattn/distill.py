@@ -135,6 +135,11 @@ def default_preset(device: Optional[str]) -> Tuple[str, str]:
     return "cpu", "no GPU" + (" visible" if device is None else f" (--device {device})")
 
 
+def saved_settings(args) -> dict:
+    """What config.json records: every setting, less how this invocation came to them."""
+    return {**{k: v for k, v in vars(args).items() if k != "preset_reason"}, "resume": None}
+
+
 def preset_summary(args) -> str:
     return (f"S = {args.seq_len}, {args.epochs} epochs, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}, λ = {args.attn_weight:g}, "
             f"--init {args.init}, real examples cut at {args.max_length} tokens")
@@ -318,7 +323,7 @@ class Distillation:
         if checkpoint is None:
             if distributed.is_main():
                 run.path.mkdir(parents=True, exist_ok=True)   # only once every setting has been checked
-                (run.path / "config.json").write_text(json.dumps({**vars(args), "resume": None}, indent=2) + "\n")
+                (run.path / "config.json").write_text(json.dumps(saved_settings(args), indent=2) + "\n")
             if getattr(args, "preset_reason", None):
                 self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
                          f"--preset {'paper' if args.preset == 'cpu' else 'cpu'} for the other one")
