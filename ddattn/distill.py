@@ -44,7 +44,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # quick: a smoke-sized run (MRPC in ~7 minutes). Without --preset: cpu when no GPU is visible, else paper.
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
-    "cpu": dict(seq_len=64, epochs=3, val_size=500, val_models=2, max_length=128, inner_lr=1e-1, init="real"),
+    "cpu": dict(seq_len=64, epochs=3, max_steps=450, val_every=50, val_size=500, val_models=2, max_length=128,
+                inner_lr=1e-1, init="real", attn_init="model"),
     "quick": dict(seq_len=64, epochs=3, val_size=128, val_models=2, max_length=64, inner_lr=1e-1),
 }
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
@@ -143,8 +144,10 @@ def saved_settings(args) -> dict:
 
 
 def preset_summary(args) -> str:
-    return (f"S = {args.seq_len}, {args.epochs} epochs, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}, λ = {args.attn_weight:g}, "
-            f"--init {args.init}, real examples cut at {args.max_length} tokens")
+    steps = f" (at most {args.max_steps} outer steps)" if args.max_steps else ""
+    return (f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}, "
+            f"λ = {args.attn_weight:g}, --init {args.init}, --attn-init {args.attn_init}, real examples cut at "
+            f"{args.max_length} tokens")
 
 
 def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
