@@ -45,7 +45,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
     "cpu": dict(seq_len=64, epochs=3, max_steps=450, val_every=50, val_size=500, val_models=2, max_length=128,
-                inner_lr=1e-1, init="real", attn_init="model"),
+                inner_lr=1e-1, lr_inner=1e-1, init="real", attn_init="model"),
     "quick": dict(seq_len=64, epochs=3, val_size=128, val_models=2, max_length=64, inner_lr=1e-1),
 }
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
@@ -145,7 +145,8 @@ def saved_settings(args) -> dict:
 
 def preset_summary(args) -> str:
     steps = f" (at most {args.max_steps} outer steps)" if args.max_steps else ""
-    return (f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}, "
+    alpha_inner = f" (η̃: {args.lr_inner:g})" if args.lr_inner else ""
+    return (f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}{alpha_inner}, "
             f"λ = {args.attn_weight:g}, --init {args.init}, --attn-init {args.attn_init}, real examples cut at "
             f"{args.max_length} tokens")
 

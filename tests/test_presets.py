@@ -12,7 +12,7 @@ def test_no_gpu_means_the_cpu_preset(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = distill.parse_args(["--task", "mrpc"])
     assert args.preset == "cpu" and args.preset_reason == "no GPU visible"
-    assert (args.seq_len, args.init, args.attn_init, args.max_steps) == (64, "real", "model", 450)
+    assert (args.seq_len, args.init, args.attn_init, args.max_steps, args.lr_inner) == (64, "real", "model", 450, 0.1)
     assert "preset_reason" not in distill.saved_settings(args)             # config.json: settings only
     json.dumps(distill.saved_settings(args))
 
