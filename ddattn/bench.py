@@ -394,14 +394,47 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--json", type=Path,
                    help="results file (default bench/results/<device>.json); the .md table and .png plot go beside it")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    evaluation = p.add_argument_group("evaluation throughput (--eval; ddattn/bench_eval.py)")
+    evaluation.add_argument("--eval", action="store_true",
+                            help="time N evaluated models (T steps on D̃ + the eval split) against a reference evaluator")
+    evaluation.add_argument("--task", help="the task whose evaluation split is used (with a fresh D̃)")
+    evaluation.add_argument("--run", type=Path, help="or a distillation run directory: its task and distilled_best")
+    evaluation.add_argument("--n-models", type=int, default=2, help="models, each timed by every evaluator (default 2)")
+    evaluation.add_argument("--eval-limit", type=int, default=0, help="only the split's first N rows (default: all)")
+    evaluation.add_argument("--eval-batch-size", type=int, default=64, help="ddattn's evaluation batch size")
     p.add_argument("--worker", help=argparse.SUPPRESS)   # --worker SPEC: how the parent runs one configuration
     return p.parse_args(argv)
+
+
+def environment(argv: Optional[Sequence[str]], threads: int) -> dict:
+    """Where and when this was measured, and with which command."""
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)])}
+
+
+def eval_main(args, argv: Optional[Sequence[str]]) -> None:
+    """--eval: evaluation throughput, ddattn (fp32, bf16) against the reference evaluator, one process."""
+    from . import bench_eval
+    if min(args.n_models, args.eval_batch_size) < 1 or args.eval_limit < 0:
+        raise UserError("--n-models and --eval-batch-size must be ≥ 1, --eval-limit ≥ 0")
+    result = bench_eval.run(args)
+    env = environment(argv, args.threads)
+    json_path = args.json or REPO_ROOT / "bench" / "results" / f"eval-{result['task']}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(json_path, {"environment": env, **result})
+    table = bench_eval.markdown(result, env)
+    json_path.with_suffix(".md").write_text(table)
+    print("\n" + table + f"\nwrote {json_path} and {json_path.with_suffix('.md')}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.worker is not None:
         return worker_main(args.worker)
+    if args.eval:
+        return eval_main(args, argv)
     device = local_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
@@ -445,11 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     repeat=args.repeat, seed=args.seed,
                     threads=args.threads,
                     matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
-    env = {"device": device.type, "device_name": device_name(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-           "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version(),
-           "platform": platform.platform(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)]),
+    env = {"device": device.type, "device_name": device_name(device), **environment(argv, args.threads),
            "settings": settings}
     variants = [(REFERENCE, "none")] if args.reference else []       # run just before the rows it is compared with
     variants += [(mode, autocast) for mode in modes for autocast in autocasts]

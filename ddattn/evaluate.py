@@ -91,9 +91,10 @@ def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch
     device_type = theta["pooler.bias"].device.type
     losses, predictions, labels = [], [], []
     for batch in batches:
+        mask = None if batch["attention_mask"].all() else batch["attention_mask"]    # unpadded: no mask to apply
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                                  attention_mask=batch["attention_mask"], attention="none", fused=True).logits
+                                  attention_mask=mask, attention="none", fused=True).logits
         losses.append(F.cross_entropy(logits.double(), batch["labels"], reduction="sum"))
         predictions.append(logits.argmax(-1))
         labels.append(batch["labels"])
@@ -114,10 +115,11 @@ def score(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.T
 def eval_batches(split: "taskdata.EncodedSplit", batch_size: int, device="cpu",
                  indices: Optional[torch.Tensor] = None) -> List[Dict[str, torch.Tensor]]:
     """A split (or its rows `indices`) sorted by length and cut into batches, each exactly as wide as its
-    longest row (0.9 % padding on AG News test at 64 per batch, against 7.6 % when rounded up to 8 and
-    121 % in file order): built once and reused for all N models."""
+    longest row: on AG News test at 64 per batch 0.9 % of the tokens are padding, against 7.6 % when
+    rounded up to 8 and 121 % in file order. Where a batch's rows are all of one length (most of them on a
+    large split) `predict` also drops the mask. Same metrics; built once and reused for all N models."""
     rows = torch.arange(len(split)) if indices is None else torch.as_tensor(indices)
-    rows = rows[split.lengths[rows].argsort()]
+    rows = rows[split.lengths[rows].argsort(stable=True)]
     return [taskdata.collate(split, chunk, device, width=int(split.lengths[chunk].max()))
             for chunk in rows.split(batch_size)]
 

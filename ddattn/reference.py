@@ -69,10 +69,10 @@ def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
     return loss.detach(), dict(zip(learnable, grads))
 
 
-def predictions(theta0: Params, config: BertConfig, distilled: DistilledData,
-                split: "taskdata.EncodedSplit") -> torch.Tensor:
-    """One evaluated model: θ_0 trained on D̃, then the predicted class of every row of `split`, in file order."""
+def predictions(theta0: Params, config: BertConfig, distilled: DistilledData, split: "taskdata.EncodedSplit",
+                rows: torch.Tensor) -> torch.Tensor:
+    """One evaluated model: θ_0 trained on D̃, then the predicted class of the split's `rows`, in that order."""
     theta = {n: v.detach() for n, v in train(theta0, config, distilled, create_graph=False).items()}
     with torch.no_grad():
         return torch.cat([logits(theta, config, batch).argmax(-1)
-                          for batch in taskdata.batches(split, EVAL_BATCH_SIZE)])
+                          for batch in taskdata.batches(split, EVAL_BATCH_SIZE, indices=rows)])
