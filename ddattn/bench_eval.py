@@ -24,7 +24,7 @@ import torch
 
 from . import data as taskdata
 from . import reference
-from .bert import load_pretrained
+from .bert import BertConfig, load_pretrained
 from .distilled import DistilledConfig, DistilledData
 from .errors import UserError
 from .evaluate import compute_metrics, eval_batches, fresh_model, headline_metric, load_run, predict
@@ -35,19 +35,19 @@ EVALUATORS = ("reference", "fp32", "bf16")
 
 
 def load_setting(args):
-    """(task, max_length, model dir, D̃): from --run, or a freshly initialised D̃ for --task (the paper's
-    Algorithm 1 start: what a D̃ trains is irrelevant to speed, and agreement is checked on it all the same)."""
+    """(task, max_length, data dir, model dir, D̃): from --run, or a freshly initialised D̃ for --task (the
+    paper's Algorithm 1 start: what a D̃ trains does not change the speed; agreement is checked all the same)."""
     if args.run:
         settings, distilled = load_run(args.run)
-        return (taskdata.task_from_settings(settings), settings["max_length"], resolve_checkpoint(settings["model"]),
-                distilled)
+        return (taskdata.task_from_settings(settings), settings["max_length"], settings.get("data_dir"),
+                resolve_checkpoint(settings["model"]), distilled)
     if not args.task:
         raise UserError("--eval needs --task TASK or --run RUN_DIR")
     task, model_dir = taskdata.get_task(args.task), resolve_checkpoint(args.model)
-    config = load_pretrained(model_dir)[0]
+    config = BertConfig.from_json(model_dir / "config.json")
     dconfig = DistilledConfig(num_classes=task.num_classes, seq_len=64, hidden_size=config.hidden_size,
                               num_layers=config.num_layers, num_heads=config.num_heads, inner_lr_init=0.1)
-    return task, 128, model_dir, DistilledData.initial(dconfig, torch.Generator().manual_seed(args.seed))
+    return task, 128, None, model_dir, DistilledData.initial(dconfig, torch.Generator().manual_seed(args.seed))
 
 
 def timed(fn):
@@ -60,10 +60,10 @@ def timed(fn):
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    task, max_length, model_dir, distilled = load_setting(args)
+    task, max_length, data_dir, model_dir, distilled = load_setting(args)
     config, pretrained = load_pretrained(model_dir)
     distilled = distilled.detached()
-    split = taskdata.load_split(task, "eval", model_dir / "tokenizer.json", max_length)
+    split = taskdata.load_split(task, "eval", model_dir / "tokenizer.json", max_length, data_dir)
     rows = torch.arange(min(args.eval_limit or len(split), len(split)))        # the first rows, in file order
     order = rows[split.lengths[rows].argsort(stable=True)]                     # eval_batches' order
     eval_set = eval_batches(split, args.eval_batch_size, indices=rows)         # built once for all models
