@@ -11,7 +11,8 @@ Face BERT, `torch.autograd.grad(create_graph=True)`, eager attention):
   kernel, no recomputation);
 - the attention loss as a KL of two log_softmax, the whole unroll kept in one graph, the outer loss on
   the whole real batch and one `torch.autograd.grad` to D̃;
-- evaluation in file order, in batches of 128, each padded to its longest row.
+- evaluation in file order, in batches of 128, each padded to its longest row (rounded up
+  to a multiple of 8, as `data.collate` does).
 """
 
 from typing import Dict, Tuple
