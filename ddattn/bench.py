@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import reference
 from .bert import BertConfig, load_pretrained
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
@@ -43,6 +44,7 @@ from .paths import REPO_ROOT, resolve_checkpoint
 from .unroll import AUTOCAST, MODES, hypergradient, option_problem
 
 EXACT_MODES = ("graph", "recompute")
+REFERENCE = "reference"   # reference.hypergradient: the same step written the straightforward way
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
 MB = 2 ** 20
@@ -167,34 +169,42 @@ def worker(spec: dict) -> dict:
              "token_type_ids": torch.zeros(B, L, dtype=torch.long),
              "attention_mask": torch.ones(B, L, dtype=torch.long),
              "labels": torch.randint(0, NUM_CLASSES, (B,), generator=g)}
+    whole_batch = {k: v.to(device) for k, v in batch.items()}
     micro_batches = [{k: v[rows].to(device) for k, v in batch.items()}
                      for rows in torch.arange(B).split(spec["micro_batch"])]
     peak_gflops = matmul_gflops(device, dtype, spec["matmul_size"])     # before the baseline: not counted
     load_s = time.perf_counter() - started
 
     def outer_step(mode=spec["mode"], autocast=spec["autocast"]):
-        result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=autocast)
+        """(outer loss, hypergradient by name) of one outer step."""
+        if mode == REFERENCE:
+            loss, grads = reference.hypergradient(theta0, config, distilled, whole_batch)
+        else:
+            result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=autocast)
+            loss, grads = result.loss, result.grads
         _sync(device)
-        return result
+        return loss, grads
 
     outer_step()           # warm-up: lazy initialisation, kernel selection, code pages faulted in
     memory = PeakMemory(device)
     memory.start()
-    times = []
+    times, cpu_times = [], []       # wall clock, and CPU time of this process (robust to other work on the machine)
     for _ in range(spec["repeat"]):
-        started = time.perf_counter()
-        result = outer_step()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        loss, grads = outer_step()
         times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
     peak, process_peak = memory.stop()
     flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
     median = statistics.median(times)
     errors = None
-    if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate: compare with exact
-        exact = outer_step(mode="recompute", autocast="none").grads
-        errors = {k: ((result.grads[k] - g).norm() / g.norm()).item() for k, g in exact.items()}
-    return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": result.loss.item(), "load_s": load_s,
+    if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate or reference: vs recompute
+        _, exact = outer_step(mode="recompute", autocast="none")
+        errors = {k: ((grads[k] - g).norm() / g.norm()).item() for k, g in exact.items()}
+    return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": loss.item(), "load_s": load_s,
             "relative_error": errors, "max_relative_error": max(errors.values()) if errors else 0.0,
             "times_s": times, "median_s": median, "min_s": min(times),
+            "cpu_times_s": cpu_times, "median_cpu_s": statistics.median(cpu_times),
             "peak_mb": peak / MB, "process_peak_mb": process_peak / MB, "memory_method": memory.method,
             "flops": flops, "gflop_per_step": flops / 1e9, "gflops_per_s": flops / median / 1e9,
             "matmul_size": spec["matmul_size"], "matmul_gflops": peak_gflops,
@@ -269,6 +279,36 @@ def markdown(results: List[dict], env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reference_ratios(results: List[dict]) -> List[dict]:
+    """For each ddattn row, its time and memory as a ratio of the reference row of the same S, T and attn."""
+    references = {(r["seq_len"], r["steps"], r["attn"]): r for r in results if r["mode"] == REFERENCE and "error" not in r}
+    ratios = []
+    for r in results:
+        ref = references.get((r["seq_len"], r["steps"], r["attn"]))
+        if r["mode"] != REFERENCE and "error" not in r and ref:
+            ratios.append({"row": r, "time": r["median_s"] / ref["median_s"], "min_time": r["min_s"] / ref["min_s"],
+                           "cpu_time": r["median_cpu_s"] / ref["median_cpu_s"],
+                           "peak": r["peak_mb"] / ref["peak_mb"], "process": r["process_peak_mb"] / ref["process_peak_mb"],
+                           "reference": ref})
+    return ratios
+
+
+def ratio_table(results: List[dict]) -> str:
+    """ddattn ÷ reference (ddattn/reference.py), both measured in this run: below 1 is better."""
+    lines = ["", "ddattn ÷ reference (the same step written the straightforward way, ddattn/reference.py), "
+             "measured in this run; below 1 is better.", "",
+             "| S | T | mode | autocast | attn | reference s | ddattn s | time ratio (median) | time ratio (min) "
+             "| CPU-time ratio | reference peak MB | ddattn peak MB | peak ratio | process MB ratio |",
+             "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 9]
+    for x in reference_ratios(results):
+        r, ref = x["row"], x["reference"]
+        lines.append(f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['autocast']} | {r['attn']} | "
+                     f"{ref['median_s']:.3g} | {r['median_s']:.3g} | **{x['time']:.2f}** | {x['min_time']:.2f} | "
+                     f"{x['cpu_time']:.2f} | "
+                     f"{ref['peak_mb']:.0f} | {r['peak_mb']:.0f} | **{x['peak']:.2f}** | {x['process']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(results: List[dict], path: Path) -> None:
     """Time and peak memory versus T, one line per mode (and per S and attn when several were run)."""
     try:
@@ -339,6 +379,9 @@ def parse_args(argv: Optional[Sequence[str]]):
                    help="T, inner SGD steps (list, e.g. 1 2 4 8; default 1)")
     p.add_argument("--mode", nargs="+", default=list(EXACT_MODES), metavar="MODE",
                    help="hypergradient modes: graph, recompute (exact; default both), finite-difference (approximate)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the same step written the straightforward way (ddattn/reference.py) before each "
+                        "configuration, and print ddattn's time and memory as ratios of it")
     p.add_argument("--autocast", nargs="+", default=["none"], metavar="DTYPE",
                    help="matmul precision: none (default), bf16, fp16 (torch.autocast; approximate)")
     p.add_argument("--attn", nargs="+", default=["cls"], metavar="ATTN",
@@ -355,14 +398,47 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--json", type=Path,
                    help="results file (default bench/results/<device>.json); the .md table and .png plot go beside it")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    evaluation = p.add_argument_group("evaluation throughput (--eval; ddattn/bench_eval.py)")
+    evaluation.add_argument("--eval", action="store_true",
+                            help="time N evaluated models (T steps on D̃ + the eval split) against a reference evaluator")
+    evaluation.add_argument("--task", help="the task whose evaluation split is used (with a fresh D̃)")
+    evaluation.add_argument("--run", type=Path, help="or a distillation run directory: its task and distilled_best")
+    evaluation.add_argument("--n-models", type=int, default=2, help="models, each timed by every evaluator (default 2)")
+    evaluation.add_argument("--eval-limit", type=int, default=0, help="only the split's first N rows (default: all)")
+    evaluation.add_argument("--eval-batch-size", type=int, default=64, help="ddattn's evaluation batch size")
     p.add_argument("--worker", help=argparse.SUPPRESS)   # --worker SPEC: how the parent runs one configuration
     return p.parse_args(argv)
+
+
+def environment(argv: Optional[Sequence[str]], threads: int) -> dict:
+    """Where and when this was measured, and with which command."""
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)])}
+
+
+def eval_main(args, argv: Optional[Sequence[str]]) -> None:
+    """--eval: evaluation throughput, ddattn (fp32, bf16) against the reference evaluator, one process."""
+    from . import bench_eval
+    if min(args.n_models, args.eval_batch_size) < 1 or args.eval_limit < 0:
+        raise UserError("--n-models and --eval-batch-size must be ≥ 1, --eval-limit ≥ 0")
+    result = bench_eval.run(args)
+    env = environment(argv, args.threads)
+    json_path = args.json or REPO_ROOT / "bench" / "results" / f"eval-{result['task']}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(json_path, {"environment": env, **result})
+    table = bench_eval.markdown(result, env)
+    json_path.with_suffix(".md").write_text(table)
+    print("\n" + table + f"\nwrote {json_path} and {json_path.with_suffix('.md')}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.worker is not None:
         return worker_main(args.worker)
+    if args.eval:
+        return eval_main(args, argv)
     device = local_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
@@ -406,14 +482,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     repeat=args.repeat, seed=args.seed,
                     threads=args.threads,
                     matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
-    env = {"device": device.type, "device_name": device_name(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-           "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version(),
-           "platform": platform.platform(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)]),
+    env = {"device": device.type, "device_name": device_name(device), **environment(argv, args.threads),
            "settings": settings}
+    variants = [(REFERENCE, "none")] if args.reference else []       # run just before the rows it is compared with
+    variants += [(mode, autocast) for mode in modes for autocast in autocasts]
     specs = [dict(settings, seq_len=S, steps=T, mode=mode, autocast=autocast, attn=attn)
-             for S in seq_lens for attn in attns for mode in modes for autocast in autocasts for T in steps]
+             for S in seq_lens for attn in attns for T in steps for mode, autocast in variants]
     results = []
     for i, spec in enumerate(specs, 1):
         print(f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} autocast={spec['autocast']} "
@@ -425,7 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"{r['median_s']:.3g} s/step, peak {r['peak_mb']:.0f} MB, {r['gflop_per_step']:.4g} GFLOP, "
               f"{r['gflops_per_s']:.3g} GFLOP/s", flush=True)
         write_json_atomic(json_path, {"environment": env, "results": results})   # a sweep cut short keeps its rows
-    table = markdown(results, env)
+    table = markdown(results, env) + (ratio_table(results) if args.reference else "")
     md_path = json_path.with_suffix(".md")
     md_path.write_text(table)
     print("\n" + table)

@@ -218,40 +218,45 @@ def _attention_backward_parts(q, k, v, grad_context):
     return probs, grad_probs, delta, probs * (grad_probs - delta)
 
 
-def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, key_mask: Optional[torch.Tensor],
-               want: str, fused: bool):
-    """Multi-head self-attention of one layer. Returns (output (B, S, D), cls_scores, all_scores).
+def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, cls_only: bool,
+               key_mask: Optional[torch.Tensor], want: str, fused: bool, plain: bool):
+    """Multi-head self-attention of one layer. Returns (output (B, Sq, D), cls_scores, all_scores).
 
+    cls_only: only the [CLS] query (Sq = 1), keys and values from all S rows; else Sq = S.
     key_mask (B, S) bool, or None when every key is real (distilled data). Three paths, same numbers:
     fused  — PyTorch's scaled_dot_product_attention: fastest, first-order gradients only;
     unpadded, no full maps wanted — RecomputedAttention: differentiable twice, lean in memory;
-    otherwise — the plain ops, which also give the full (S, S) scores.
+    otherwise, or `plain` — the textbook ops, which also give the full (S, S) scores.
     """
     B, S, D = x.shape
     H, Dh = config.num_heads, config.head_dim
-    qkv = F.linear(x, theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"])      # (B, S, 3D)
-    q, k, v = qkv.view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)                          # 3 × (B, H, S, Dh)
-    q = q * Dh ** -0.5                                 # scale the (S, Dh) queries, not the (S, S) scores
+    weight, bias = theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"]           # [W_q; W_k; W_v]
+    if cls_only:
+        q = F.linear(x[:, :1], weight[:D], bias[:D]).view(B, 1, H, Dh).transpose(1, 2)  # (B, H, 1, Dh)
+        k, v = F.linear(x, weight[D:], bias[D:]).view(B, S, 2, H, Dh).permute(2, 0, 3, 1, 4)  # 2 × (B, H, S, Dh)
+    else:
+        q, k, v = F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
+    q = q * Dh ** -0.5                                 # scale the (Sq, Dh) queries, not the (Sq, S) scores
     min_score = torch.finfo(x.dtype).min               # padded keys: exp(min − max) is exactly 0
     cls_scores = all_scores = None
-    if fused or (key_mask is None and want != "all"):
+    if not plain and (fused or (key_mask is None and want != "all")):
         if fused:
             mask = None if key_mask is None else key_mask[:, None, None, :]
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, S, Dh)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, Sq, Dh)
         else:
-            context = RecomputedAttention.apply(q, k, v)                                  # (B, H, S, Dh)
+            context = RecomputedAttention.apply(q, k, v)                                  # (B, H, Sq, Dh)
         if want == "cls":   # the only row the attention loss reads: (B, H, 1, Dh) @ (B, H, Dh, S)
             cls_scores = (q[:, :, 0:1] @ k.transpose(-1, -2)).squeeze(2)                 # (B, H, S)
             if key_mask is not None:
                 cls_scores = cls_scores.masked_fill(~key_mask[:, None, :], min_score)
     else:
-        scores = q @ k.transpose(-1, -2)                                                 # (B, H, S, S)
+        scores = q @ k.transpose(-1, -2)                                                 # (B, H, Sq, S)
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], min_score)
-        context = torch.softmax(scores, dim=-1) @ v                                      # (B, H, S, Dh)
+        context = torch.softmax(scores, dim=-1) @ v                                      # (B, H, Sq, Dh)
         cls_scores = scores[:, :, 0] if want in ("cls", "all") else None                 # (B, H, S)
         all_scores = scores if want == "all" else None
-    context = context.transpose(1, 2).reshape(B, S, D)                                   # (B, S, D)
+    context = context.transpose(1, 2).reshape(B, q.shape[2], D)                          # (B, Sq, D)
     return F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores, all_scores
 
 
@@ -266,18 +271,22 @@ def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor)
 def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Tensor] = None, *,
                  inputs_embeds: Optional[torch.Tensor] = None, token_type_ids: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, attention: str = "cls",
-                 fused: bool = False) -> BertOutput:
+                 fused: bool = False, plain: bool = False) -> BertOutput:
     """Run BERT at parameters `theta`.
 
     input_ids (B, S) or inputs_embeds (B, S, D): tokens, or embeddings that replace the word lookup.
     attention: "none", "cls" (return [CLS] scores, (B, L, H, S)) or "all" (also (B, L, H, S, S) scores).
     fused: use PyTorch's fused scaled-dot-product attention. Faster, but it has no double backward, so
         it must stay off inside an inner step that will be differentiated through (see unroll.py).
+    plain: the textbook model, for reference.py: every layer computes every row, attention materialises
+        its (S, S) probabilities and autograd differentiates the ops as written.
+    Otherwise the last layer computes the [CLS] row only (its query, attention output and FFN): nothing
+    else of it is read, unless attention="all" returns its full maps.
     """
     if attention not in ("none", "cls", "all"):
         raise ValueError(f"attention must be 'none', 'cls' or 'all', not {attention!r}")
-    if fused and attention == "all":
-        raise ValueError("full attention maps need the explicit (unfused) attention path")
+    if fused and (attention == "all" or plain):
+        raise ValueError("full attention maps and the plain model need the explicit (unfused) attention path")
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if inputs_embeds is None:
@@ -296,10 +305,12 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     cls_scores, all_scores = [], []
     for i in range(config.num_layers):
         p = f"layers.{i}."
-        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, key_mask, attention, fused)
-        x = _layer_norm(theta, p + "attention.norm.", config, x + attn_out)              # (B, S, D)
-        h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, S, F), erf GELU
-        h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, S, D)
+        cls_only = i == config.num_layers - 1 and attention != "all" and not plain
+        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, cls_only, key_mask, attention,
+                                           fused, plain)
+        x = _layer_norm(theta, p + "attention.norm.", config, (x[:, :1] if cls_only else x) + attn_out)  # (B, Sq, D)
+        h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, Sq, F), erf GELU
+        h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, Sq, D)
         x = _layer_norm(theta, p + "ffn.norm.", config, x + h)
         cls_scores.append(cls)
         all_scores.append(scores)

@@ -121,3 +121,20 @@ def test_bad_flag_on_the_command_line_is_one_line_exit_2(tiny_dir):
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --steps must be ≥ 1, not [0]"]
+
+
+def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch):
+    """--eval on 24 MRPC dev pairs: the fast fp32 path predicts what the reference evaluator predicts."""
+    done = subprocess.run([sys.executable, "-m", "ddattn.data", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "eval.json"
+    bench.main(["--eval", "--task", "mrpc", "--n-models", "1", "--eval-limit", "24", "--threads", "1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["examples"] == 24 and set(saved["summary"]) == {"reference", "fp32", "bf16"}
+    assert saved["agreement"]["fp32 = reference"] == 1.0
+    for s in saved["summary"].values():
+        assert s["wall_s_per_model"] > 0 and s["metric"] == "acc_f1" and 0 <= s["metric_mean"] <= 1
+    assert saved["summary"]["reference"]["speed_vs_reference_wall"] == 1.0
+    assert "| fp32 |" in (tmp_path / "eval.md").read_text()

@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from ddattn import reference
 from ddattn.distilled import DistilledConfig, DistilledData
 from ddattn.unroll import _hypergradient_finite_difference, attention_kl, hypergradient, outer_gradient, sgd_step
 from tests.conftest import TINY, tiny_theta
@@ -47,6 +48,19 @@ def test_graph_equals_recompute(steps, same, label_type, attention_type):
     for name in graph.grads:
         assert graph.grads[name].abs().max() > 0, name
         torch.testing.assert_close(recompute.grads[name], graph.grads[name], rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("steps,same,attention_type", [(1, True, "cls"), (3, False, "cls"), (2, True, "all"),
+                                                      (2, True, "none")])
+def test_reference_equals_recompute(steps, same, attention_type):
+    """The straightforward yardstick of `bench --reference` computes the same hypergradient."""
+    distilled = make_distilled(steps, 1 if same else steps, 0 if same else 2, "soft", attention_type)
+    theta, batch = tiny_theta(), real_batch()
+    loss, grads = reference.hypergradient(theta, TINY, distilled, batch)
+    fast = hypergradient(theta, TINY, distilled, batch, mode="recompute")
+    torch.testing.assert_close(loss, fast.loss, rtol=0, atol=1e-12)
+    for name in fast.grads:
+        torch.testing.assert_close(grads[name], fast.grads[name], rtol=0, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("mode", ["graph", "recompute"])

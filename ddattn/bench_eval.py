@@ -1,0 +1,127 @@
+"""`python -m ddattn.bench --eval`: how many distilled-data evaluations per hour, against a reference.
+
+One evaluated model (the paper's evaluation, Sec. 3.1) is: θ_0 with a fresh head, T SGD steps on D̃, then
+predictions on the task's evaluation split. Three evaluators are timed, one model after the other in
+the same process, so that whatever else the machine does falls on all three alike:
+
+- reference — `reference.predictions`, the way the authors' code evaluates: eager attention with its
+  (S, S) probabilities, every row of the last layer, the split in file order in batches of 128;
+- fp32 — `evaluate.predict`, what `python -m ddattn.evaluate` runs: fused attention, the last layer for
+  [CLS] only, no autograd state, rows sorted by length in batches exactly as wide as their longest row;
+- bf16 — the same with `--precision bf16`: linear layers in bfloat16.
+
+It reports seconds per model (wall clock and this process's CPU time), models per hour, each as a
+ratio of the reference, the share of examples on which fp32 predicts what the reference predicts,
+and the metric of every evaluator with bf16's difference from fp32 (bench/README.md).
+"""
+
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from . import data as taskdata
+from . import reference
+from .bert import BertConfig, load_pretrained
+from .distilled import DistilledConfig, DistilledData
+from .errors import UserError
+from .evaluate import compute_metrics, eval_batches, fresh_model, headline_metric, load_run, predict
+from .paths import resolve_checkpoint
+from .unroll import train_on_distilled
+
+EVALUATORS = ("reference", "fp32", "bf16")
+
+
+def load_setting(args):
+    """(task, max_length, data dir, model dir, D̃): from --run, or a freshly initialised D̃ for --task (the
+    paper's Algorithm 1 start: what a D̃ trains does not change the speed; agreement is checked all the same)."""
+    if args.run:
+        settings, distilled = load_run(args.run)
+        return (taskdata.task_from_settings(settings), settings["max_length"], settings.get("data_dir"),
+                resolve_checkpoint(settings["model"]), distilled)
+    if not args.task:
+        raise UserError("--eval needs --task TASK or --run RUN_DIR")
+    task, model_dir = taskdata.get_task(args.task), resolve_checkpoint(args.model)
+    config = BertConfig.from_json(model_dir / "config.json")
+    dconfig = DistilledConfig(num_classes=task.num_classes, seq_len=64, hidden_size=config.hidden_size,
+                              num_layers=config.num_layers, num_heads=config.num_heads, inner_lr_init=0.1)
+    return task, 128, None, model_dir, DistilledData.initial(dconfig, torch.Generator().manual_seed(args.seed))
+
+
+def timed(fn):
+    """(fn(), wall seconds, CPU seconds of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task, max_length, data_dir, model_dir, distilled = load_setting(args)
+    config, pretrained = load_pretrained(model_dir)
+    distilled = distilled.detached()
+    split = taskdata.load_split(task, "eval", model_dir / "tokenizer.json", max_length, data_dir)
+    rows = torch.arange(min(args.eval_limit or len(split), len(split)))        # the first rows, in file order
+    order = rows[split.lengths[rows].argsort(stable=True)]                     # eval_batches' order
+    eval_set = eval_batches(split, args.eval_batch_size, indices=rows)         # built once for all models
+    labels = split.labels[rows]
+
+    def fast(theta0, precision):
+        theta = train_on_distilled(theta0, config, distilled)[0][-1]
+        sorted_predictions = predict(theta, config, eval_set, precision)[1]
+        return torch.empty_like(sorted_predictions).index_put_((order,), sorted_predictions)   # file order
+
+    evaluators = {"reference": lambda theta0: reference.predictions(theta0, config, distilled, split, rows),
+                  "fp32": lambda theta0: fast(theta0, "fp32"), "bf16": lambda theta0: fast(theta0, "bf16")}
+    per_model: Dict[str, List[dict]] = {name: [] for name in EVALUATORS}
+    agreement = {"fp32 = reference": [], "bf16 = fp32": []}
+    for seed in range(args.n_models):
+        theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
+        predictions = {}
+        for name in EVALUATORS:
+            predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0))
+            per_model[name].append({"seed": seed, "wall_s": wall, "cpu_s": cpu,
+                                    **compute_metrics(task.metrics, predictions[name], labels)})
+            print(f"model {seed} {name}: {wall:.1f} s ({cpu:.1f} s CPU)", flush=True)
+        agreement["fp32 = reference"].append((predictions["fp32"] == predictions["reference"]).double().mean().item())
+        agreement["bf16 = fp32"].append((predictions["bf16"] == predictions["fp32"]).double().mean().item())
+    return summarise(per_model, agreement, task, len(rows), args)
+
+
+def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args) -> dict:
+    metric = headline_metric(per_model["fp32"][0])
+    reference_wall = statistics.mean(r["wall_s"] for r in per_model["reference"])
+    reference_cpu = statistics.mean(r["cpu_s"] for r in per_model["reference"])
+    fp32_metric = [r[metric] for r in per_model["fp32"]]
+    summary = {}
+    for name, runs in per_model.items():
+        wall, cpu = statistics.mean(r["wall_s"] for r in runs), statistics.mean(r["cpu_s"] for r in runs)
+        differences = [r[metric] - m for r, m in zip(runs, fp32_metric)]
+        summary[name] = {"wall_s_per_model": wall, "cpu_s_per_model": cpu, "models_per_hour": 3600 / wall,
+                         "speed_vs_reference_wall": reference_wall / wall, "speed_vs_reference_cpu": reference_cpu / cpu,
+                         "metric": metric, "metric_mean": statistics.mean(r[metric] for r in runs),
+                         "metric_minus_fp32_points": 100 * statistics.mean(differences),
+                         "largest_metric_difference_points": 100 * max(map(abs, differences))}
+    return {"task": task.name, "split": "eval", "examples": examples, "n_models": args.n_models,
+            "eval_batch_size": args.eval_batch_size, "run": str(args.run) if args.run else None,
+            "summary": summary, "agreement": {k: min(v) for k, v in agreement.items()}, "per_model": per_model}
+
+
+def markdown(result: dict, env: dict) -> str:
+    lines = [f"# ddattn evaluation throughput: {result['task']} {result['split']} ({result['examples']} examples)", "",
+             f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}; {result['n_models']} models, each timed "
+             f"by all three evaluators in turn; {env['date']}; `{env['command']}`.", "",
+             f"| evaluator | s / model (wall) | s / model (CPU) | models / hour | speed vs reference (wall) "
+             f"| (CPU) | {result['summary']['fp32']['metric']} | minus fp32 (points) | largest per model |",
+             "|---|" + "---:|" * 8]
+    for name, s in result["summary"].items():
+        lines.append(f"| {name} | {s['wall_s_per_model']:.1f} | {s['cpu_s_per_model']:.1f} | {s['models_per_hour']:.1f} "
+                     f"| **{s['speed_vs_reference_wall']:.2f}×** | {s['speed_vs_reference_cpu']:.2f}× "
+                     f"| {100 * s['metric_mean']:.2f} | {s['metric_minus_fp32_points']:+.2f} "
+                     f"| {s['largest_metric_difference_points']:.2f} |")
+    lines += ["", "Same predictions (the worst model): " + ", ".join(
+        f"{k}: {100 * v:.2f} %" for k, v in result["agreement"].items())]
+    return "\n".join(lines) + "\n"
