@@ -185,16 +185,21 @@ def check_settings(args) -> None:
 
 # --- pieces of the loop --------------------------------------------------------------------------
 def init_from_real(distilled: DistilledData, pretrained, train, seed: int) -> None:
-    """x̃_i ← word embeddings of one random real training example of class i mod C (padded/cut to S)."""
+    """x̃_i ← the input embeddings of one random real training example of class i mod C (padded/cut to S):
+    its word embeddings, plus, for the second text of a pair, the difference between the token-type
+    embeddings 1 and 0 — distilled samples are read with token type 0, so this makes x̃_i enter BERT
+    exactly as the real pair does."""
     g = seeds.generator("real-init", seed)
     C, S = distilled.config.num_classes, distilled.config.seq_len
+    word, token_type = pretrained["embeddings.word"], pretrained["embeddings.token_type"]
     with torch.no_grad():
         for i in range(distilled.config.num_samples):
             candidates = torch.nonzero(train.labels == i % C).flatten()
             if len(candidates) == 0:
                 raise UserError(f"--init real: the training split has no example of class {i % C}")
-            ids = train.token_ids(candidates[torch.randint(len(candidates), (1,), generator=g)].item(), S)
-            distilled.x[i] = pretrained["embeddings.word"][ids.to(distilled.x.device)]
+            row = candidates[torch.randint(len(candidates), (1,), generator=g)]
+            real = {k: v[0].to(distilled.x.device) for k, v in taskdata.collate(train, row, width=S).items()}
+            distilled.x[i] = word[real["input_ids"]] + token_type[real["token_type_ids"]] - token_type[0]   # (S, D)
 
 
 def init_attention_from_model(distilled: DistilledData, pretrained, config) -> None:

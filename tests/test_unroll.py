@@ -140,3 +140,19 @@ def test_attention_labels_initialised_from_the_model_start_with_zero_attention_l
     assert inner_losses(theta, config, distilled, 0)[2] > 0.1                     # a random target: KL > 0
     init_attention_from_model(distilled, theta, config)
     assert inner_losses(theta, config, distilled, 0)[2].abs() < 1e-12            # softmax(ã) = the model's attention
+
+
+def test_real_init_of_a_pair_enters_bert_as_the_real_pair(tiny):
+    """--init real: x̃ read with token type 0 sums to the real pair's word + token-type embeddings."""
+    from ddattn.data import EncodedSplit
+    from ddattn.distill import init_from_real
+    config, theta = tiny
+    ids = torch.tensor([[1, 5, 6, 2, 7, 8, 2], [1, 9, 2, 11, 12, 13, 2]], dtype=torch.int32)
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1]], dtype=torch.int8)
+    split = EncodedSplit(ids, types, torch.tensor([7, 7], dtype=torch.int32), torch.tensor([0, 1]))
+    distilled = make_distilled(seq_len=7)
+    init_from_real(distilled, theta, split, seed=0)
+    word, token_type = theta["embeddings.word"], theta["embeddings.token_type"]
+    for i in range(2):
+        real = word[ids[i].long()] + token_type[types[i].long()]
+        assert torch.allclose(distilled.x[i] + token_type[0], real, atol=1e-12)
