@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping
+from typing import Iterable, List, Mapping
 
 import torch
 
