@@ -16,7 +16,7 @@ from typing import Iterable, List, Mapping
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 # What evaluate and inspect need from a run's config.json.
 RUN_FIELDS = ("task", "model", "max_length", "seq_len", "shots", "steps")
@@ -154,7 +154,3 @@ def writable_dir(folder: Path, flag: str) -> None:
     except OSError as e:
         raise UserError(f"{flag}: cannot write in {folder} ({e.strerror}); choose a writable place") from None
 
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -28,9 +28,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from . import paths
-from .checks import first_line
 from .download import NotFoundError, download
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, first_line, run_cli
 
 GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data"                 # what GLUE's download_glue_data.py uses
 SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"

@@ -36,7 +36,7 @@ from . import distributed
 from . import rundir
 from .bert import BertConfig, load_pretrained
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, first_line, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
 from .unroll import AUTOCAST, MODES, hypergradient, option_problem, row_sum
@@ -438,7 +438,7 @@ class Distillation:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise UserError(f"{self.run.checkpoint}: its optimiser or schedule state is damaged "
-                            f"({checks.first_line(e)}); start the run afresh with --overwrite") from None
+                            f"({first_line(e)}); start the run afresh with --overwrite") from None
         self.step, self.best_val = checkpoint["step"], checkpoint["best_val_loss"]
         if distributed.is_main():
             for name in ("metrics.jsonl", "validation.jsonl"):
