@@ -170,7 +170,7 @@ class DistilledData:
                 tensors = {k: f.get_tensor(k).to(device=device, dtype=dtype) for k in f.keys()}
             config = DistilledConfig(**info["config"])
         except Exception as e:  # safetensors' own error types, a missing key, bad JSON, unknown config fields
-            raise UserError(f"{path} is not a ddattn distilled dataset ({e})") from None
+            raise not_distilled(path, e) from None
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         if shapes != config.tensor_shapes():
             raise UserError(f"{path}: its tensors {shapes} do not match its own config, which needs "
@@ -180,5 +180,12 @@ class DistilledData:
     @staticmethod
     def read_metadata(path: Path) -> dict:
         """The JSON stored with a distilled dataset (its config and whatever the writer added)."""
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["ddattn_distilled"])
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return json.loads((f.metadata() or {})["ddattn_distilled"])
+        except Exception as e:  # as in `load`
+            raise not_distilled(path, e) from None
+
+
+def not_distilled(path: Path, error: Exception) -> UserError:
+    return UserError(f"{path} is not a ddattn distilled dataset ({error})")

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from . import checks
+from . import data as taskdata
+from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import headline_metric, write_json_atomic
 from .paths import REPO_ROOT, atomic_path, runs_dir
@@ -82,6 +84,7 @@ def read_result(path: Path) -> Result:
         record = json.loads(path.read_text())
         settings = record["settings"]
         check_belongs(record, path)
+        check_distilled(record, path)
         return Result(path.parent, record["task"], record.get("split", "eval"), settings, record["summary"],
                       record.get("n_models", len(record["runs"])), str(record["checkpoint"]),
                       math.inf if "baseline" in settings else best_validation_loss(path.parent))
@@ -98,6 +101,16 @@ def check_belongs(record: dict, path: Path) -> None:
     if str(settings.get("model", record["checkpoint"])) != str(record["checkpoint"]):
         raise UserError(f"{path} evaluates checkpoint {record['checkpoint']!r} but its run used "
                         f"{settings.get('model')!r}; re-run `python -m ddattn.evaluate` on that run")
+
+
+def check_distilled(record: dict, path: Path) -> None:
+    """The distilled data an eval.json evaluated (when still there) belongs to its run: task, class count,
+    shapes and checkpoint (registered tasks; a custom task's class count needs its files)."""
+    settings, data_path = record["settings"], path.parent / str(record.get("distilled", ""))
+    if "baseline" in settings or not data_path.is_file() or record["task"] not in taskdata.TASKS:
+        return
+    checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings,
+                                   taskdata.TASKS[record["task"]].num_classes, data_path)
 
 
 def load_results(root: Path, checkpoint: Optional[str] = None) -> List[Result]:
