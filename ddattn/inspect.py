@@ -107,8 +107,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     config = distilled.config
     if not 0 <= args.sample < config.num_samples:
         raise UserError(f"--sample must be between 0 and {config.num_samples - 1}, not {args.sample}")
-    png = args.png or args.run_dir / "attention_labels.png"
-    checks.writable_file(png, "--png")
     model_dir = resolve_checkpoint(settings["model"])
     bert_config, theta = load_pretrained(model_dir)
     checks.check_distilled_for_model(config, bert_config, distilled_path(args.run_dir, args.which), model_dir)
@@ -128,6 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if probs is None:
         print("no attention labels (attention type none): no heatmap")
         return
+    png = args.png or args.run_dir / "attention_labels.png"
+    checks.writable_file(png, "--png")
     title = f"attention labels of sample {args.sample} (class {label_names[args.sample % config.num_classes]}), [CLS] query"
     if plot_attention_labels(probs, png, title):
         print(f"attention labels of sample {args.sample}: {png}")
