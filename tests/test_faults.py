@@ -82,14 +82,16 @@ ROWS = "".join(f"{'good' if i % 2 else 'poor'} film {i},{'pos' if i % 2 else 'ne
 
 
 # --- 1. silent wrong results -------------------------------------------------------------------------------
+@pytest.mark.parametrize("change,expected", [
+    ({"num_classes": 3}, "distilled_best.safetensors does not belong to this run: num_classes 3 (the run: 2)"),
+    ({"hidden_size": 8}, "distilled_best.safetensors was not distilled for checkpoint"),
+], ids=["3 classes in an MRPC run", "another model width"])
 @pytest.mark.parametrize("main", [evaluate.main, inspect.main], ids=["evaluate", "inspect"])
-def test_distilled_data_with_another_class_count_is_refused(finished, env, capsys, main):
+def test_distilled_data_that_does_not_fit_the_run_is_refused(finished, env, capsys, main, change, expected):
     run = copy_run(finished, env)
-    data = DistilledData.load(run / "distilled_best.safetensors")
-    three = DistilledData.initial(replace(data.config, num_classes=3))     # 3 classes in an MRPC run
-    three.save(run / "distilled_best.safetensors", extra=provenance(run / "distilled_best.safetensors"))
-    line = refused(main, [str(run), "--n-models", "1"] if main is evaluate.main else [str(run)], capsys, run)
-    assert "distilled_best.safetensors does not belong to this run" in line and "num_classes 3" in line
+    best = run / "distilled_best.safetensors"
+    DistilledData.initial(replace(DistilledData.load(best).config, **change)).save(best, extra=provenance(best))
+    assert expected in refused(main, [str(run), "--n-models", "1"] if main is evaluate.main else [str(run)], capsys, run)
     assert not (run / "eval.json").exists()
 
 
@@ -117,6 +119,18 @@ def test_report_refuses_an_eval_json_of_another_task(finished, env, capsys):
     line = refused(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "results")], capsys, run)
     assert "eval.json evaluates task 'sst2'" in line and "lies under mrpc/" in line
     assert not (env / "results").exists()
+
+
+def test_report_refuses_an_eval_json_whose_distilled_data_has_another_class_count(finished, env, capsys):
+    run = copy_run(finished, env)
+    best = run / "distilled_best.safetensors"
+    (run / "eval.json").write_text(json.dumps({
+        "task": "mrpc", "split": "eval", "checkpoint": "minilm-l6", "n_models": 1, "distilled": best.name,
+        "settings": json.loads((run / "config.json").read_text()), "runs": [{}],
+        "summary": {"accuracy": {"mean": 0.5, "std": 0.0}}}))
+    DistilledData.initial(replace(DistilledData.load(best).config, num_classes=3)).save(best, extra=provenance(best))
+    line = refused(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "results")], capsys, run)
+    assert "does not belong to this run: num_classes 3 (the run: 2)" in line
 
 
 def test_resume_refuses_a_checkpoint_tensor_that_would_only_broadcast(finished, env, capsys):
