@@ -3,6 +3,7 @@ flag, exit status 2, no traceback, and every good file written before is byte-id
 tiny (2 outer steps, 8-token samples, 64 training pairs) and in-process where that proves the same thing;
 subprocesses only where a second process or kill -9 is the point."""
 
+import errno
 import json
 import os
 import shutil
@@ -45,9 +46,9 @@ def finished(tmp_path_factory) -> Path:
     return base / "runs" / "mrpc" / "done"
 
 
-def copy_run(finished: Path, env: Path, name: str = "done") -> Path:
-    """The finished run copied to env's runs dir as runs/mrpc/<name>."""
-    return Path(shutil.copytree(finished, env / "runs" / "mrpc" / name))
+def copy_run(finished: Path, env: Path) -> Path:
+    """The finished run copied into env's runs dir (runs/mrpc/done)."""
+    return Path(shutil.copytree(finished, env / "runs" / "mrpc" / "done"))
 
 
 def snapshot(folder: Path) -> dict:
@@ -68,11 +69,18 @@ def provenance(path: Path) -> dict:
     return {k: v for k, v in DistilledData.read_metadata(path).items() if k != "config"}
 
 
+def write_eval_json(run: Path, task: str, settings: dict, **fields) -> None:
+    """An eval.json as `python -m ddattn.evaluate` writes it (the fields report reads)."""
+    (run / "eval.json").write_text(json.dumps({
+        "task": task, "split": "eval", "checkpoint": "minilm-l6", "n_models": 1, "settings": settings,
+        "runs": [{}], "summary": {"accuracy": {"mean": 0.5, "std": 0.0}}, **fields}))
+
+
 def csv_task(folder: Path, train: str, evaluation: str = "text,label\nok,pos\nbad,neg\n", labels=None,
              encoding="utf-8") -> list:
     """distill flags for a custom task on train.csv / eval.csv written into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.csv").write_bytes(train.encode(encoding) if isinstance(train, str) else train)
+    (folder / "train.csv").write_text(train, encoding=encoding)
     (folder / "eval.csv").write_text(evaluation)
     return ["--task", "custom", "--train-file", str(folder / "train.csv"), "--eval-file", str(folder / "eval.csv"),
             "--text-columns", "text", "--label-column", "label", *(["--labels", labels] if labels else [])]
@@ -113,9 +121,7 @@ def test_distilled_tensors_that_contradict_their_config_are_refused(finished, en
 
 def test_report_refuses_an_eval_json_of_another_task(finished, env, capsys):
     run = copy_run(finished, env)
-    (run / "eval.json").write_text(json.dumps({"task": "sst2", "split": "eval", "checkpoint": "minilm-l6", "n_models": 1,
-                                               "settings": {"task": "sst2", "model": "minilm-l6"}, "runs": [{}],
-                                               "summary": {"accuracy": {"mean": 0.5, "std": 0.0}}}))
+    write_eval_json(run, "sst2", {"task": "sst2", "model": "minilm-l6"})
     line = refused(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "results")], capsys, run)
     assert "eval.json evaluates task 'sst2'" in line and "lies under mrpc/" in line
     assert not (env / "results").exists()
@@ -124,10 +130,7 @@ def test_report_refuses_an_eval_json_of_another_task(finished, env, capsys):
 def test_report_refuses_an_eval_json_whose_distilled_data_has_another_class_count(finished, env, capsys):
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
-    (run / "eval.json").write_text(json.dumps({
-        "task": "mrpc", "split": "eval", "checkpoint": "minilm-l6", "n_models": 1, "distilled": best.name,
-        "settings": json.loads((run / "config.json").read_text()), "runs": [{}],
-        "summary": {"accuracy": {"mean": 0.5, "std": 0.0}}}))
+    write_eval_json(run, "mrpc", json.loads((run / "config.json").read_text()), distilled=best.name)
     DistilledData.initial(replace(DistilledData.load(best).config, num_classes=3)).save(best, extra=provenance(best))
     line = refused(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "results")], capsys, run)
     assert "does not belong to this run: num_classes 3 (the run: 2)" in line
@@ -194,9 +197,10 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, c
     assert steps == list(range(1, step + 2))
 
 
-def test_a_fresh_run_racing_a_live_one_is_refused_at_the_lock(finished, env, capsys):
+def test_a_fresh_run_racing_a_live_one_is_refused_at_the_lock(env, capsys):
+    """Another process took the lock after this run's early checks passed (no checkpoint there yet)."""
     run = env / "runs" / "mrpc" / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ddattn.rundir import claim; "
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from ddattn.rundir import claim; "
                                f"claim({str(run)!r}); print('held', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -384,7 +388,8 @@ def test_a_corrupt_data_cache_is_rebuilt_with_a_note(env, capsys):
     again = data.load_split(task, "eval", tokenizer, 16, folder)
     assert "is damaged; rebuilding it" in capsys.readouterr().err
     assert torch.equal(again.input_ids, good.input_ids) and torch.equal(again.labels, good.labels)
-    assert data.load_split(task, "eval", tokenizer, 16, folder).input_ids.shape == good.input_ids.shape
+    data.load_split(task, "eval", tokenizer, 16, folder)                  # the rebuilt cache is good
+    assert "damaged" not in capsys.readouterr().err
 
 
 def test_an_unwritable_runs_dir_is_refused_before_the_work(env, capsys, monkeypatch):
@@ -397,15 +402,18 @@ def test_an_unwritable_runs_dir_is_refused_before_the_work(env, capsys, monkeypa
 def test_a_full_disk_keeps_the_last_checkpoint(finished, env, capsys, monkeypatch):
     """A full disk, simulated: torch.save fails with ENOSPC while writing the next checkpoint."""
     run = copy_run(finished, env)
-    before = (run / "checkpoint.pt").read_bytes()
+    before, torch_save = (run / "checkpoint.pt").read_bytes(), torch.save
 
     def no_space(obj, path):
         Path(path).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(distill.torch, "save", no_space)
     line = cli_error(distill.main, ["--resume", str(run), "--max-steps", "3"], capsys)
     assert "cannot write" in line and "checkpoint.pt: No space left on device; the previous file is intact" in line
     assert (run / "checkpoint.pt").read_bytes() == before and not list(run.glob(".*.part"))
+    monkeypatch.setattr(distill.torch, "save", torch_save)                 # space freed: resume redoes step 3
+    distill.main(["--resume", str(run), "--max-steps", "3"])
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("out,expected", [("dir", "is a directory"), ("a-file/eval.json", "cannot write in")])
@@ -418,6 +426,9 @@ def test_evaluate_checks_its_output_before_the_work(finished, env, capsys, out, 
 
 
 # --- 6. permissions --------------------------------------------------------------------------------------------
+SMALL_CONFIG = DistilledConfig(num_classes=2, seq_len=4, hidden_size=8, num_layers=1, num_heads=2)
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_atomic_files_follow_the_umask(tmp_path, mask):
     old = os.umask(mask)
@@ -429,6 +440,3 @@ def test_atomic_files_follow_the_umask(tmp_path, mask):
         os.umask(old)
     for name in ("a.json", "d.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
-
-
-SMALL_CONFIG = DistilledConfig(num_classes=2, seq_len=4, hidden_size=8, num_layers=1, num_heads=2)
