@@ -168,16 +168,12 @@ ZERO_MEANS = {"max_steps": "all epochs", "train_limit": "all examples", "val_eve
 
 
 def check_fits_model(args) -> None:
-    """--max-length and --seq-len within the checkpoint's positions, read from its config.json (a missing
-    checkpoint is reported when it is loaded)."""
+    """--max-length within the checkpoint's positions, read from its config.json before the weights are
+    loaded (a missing checkpoint is reported when they are; --seq-len by DistilledConfig.validate)."""
     path = resolve_checkpoint(args.model) / "config.json"
-    if not path.is_file():
-        return
-    positions = BertConfig.from_json(path).max_positions
-    for name in ("max_length", "seq_len"):
-        if getattr(args, name) > positions:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} exceeds the {positions} positions "
-                            f"of checkpoint {args.model}")
+    positions = BertConfig.from_json(path).max_positions if path.is_file() else args.max_length
+    if args.max_length > positions:
+        raise UserError(f"--max-length {args.max_length} exceeds the {positions} positions of checkpoint {args.model}")
 
 
 # --- pieces of the loop --------------------------------------------------------------------------

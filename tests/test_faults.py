@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddattn import data, distill, evaluate, inspect, paths, report
+from ddattn import baselines, data, distill, evaluate, inspect, paths, report
 from ddattn.distilled import DistilledConfig, DistilledData
 from tests.conftest import REPO
 from tests.test_baselines import cli_error, small_mrpc
@@ -397,6 +397,19 @@ def test_an_unwritable_runs_dir_is_refused_before_the_work(env, capsys, monkeypa
     (env / "a-file").write_text("")
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(env / "a-file" / "runs"))
     assert "cannot write the run directory" in refused(distill.main, [*TINY, "--name", "x"], capsys)
+
+
+@pytest.mark.parametrize("command", ["baselines", "report"])
+def test_baselines_and_report_check_their_output_folder_first(finished, env, capsys, monkeypatch, command):
+    (env / "a-file").write_text("")
+    if command == "baselines":
+        monkeypatch.setenv("DDATTN_RUNS_DIR", str(env / "a-file" / "runs"))
+        line = cli_error(baselines.main, ["majority", "--task", "mrpc"], capsys)
+    else:
+        copy_run(finished, env)
+        write_eval_json(env / "runs" / "mrpc" / "done", "mrpc", {"task": "mrpc", "model": "minilm-l6"})
+        line = cli_error(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "a-file")], capsys)
+    assert "cannot write in" in line and "a-file" in line
 
 
 def test_a_full_disk_keeps_the_last_checkpoint(finished, env, capsys, monkeypatch):
