@@ -275,7 +275,7 @@ class RunDirectory:
                 f.write(line + "\n")
         except OSError as e:
             raise UserError(f"cannot write {self.path / name} ({e.strerror}); the last checkpoint is intact: "
-                            f"free some space, then --resume {self.path}") from None
+                            f"once that is fixed, continue with --resume {self.path}") from None
 
     def truncate_after(self, name: str, step: int) -> None:
         """Drop log lines of steps after `step` (work lost with an interrupted run, redone on resume)."""
@@ -350,18 +350,19 @@ def resumed_settings(args) -> argparse.Namespace:
 
 
 def expected_type(name: str) -> type:
+    """The type of a setting's default (the paper preset's where the default is None)."""
     default = DEFAULTS[name] if DEFAULTS[name] is not None else PRESETS["paper"].get(name)
-    return float if isinstance(default, float) else type(default)
+    return type(default)
 
 
 def fits_type(name: str, value) -> bool:
-    """A saved setting has its default's type (an int where a float is expected is fine; None where the
-    default is None)."""
+    """A saved setting has its default's type (an int where a float is expected is fine); one without a
+    default (task, files, per-group learning rates, ...) may hold anything."""
     kind = expected_type(name)
-    if kind is type(None) or value is None and DEFAULTS[name] is None:
+    if kind is type(None):
         return True
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float and isinstance(value, int):
+        kind = int
     return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
