@@ -1,7 +1,8 @@
 # ddattn — every target installs what it needs first, so each works on a fresh clone.
-#   make distill TASK=mrpc [PRESET=quick] [MODEL=minilm-l6] [ARGS="--steps 3"]   the main job
+#   make distill TASK=mrpc [PRESET=cpu|paper|quick] [MODEL=minilm-l6] [ARGS=...]  the main job (no PRESET:
+#                                                                                  cpu without a GPU, else paper)
 #   make sweep TASK=mrpc [PRESET=quick] [ARGS=...]                                 the paper's α × η̃_0 grid, then evaluate
-#   make table                                                                     results/table2.md, table3.md
+#   make table [RUNS=results/runs]                                                 results/table2.md, table3.md
 #   make test                                                                      the test suite
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -12,6 +13,7 @@ DATA_DIR ?= data
 PRESET   ?=
 SRC      ?=
 ARGS     ?=
+RUNS     ?= results/runs
 
 .PHONY: setup weights data distill sweep table test
 
@@ -40,7 +42,7 @@ sweep: weights data
 		$(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
 table: setup
-	$(PY) -m ddattn.report
+	$(PY) -m ddattn.report --runs-dir $(RUNS)
 
 test: setup
 	$(PY) -m ddattn.convert --model minilm-l6

@@ -1,4 +1,4 @@
-"""Convert a Hugging Face BERT checkpoint into ddattn's own format, `weights/<name>/`:
+"""Convert a Hugging Face BERT checkpoint into ddattn's own format, `weights/<name>/`, and back:
 
     config.json        ddattn's BertConfig (bert.py), not the Hugging Face config
     model.safetensors  float32 tensors under ddattn's names (bert.param_shapes)
@@ -13,6 +13,10 @@ Renaming, per layer i: attention.self.{query,key,value} → attention.qkv (stack
 ffn.down, every LayerNorm → *.norm; plus the embeddings and pooler.dense → pooler. Pretraining heads
 (cls.*), position_ids buffers and a fine-tuned classifier are dropped; anything else that does not fit
 is one error listing every problem. The output appears atomically: built in a temp folder, then renamed.
+
+The way back, `to_hf_config` and `to_hf_weights`, writes a fine-tuned classifier under Hugging Face's
+BertForSequenceClassification names (`bert.` + the encoder, `classifier.*`); `convert_weights(...,
+num_labels=C)` reads such a head back instead of dropping it (export.py uses both).
 """
 
 import importlib
@@ -105,9 +109,12 @@ def read_hf_weights(src: Path) -> Dict[str, torch.Tensor]:
     return state
 
 
-def hf_sources(config: BertConfig) -> Dict[str, List[str]]:
-    """For every ddattn parameter, the Hugging Face tensors it is made of (stacked along dim 0 when several)."""
+def hf_sources(config: BertConfig, head: bool = False) -> Dict[str, List[str]]:
+    """For every ddattn parameter, the Hugging Face tensors it is made of (stacked along dim 0 when several);
+    `head`: also the classification head, whose names are the same in both."""
     renamed = {"embeddings.norm": "embeddings.LayerNorm", "pooler": "pooler.dense"}
+    if head:
+        renamed["classifier"] = "classifier"
     sources = {"embeddings.word": ["embeddings.word_embeddings.weight"],
                "embeddings.position": ["embeddings.position_embeddings.weight"],
                "embeddings.token_type": ["embeddings.token_type_embeddings.weight"]}
@@ -126,13 +133,14 @@ def hf_sources(config: BertConfig) -> Dict[str, List[str]]:
     return sources
 
 
-def _normalize_keys(state: Dict[str, torch.Tensor], problems: List[str]) -> Dict[str, torch.Tensor]:
-    """Strip the `bert.` prefix, rename legacy LayerNorm gamma/beta, and drop the heads ddattn does not use."""
+def _normalize_keys(state: Dict[str, torch.Tensor], problems: List[str], keep_head: bool) -> Dict[str, torch.Tensor]:
+    """Strip the `bert.` prefix, rename legacy LayerNorm gamma/beta, and drop the heads ddattn does not use
+    (the fine-tuned classifier too, unless `keep_head`)."""
     tensors = {}
     for key, tensor in state.items():
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key.removeprefix("bert."))
         name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
-        if name.startswith("classifier."):
+        if name.startswith("classifier.") and not keep_head:
             print(f"note: ignoring the fine-tuned head {key} (ddattn trains a fresh head per task)")
         elif name in tensors:
             problems.append(f"{key} appears twice (with and without the bert. prefix)")
@@ -141,12 +149,19 @@ def _normalize_keys(state: Dict[str, torch.Tensor], problems: List[str]) -> Dict
     return tensors
 
 
-def convert_weights(state: Dict[str, torch.Tensor], config: BertConfig) -> Dict[str, torch.Tensor]:
-    """Hugging Face state dict → ddattn's parameters (float32, contiguous), shapes checked against param_shapes."""
+def classifier_shapes(config: BertConfig, num_labels: int) -> Dict[str, tuple]:
+    """The classification head W ∈ R^{C×D}, b ∈ R^C (bert.init_classifier)."""
+    return {"classifier.weight": (num_labels, config.hidden_size), "classifier.bias": (num_labels,)}
+
+
+def convert_weights(state: Dict[str, torch.Tensor], config: BertConfig, num_labels: int = 0) -> Dict[str, torch.Tensor]:
+    """Hugging Face state dict → ddattn's parameters (float32, contiguous), shapes checked against param_shapes;
+    with `num_labels`, also the fine-tuned classification head of a BertForSequenceClassification."""
     problems: List[str] = []
-    tensors = _normalize_keys(state, problems)
-    sources = hf_sources(config)
-    for name, shape in param_shapes(config).items():
+    tensors = _normalize_keys(state, problems, keep_head=num_labels > 0)
+    sources = hf_sources(config, head=num_labels > 0)
+    shapes = {**param_shapes(config), **(classifier_shapes(config, num_labels) if num_labels else {})}
+    for name, shape in shapes.items():
         part_shape = (shape[0] // len(sources[name]),) + shape[1:]   # q, k, v: a third of qkv each
         for key in sources[name]:
             if key not in tensors:
@@ -157,8 +172,22 @@ def convert_weights(state: Dict[str, torch.Tensor], config: BertConfig) -> Dict[
     problems += [f"unexpected {key}" for key in tensors if key not in used]
     if problems:
         raise UserError(f"the checkpoint does not match its config ({len(problems)} problems): {'; '.join(problems)}")
-    return {name: torch.cat([tensors[key] for key in sources[name]]).float().contiguous()
-            for name in param_shapes(config)}
+    return {name: torch.cat([tensors[key] for key in sources[name]]).float().contiguous() for name in shapes}
+
+
+def to_hf_config(config: BertConfig) -> dict:
+    """BertConfig → the fields of a Hugging Face BERT config.json (the inverse of read_hf_config)."""
+    return {**REQUIRED_SETTINGS, **{hf_key: getattr(config, key) for hf_key, (key, _) in CONFIG_FIELDS.items()}}
+
+
+def to_hf_weights(theta: Dict[str, torch.Tensor], config: BertConfig) -> Dict[str, torch.Tensor]:
+    """ddattn parameters (with a classifier) → a BertForSequenceClassification state dict: the inverse of
+    convert_weights. Encoder and pooler go under `bert.`, the stacked qkv is split back into query, key, value."""
+    hf = {}
+    for name, keys in hf_sources(config, head=True).items():
+        for key, part in zip(keys, theta[name].chunk(len(keys))):   # clone: safetensors refuses shared storage
+            hf[key if key.startswith("classifier.") else f"bert.{key}"] = part.clone()
+    return hf
 
 
 def build_tokenizer(vocab: Path, lowercase: bool) -> Tokenizer:

@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -34,7 +34,9 @@ from . import checks
 from . import data as taskdata
 from . import distributed
 from . import rundir
+from . import seeds
 from .bert import BertConfig, load_pretrained
+from .card import write_card
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, first_line, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
@@ -42,9 +44,12 @@ from .paths import atomic_path, resolve_checkpoint, runs_dir
 from .unroll import AUTOCAST, MODES, hypergradient, option_problem, row_sum
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Paper defaults (Sec. 3.1, Appendix B) and a preset that finishes MRPC on 2 CPU cores in ~10 minutes.
+# paper: the paper's settings (Sec. 3.1, Appendix B), for a GPU. cpu: what works on 2 CPU cores within
+# ~20 minutes of distillation, chosen by the sweep in results/sweeps/ on held-out *training* data.
+# quick: a smoke-sized run (MRPC in ~7 minutes). Without --preset: cpu when no GPU is visible, else paper.
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
+    "cpu": dict(seq_len=64, epochs=3, val_size=500, val_models=2, max_length=128, inner_lr=1e-1, init="real"),
     "quick": dict(seq_len=64, epochs=3, val_size=128, val_models=2, max_length=64, inner_lr=1e-1),
 }
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
@@ -72,7 +77,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--text-columns", help="one or two text column names, comma-separated")
     g.add_argument("--label-column", help="label column name")
     g.add_argument("--labels", help="label values as written in the file, comma-separated, in class order")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the paper's settings; quick: MRPC in ~10 min on 2 CPU cores")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the paper's settings (GPU); cpu: what works on 2 CPU "
+                   "cores in ~20 min; quick: a smoke run [default: cpu without a GPU, else paper]")
     g = p.add_argument_group("distilled data (Sec. 2)")
     g.add_argument("--shots", type=int, help="distilled samples per class")
     g.add_argument("--steps", type=int, help="T, inner SGD steps")
@@ -121,9 +127,29 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.resume:
         return args
-    settings = {**DEFAULTS, **PRESETS[args.preset or "paper"], "resume": None}
+    if args.preset is None:
+        args.preset, args.preset_reason = default_preset(args.device)
+    settings = {**DEFAULTS, **PRESETS[args.preset or default_preset(args.device)[0]], "resume": None}
     settings.update({k: v for k, v in vars(args).items() if v is not None})
     return argparse.Namespace(**settings)
+
+
+def default_preset(device: Optional[str]) -> Tuple[str, str]:
+    """(preset, why) when --preset is not given: the paper's settings need a GPU (S = 512 × 30 epochs is
+    hours per epoch on a CPU), so a machine without one gets the cpu preset."""
+    if (device or "cuda").startswith("cuda") and torch.cuda.is_available():
+        return "paper", "a GPU is visible"
+    return "cpu", "no GPU" + (" visible" if device is None else f" (--device {device})")
+
+
+def saved_settings(args) -> dict:
+    """What config.json records: every setting, less how this invocation came to them."""
+    return {**{k: v for k, v in vars(args).items() if k not in ("preset_reason", "overwrite")}, "resume": None}
+
+
+def preset_summary(args) -> str:
+    return (f"S = {args.seq_len}, {args.epochs} epochs, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}, λ = {args.attn_weight:g}, "
+            f"--init {args.init}, real examples cut at {args.max_length} tokens")
 
 
 def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
@@ -155,6 +181,7 @@ def check_settings(args) -> None:
         raise UserError(f"--micro-batch-size must be ≥ 0 (0: automatic), not {args.micro_batch_size}")
     if args.val_size < 1:
         raise UserError(f"--val-size must be ≥ 1, not {args.val_size}")
+    seeds.check_seed(args.seed)
     for name in ["max_steps", "train_limit", "val_every"]:
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0: {ZERO_MEANS[name]}), not {getattr(args, name)}")
@@ -179,7 +206,7 @@ def check_fits_model(args) -> None:
 # --- pieces of the loop --------------------------------------------------------------------------
 def init_from_real(distilled: DistilledData, pretrained, train, seed: int) -> None:
     """x̃_i ← word embeddings of one random real training example of class i mod C (padded/cut to S)."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeds.generator("real-init", seed)
     C, S = distilled.config.num_classes, distilled.config.seq_len
     with torch.no_grad():
         for i in range(distilled.config.num_samples):
@@ -257,7 +284,7 @@ class RunDirectory:
     def write_config(self, args) -> None:
         """config.json: every setting (rewritten only when it changed, e.g. a run extended on resume)."""
         path = self.path / "config.json"
-        text = json.dumps({**vars(args), "resume": None, "overwrite": False}, indent=2) + "\n"
+        text = json.dumps(saved_settings(args), indent=2) + "\n"
         if not path.is_file() or path.read_text() != text:
             with atomic_path(path) as tmp:
                 tmp.write_text(text)
@@ -395,7 +422,7 @@ class Distillation:
         if processes > micro_batches:
             raise UserError(f"{processes} processes need as many micro-batches, not {micro_batches}: "
                             f"use --micro-batch-size {args.real_batch_size // processes} or less")
-        self.train_idx, val_idx = taskdata.split_train_val(n, args.val_size, args.seed)
+        self.train_idx, val_idx = taskdata.split_train_val(n, args.val_size, seeds.stream_seed("train-val-split", args.seed))
         self.val_batches = eval_batches(self.train, args.real_batch_size, device, indices=val_idx)
         self.steps_per_epoch = len(self.train_idx) // args.real_batch_size      # full batches only
         self.total_steps = self.steps_per_epoch * args.epochs
@@ -403,7 +430,7 @@ class Distillation:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.val_every = args.val_every or self.steps_per_epoch
 
-        self.distilled = DistilledData.initial(config, torch.Generator().manual_seed(args.seed), dtype=dtype, device=device)
+        self.distilled = DistilledData.initial(config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device)
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.train, args.seed)
         self.optimizer = make_optimizer(self.distilled, args)
@@ -415,6 +442,9 @@ class Distillation:
             if distributed.is_main():
                 run.start_afresh(args.overwrite)
                 run.write_config(args)
+            if getattr(args, "preset_reason", None):
+                self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
+                         f"--preset {'paper' if args.preset == 'cpu' else 'cpu'} for the other one")
             self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
                      f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
                      f"checkpoint {self.model_dir}")
@@ -477,7 +507,7 @@ class Distillation:
         """This rank's micro-batches of outer step `step`'s real mini-batch (Algorithm 1, line 13)."""
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         order = self.train_idx[torch.randperm(len(self.train_idx),
-                                              generator=torch.Generator().manual_seed(self.args.seed * 7919 + epoch))]
+                                              generator=seeds.generator("real-batch-order", self.args.seed, epoch))]
         rows = order[offset * self.args.real_batch_size:(offset + 1) * self.args.real_batch_size]
         micro_batches = rows.split(self.micro_batch_size)
         return [taskdata.collate(self.train, micro, self.device) for micro in distributed.shard(micro_batches)]
@@ -486,7 +516,7 @@ class Distillation:
         """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃."""
         started = time.perf_counter()
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
-                             seed=self.args.seed * 1_000_003 + self.step)
+                             seed=seeds.stream_seed("training-head", self.args.seed, self.step))
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
                                real_batch_size=self.args.real_batch_size, autocast=self.args.autocast)
         self.check_finite(result.loss, result.inner_losses, result.grads)
@@ -528,9 +558,10 @@ class Distillation:
 
     def validate(self) -> dict:
         """K fresh models trained on D̃, scored on the held-out slice of the training split."""
-        seeds = [10_000 + k for k in range(self.args.val_models)][distributed.rank()::distributed.world_size()]
+        head_seeds = [seeds.stream_seed("validation-head", self.args.seed, k) for k in range(self.args.val_models)]
+        head_seeds = head_seeds[distributed.rank()::distributed.world_size()]
         runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled, lambda: self.val_batches,
-                                  seeds=seeds, metric_names=self.task.metrics)
+                                  seeds=head_seeds, metric_names=self.task.metrics)
         return mean_std(distributed.gather(runs))
 
     def run_to_end(self) -> None:
@@ -542,6 +573,8 @@ class Distillation:
             raise UserError(f"no validation of {self.run.path} had a finite loss, so there is no distilled_best; "
                             "the learning rates are probably too high")
         self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
+        if distributed.is_main():
+            self.log(f"card: {write_card(self.run.path)}")
 
     def loop(self, progress) -> None:
         while self.step < self.total_steps:

@@ -18,10 +18,11 @@ from tqdm import tqdm
 from . import checks
 from . import data as taskdata
 from . import distributed
+from . import seeds
 from .bert import BertConfig, Params, bert_forward, init_classifier, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .paths import atomic_path, resolve_checkpoint
+from .paths import atomic_path, code_version, resolve_checkpoint
 from .unroll import train_on_distilled
 
 
@@ -153,13 +154,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--split", choices=["eval", "train"], default="eval",
                    help="eval: the task's evaluation split (GLUE dev, AG News test)")
     p.add_argument("--which", choices=["best", "last"], default="best", help="distilled_best or distilled_last")
-    p.add_argument("--seed", type=int, default=0, help="model i gets head seed seed + i")
+    p.add_argument("--seed", type=int, default=0, help="run seed: model i gets head i of the evaluation stream (ddattn/seeds.py)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
     p.add_argument("--out", type=Path, help="default RUN_DIR/eval.json")
     args = p.parse_args(argv)
     if args.n_models < 1 or args.batch_size < 1:
         raise UserError("--n-models and --batch-size must be ≥ 1")
+    seeds.check_seed(args.seed)
     settings, distilled = load_run(args.run_dir, args.which)
     out = args.out or args.run_dir / "eval.json"
     checks.writable_file(out, "--out")          # now, not after N models of work
@@ -174,12 +176,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         split = taskdata.load_split(task, args.split, model_dir / "tokenizer.json", settings["max_length"],
                                     settings.get("data_dir"))
         eval_set = eval_batches(split, args.batch_size, device)
-        seeds = list(range(args.seed, args.seed + args.n_models))[distributed.rank()::distributed.world_size()]
+        head_seeds = [seeds.stream_seed("evaluation-head", args.seed, i) for i in range(args.n_models)]
+        head_seeds = head_seeds[distributed.rank()::distributed.world_size()]
         started = time.perf_counter()
-        with tqdm(total=len(seeds), desc=f"evaluate {task.name}", unit="model", disable=not distributed.is_main()) as bar:
+        with tqdm(total=len(head_seeds), desc=f"evaluate {task.name}", unit="model", disable=not distributed.is_main()) as bar:
             runs = evaluate_distilled(pretrained, config, distilled,
                                       lambda: eval_set,
-                                      seeds, task.metrics, progress=bar)
+                                      head_seeds, task.metrics, progress=bar)
         runs = sorted(distributed.gather(runs), key=lambda r: r["seed"])
         summary = mean_std(runs)
         if distributed.is_main():
@@ -187,8 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "task": task.name, "split": args.split, "examples": len(split), "checkpoint": str(settings["model"]),
                 "distilled": f"distilled_{args.which}.safetensors", "n_models": args.n_models,
                 "settings": settings, "summary": summary, "runs": runs,
-                "seconds": time.perf_counter() - started, "processes": distributed.world_size()})
+                "seconds": time.perf_counter() - started, "processes": distributed.world_size(), "commit": code_version()})
             print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: {format_summary(summary)}")
+            from .card import write_card   # imported here: card.py reads runs through this module
+            print(f"card: {write_card(args.run_dir)}")
     finally:
         distributed.teardown()
 

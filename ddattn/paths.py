@@ -6,6 +6,7 @@ takes one), so the package works from any working directory.
 
 import errno
 import os
+import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,3 +80,18 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     if path.is_dir():
         return path
     return weights_dir() / name_or_path
+
+
+def code_version() -> str:
+    """The git commit the code runs from ("<sha>-dirty" with uncommitted changes), for result files; "unknown"
+    outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ddattn").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")

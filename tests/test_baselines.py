@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddattn import baselines, evaluate
+from ddattn import baselines, evaluate, seeds
 from ddattn.errors import run_cli
 from tests.conftest import REPO
 
@@ -23,6 +23,11 @@ TINY_DISTILL = ["--task", "mrpc", "--train-limit", "64", "--val-size", "16", "--
 
 
 # --- shared helpers (also imported by test_inspect.py and test_report.py) --------------------------------
+def heads(n: int, seed: int = 0) -> list:
+    """The head seeds of the first n evaluation models of a run with --seed `seed`."""
+    return [seeds.stream_seed("evaluation-head", seed, i) for i in range(n)]
+
+
 def small_mrpc(base: Path) -> Path:
     """A data dir filled by `python -m ddattn.data --task mrpc`, then cut to the first 200 train / 32 dev
     pairs. Made once per test session (under pytest's base temp dir)."""
@@ -105,16 +110,20 @@ def test_majority_is_the_hand_counted_majority_class(base):
 
 
 # --- full-dataset fine-tuning ------------------------------------------------------------------------------
-def test_full_trains_one_run_per_epoch_count_and_keeps_the_best(base):
-    baselines.main(["full", *SMALL, "--train-limit", "8", "--batch-size", "8", "--epochs", "1", "2"])
+def test_full_grid_is_chosen_on_held_out_training_data(base):
+    baselines.main(["full", *SMALL, "--train-limit", "24", "--val-size", "8", "--batch-size", "8", "--epochs", "1", "2",
+                    "--lrs", "2e-5", "1e-3"])
     result = read_eval(base, "full")
     assert LAYOUT <= set(result) and result["settings"]["baseline"] == "full"
     candidates = result["candidates"]
-    assert [c["epochs"] for c in candidates] == [1, 2]
+    assert [(c["lr"], c["epochs"]) for c in candidates] == [(2e-5, 1), (2e-5, 2), (1e-3, 1), (1e-3, 2)]
+    chosen = max(candidates, key=lambda c: (c["validation"]["acc_f1"], -c["validation"]["loss"]))
+    assert (result["settings"]["lr"], result["settings"]["epochs"]) == (chosen["lr"], chosen["epochs"])
+    assert result["summary"] == chosen["summary"] and "held-out training" in result["settings"]["selection"]
+    assert result["settings"]["trained_on"] == 16                     # the held-out slice is not trained on
     best = max(candidates, key=lambda c: c["summary"]["acc_f1"]["mean"])
-    assert result["settings"]["epochs"] == best["epochs"] and result["summary"] == best["summary"]
-    assert "eval split" in result["settings"]["selection"]
-    assert result["settings"]["lr"] == 2e-5 and result["settings"]["weight_decay"] == 0.01
+    assert result["best_on_eval"]["summary"] == best["summary"] and "eval split" in result["best_on_eval"]["selection"]
+    assert result["settings"]["weight_decay"] == 0.01 and len(result["commit"]) >= 7
     assert all(torch.isfinite(torch.tensor(c["summary"]["loss"]["mean"])) for c in candidates)
 
 
@@ -153,7 +162,7 @@ def test_random_real_picks_the_lr_on_held_out_training_data(base):
     baselines.main(["random-real", *SMALL, "--train-limit", "64", "--val-size", "16", "--val-models", "1",
                     "--n-models", "2", "--lr-grid", "1e-2", "1e4"])
     result = read_eval(base, "random-real")
-    assert LAYOUT <= set(result) and result["n_models"] == 2 and [r["seed"] for r in result["runs"]] == [0, 1]
+    assert LAYOUT <= set(result) and result["n_models"] == 2 and [r["seed"] for r in result["runs"]] == heads(2)
     search = {c["lr"]: c["validation"]["loss"]["mean"] for c in result["lr_search"]}
     assert set(search) == {1e-2, 1e4}
     assert result["settings"]["lr"] == 1e-2 and "never the eval split" in result["settings"]["selection"]
@@ -170,7 +179,7 @@ def test_evaluation_is_deterministic(base, tmp_path):
     assert done.returncode == 0, done.stderr
     evaluate.main([str(run), "--n-models", "2", "--out", str(tmp_path / "b.json")])
     a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
-    assert a["examples"] == DEV_ROWS and [r["seed"] for r in a["runs"]] == [0, 1] and a["n_models"] == 2
+    assert a["examples"] == DEV_ROWS and [r["seed"] for r in a["runs"]] == heads(2) and a["n_models"] == 2
     assert a["settings"]["label_type"] == "soft" and a["checkpoint"] == "minilm-l6"
     assert (a["summary"], a["runs"]) == (b["summary"], b["runs"])
 
