@@ -70,7 +70,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used; "
                    "--max-steps and --epochs extend it, --device moves it)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a run directory that holds a run")
+    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,   # how to open the run, not a setting
+                   help="start afresh in a run directory that holds a run")
     g = p.add_argument_group("your own data (--task custom): CSV/TSV files with a header row")
     g.add_argument("--train-file", help="training file (.csv or .tsv)")
     g.add_argument("--eval-file", help="evaluation file, same columns")
@@ -144,7 +145,7 @@ def default_preset(device: Optional[str]) -> Tuple[str, str]:
 
 def saved_settings(args) -> dict:
     """What config.json records: every setting, less how this invocation came to them."""
-    return {**{k: v for k, v in vars(args).items() if k not in ("preset_reason", "overwrite")}, "resume": None}
+    return {**{k: v for k, v in vars(args).items() if k != "preset_reason"}, "resume": None}
 
 
 def preset_summary(args) -> str:
@@ -255,8 +256,8 @@ class RunDirectory:
     """The files of one run, worked on by one process at a time (rundir.RunLock); every write that
     matters is atomic."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, overwrite: bool = False):
+        self.path, self.overwrite = path, overwrite
         self.checkpoint = path / "checkpoint.pt"
         self.lock: Optional[rundir.RunLock] = None
 
@@ -267,15 +268,15 @@ class RunDirectory:
         if self.lock is not None:
             self.lock.release()
 
-    def refuse_clobbering(self, overwrite: bool) -> None:
-        if self.checkpoint.exists() and not overwrite:
+    def refuse_clobbering(self) -> None:
+        if self.checkpoint.exists() and not self.overwrite:
             raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, start it "
                             "afresh with --overwrite, or pick another --name")
 
-    def start_afresh(self, overwrite: bool) -> None:
+    def start_afresh(self) -> None:
         """Under the lock: refuse to clobber a checkpointed run without --overwrite; remove what an earlier
         run left (one killed before its first checkpoint, or one overwritten), so that no log mixes two runs."""
-        self.refuse_clobbering(overwrite)
+        self.refuse_clobbering()
         left = rundir.leftover_files(self.path)
         if left:
             print(f"note: {self.path}: removing the files of an earlier run ({', '.join(left)})", file=sys.stderr)
@@ -319,7 +320,10 @@ class RunDirectory:
 def load_or_start(argv):
     """(settings, run directory, checkpoint or None) for a new run or for `--resume RUN_DIR`."""
     args = parse_args(argv)
+    overwrite = vars(args).pop("overwrite", False)
     if args.resume:
+        if overwrite:
+            raise UserError("--overwrite starts a run afresh; it cannot be combined with --resume")
         run = RunDirectory(Path(args.resume))
         if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
             raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
@@ -336,8 +340,8 @@ def load_or_start(argv):
     check_fits_model(args)
     args.name = args.name or (f"{args.label_type}-{args.attention_type}-s{args.shots}-t{args.steps}-S{args.seq_len}"
                               f"-lr{args.lr:g}-eta{args.inner_lr:g}-seed{args.seed}")
-    run = RunDirectory(runs_dir() / args.task / args.name)
-    run.refuse_clobbering(args.overwrite)      # early; checked again under the run's lock
+    run = RunDirectory(runs_dir() / args.task / args.name, overwrite)
+    run.refuse_clobbering()      # early; checked again under the run's lock
     return args, run, None
 
 
@@ -361,9 +365,7 @@ def resumed_settings(args) -> argparse.Namespace:
         check_settings(argparse.Namespace(**saved))
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    if args.overwrite:
-        raise UserError("--overwrite starts a run afresh; it cannot be combined with --resume")
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "overwrite")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
     given.update({k: str(Path(given[k]).resolve()) for k in ("train_file", "eval_file") if k in given})
     conflicts = [k for k, v in given.items() if k not in RESUME_CHANGES and v != saved.get(k)]
     if conflicts:
@@ -440,7 +442,7 @@ class Distillation:
             run.claim()                        # only once every setting has been checked
         if checkpoint is None:
             if distributed.is_main():
-                run.start_afresh(args.overwrite)
+                run.start_afresh()
                 run.write_config(args)
             if getattr(args, "preset_reason", None):
                 self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
