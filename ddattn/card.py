@@ -25,6 +25,7 @@ from .paths import atomic_path, resolve_checkpoint
 from .report import BASELINE_ROWS
 
 HEATMAP = "attention_labels.png"
+CURVES = "validation.png"
 KEY_SETTINGS = {      # config.json field → what it is (paper section)
     "label_type": "class labels ỹ (Sec. 2.2)", "attention_type": "attention labels ã (Sec. 2.3)",
     "shots": "distilled samples per class", "steps": "T, inner SGD steps (Eq. 7)",
@@ -98,7 +99,38 @@ def budget_section(run_dir: Path) -> List[str]:
         loss, accuracy = best["loss"]["mean"], best["accuracy"]["mean"] * 100
         rows.append(["best validation", f"loss {loss:.4f}, accuracy {accuracy:.1f} % at outer step {best['step']} "
                                         "(held-out *training* examples)"])
-    return ["## Budget", "", *table(["", ""], rows)]
+    lines = ["## Budget", "", *table(["", ""], rows)]
+    if validations and plot_curves(metrics, validations, run_dir / CURVES):
+        lines += ["", "Outer loss on the real mini-batches (thin: each step, thick: running mean over 20) and "
+                  "validation accuracy of fresh models on held-out training examples:", "", f"![curves]({CURVES})"]
+    return lines
+
+
+def plot_curves(metrics: List[dict], validations: List[dict], path: Path) -> bool:
+    """Two panels over outer steps: the outer loss (metrics.jsonl) and the validation accuracy ± std
+    (validation.jsonl). False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    steps, losses = [m["step"] for m in metrics], [m["loss"] for m in metrics]
+    window = [sum(losses[max(0, i - 19):i + 1]) / len(losses[max(0, i - 19):i + 1]) for i in range(len(losses))]
+    left.plot(steps, losses, lw=0.5, alpha=0.4, color="C0")
+    left.plot(steps, window, lw=1.5, color="C0")
+    left.set(xlabel="outer step", ylabel="outer loss (real batch)", title="distillation")
+    v_steps = [v["step"] for v in validations]
+    mean = [v["accuracy"]["mean"] * 100 for v in validations]
+    std = [v["accuracy"]["std"] * 100 for v in validations]
+    right.errorbar(v_steps, mean, yerr=std, marker="o", color="C1", capsize=3)
+    right.set(xlabel="outer step", ylabel="accuracy (%)", title="validation (held-out training data)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return True
 
 
 def score_cells(summary: dict, metrics: Sequence[str]) -> List[str]:
