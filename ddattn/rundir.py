@@ -16,7 +16,8 @@ from .errors import UserError
 LOCK_NAME = ".lock"
 # Everything a run writes, removed when the same directory starts a new run.
 RUN_FILES = ("config.json", "checkpoint.pt", "distilled_last.safetensors", "distilled_best.safetensors",
-             "metrics.jsonl", "validation.jsonl", "run.log", "eval.json", "attention_labels.png", "README.md")
+             "metrics.jsonl", "validation.jsonl", "run.log", "eval.json", "README.md", "attention_labels.png",
+             "validation.png")                    # the last three: the run's card (card.py)
 
 
 class RunLock:
