@@ -291,6 +291,15 @@ def test_resume_drops_a_torn_last_log_line_with_a_note(finished, env, capsys):
     assert steps == [1, 2, 3]
 
 
+def test_evaluate_and_its_card_read_past_a_torn_log_line(finished, env, capsys):
+    run = copy_run(finished, env)
+    with open(run / "validation.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": {"me')                              # a run killed mid-append, never resumed
+    evaluate.main([str(run), "--n-models", "1"])
+    assert "dropped a half-written last line" in capsys.readouterr().err
+    assert (run / "eval.json").is_file() and (run / "README.md").is_file()
+
+
 def test_a_garbled_log_line_before_the_last_is_an_error(finished, env, capsys):
     run = copy_run(finished, env)
     (run / "metrics.jsonl").write_text("garbage\n" + (run / "metrics.jsonl").read_text())
