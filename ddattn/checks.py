@@ -78,8 +78,7 @@ def check_tensors(found: Mapping, expected: Mapping[str, torch.Tensor], where: s
     """`found` holds exactly the tensors of `expected`, each with the same shape and dtype (no broadcasting)."""
     if not isinstance(found, Mapping):
         raise UserError(f"{where} is not a dictionary of tensors")
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or extra:
+    if set(found) != set(expected):
         raise UserError(f"{where} has tensors {sorted(found)}, expected {sorted(expected)}")
     for name, like in expected.items():
         value = found[name]
