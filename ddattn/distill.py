@@ -35,7 +35,7 @@ from . import data as taskdata
 from . import distributed
 from . import rundir
 from . import seeds
-from .bert import BertConfig, load_pretrained
+from .bert import BertConfig, bert_forward, load_pretrained
 from .card import write_card
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, first_line, run_cli
@@ -54,7 +54,7 @@ PRESETS = {
 }
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
-                inner_lr=1e-2, init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
+                inner_lr=1e-2, init="random", attn_init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
                 optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
                 max_length=128, mode="recompute", autocast="none", val_every=0, seed=0, device=None,
                 dtype="float32", max_steps=0, train_limit=0, checkpoint_every=25, train_file=None, eval_file=None,
@@ -91,6 +91,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")
     g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper: 1e-2 or 1e-1)")
     g.add_argument("--init", choices=["random", "real"], help="x̃ init: N(0,1) (paper) or embeddings of real examples")
+    g.add_argument("--attn-init", choices=["random", "model"], help="ã init: N(0,1) logits (paper) or the pretrained "
+                   "model's own attention on the initial x̃, so that the attention loss starts at 0")
     g = p.add_argument_group("outer optimisation (Algorithm 1, Appendix B)")
     g.add_argument("--lr", type=float, help="α, Adam learning rate for every distilled tensor (paper 1e-3, 1e-2, 1e-1)")
     for name in ("x", "labels", "attn", "inner"):
@@ -216,6 +218,18 @@ def init_from_real(distilled: DistilledData, pretrained, train, seed: int) -> No
                 raise UserError(f"--init real: the training split has no example of class {i % C}")
             ids = train.token_ids(candidates[torch.randint(len(candidates), (1,), generator=g)].item(), S)
             distilled.x[i] = pretrained["embeddings.word"][ids.to(distilled.x.device)]
+
+
+def init_attention_from_model(distilled: DistilledData, pretrained, config) -> None:
+    """ã_i ← the pretrained model's own attention on x̃_i: the logits are its attention scores, so
+    softmax(ã) equals its attention and the attention loss (Eq. 6) starts at 0 instead of at a random
+    target's KL. (The head does not matter: attention is computed before it.)"""
+    kind = distilled.config.attention_type
+    if kind == "none":
+        return
+    with torch.no_grad():
+        out = bert_forward(pretrained, config, inputs_embeds=distilled.x, attention=kind)
+        distilled.attn_logits.copy_(out.cls_scores if kind == "cls" else out.scores)   # (M, L, H, S[, S])
 
 
 def make_optimizer(distilled: DistilledData, args):
@@ -346,7 +360,7 @@ def load_or_start(argv):
 
 
 RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may change: extend a run, or move it
-ADDED_LATER = {"autocast": "none", "dtype": "float32"}   # settings absent from older runs, and their values
+ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random"}   # absent from older runs: their values
 
 
 def resumed_settings(args) -> argparse.Namespace:
@@ -435,6 +449,8 @@ class Distillation:
         self.distilled = DistilledData.initial(config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device)
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.train, args.seed)
+        if args.attn_init == "model":
+            init_attention_from_model(self.distilled, self.pretrained, self.bert_config)
         self.optimizer = make_optimizer(self.distilled, args)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
         self.step, self.best_val = 0, math.inf

@@ -1,7 +1,7 @@
 """`python -m ddattn.train RUN_DIR --out DIR`: the classifier a distilled dataset trains, ready to use.
 
-θ_0 is the run's pretrained checkpoint with a fresh classification head (drawn from --seed, the same head
-as model --seed of `python -m ddattn.evaluate`). It takes the T inner SGD steps on D̃ with the learned
+θ_0 is the run's pretrained checkpoint with a fresh classification head: with --seed N, the head of model N
+of `python -m ddattn.evaluate` (whose run seed defaults to 0; seeds.py). It takes the T inner SGD steps on D̃ with the learned
 η̃ and the attention loss (paper Eq. 7), exactly as during distillation and evaluation: seconds on a CPU.
 θ_T is written in the Hugging Face layout (export.py), for `python -m ddattn.predict` or `transformers`.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import data as taskdata
+from . import seeds
 from .bert import load_pretrained
 from .errors import ArgumentParser, run_cli
 from .evaluate import fresh_model, load_run
@@ -19,12 +20,12 @@ from .unroll import train_on_distilled
 
 
 def train_classifier(run_dir: Path, which: str = "best", seed: int = 0) -> Classifier:
-    """θ_T: θ_0 (head seed `seed`) fine-tuned on the run's distilled_{which} for its T steps."""
+    """θ_T: θ_0 (the head of evaluation model `seed`, seeds.py) fine-tuned on the run's distilled_{which} for its T steps."""
     settings, distilled = load_run(run_dir, which)
     task = taskdata.task_from_settings(settings)
     model_dir = resolve_checkpoint(settings["model"])
     config, pretrained = load_pretrained(model_dir)
-    thetas, _ = train_on_distilled(fresh_model(pretrained, config, task.num_classes, seed), config, distilled)
+    thetas, _ = train_on_distilled(fresh_model(pretrained, config, task.num_classes, seeds.stream_seed("evaluation-head", 0, seed)), config, distilled)
     return Classifier(config, thetas[-1], model_dir / "tokenizer.json", task.label_names, settings["max_length"],
                       task.is_pair, task.name)
 
@@ -33,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(prog="python -m ddattn.train", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="runs/<task>/<name>/ of python -m ddattn.distill")
     p.add_argument("--which", choices=["best", "last"], default="best", help="distilled_best or distilled_last")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fresh classification head")
+    p.add_argument("--seed", type=int, default=0, help="which fresh head: that of model N of `python -m ddattn.evaluate`")
     p.add_argument("--out", type=Path, required=True, help="the directory to write (must not exist)")
     args = p.parse_args(argv)
     refuse_existing(args.out)                                        # before the work, not after it

@@ -115,3 +115,14 @@ def test_attention_kl_is_kl_of_softmaxes():
     p, q = labels.softmax(-1), scores.softmax(-1)
     torch.testing.assert_close(attention_kl(labels, scores), (p * (p.log() - q.log())).sum(-1))
     assert attention_kl(scores, scores).abs().max() < 1e-15
+
+
+@pytest.mark.parametrize("attention_type", ["cls", "all"])
+def test_attention_labels_initialised_from_the_model_start_with_zero_attention_loss(tiny, attention_type):
+    from ddattn.distill import init_attention_from_model
+    from ddattn.unroll import inner_losses
+    config, theta = tiny
+    distilled = make_distilled(attention_type=attention_type)
+    assert inner_losses(theta, config, distilled, 0)[2] > 0.1                     # a random target: KL > 0
+    init_attention_from_model(distilled, theta, config)
+    assert inner_losses(theta, config, distilled, 0)[2].abs() < 1e-12            # softmax(ã) = the model's attention
