@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import checks
 from . import data as taskdata
 from . import distributed
 from . import seeds
@@ -298,11 +299,11 @@ def load_setting(args) -> Setting:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     s = load_setting(args)
+    out = runs_dir() / s.task.name / args.baseline
+    checks.writable_dir(out, "DDATTN_RUNS_DIR")     # now, not after the work
     started = time.perf_counter()
     settings, runs, extra = BASELINES[args.baseline](s)
     summary = mean_std(runs)
-    out = runs_dir() / s.task.name / args.baseline
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "eval.json", {
         "task": s.task.name, "split": "eval", "examples": len(s.evaluation), "checkpoint": str(args.model),
         "n_models": len(runs),

@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from . import checks
 from . import data as taskdata
 from .bert import load_pretrained
 from .distilled import DistilledData
@@ -40,11 +41,11 @@ EXAMPLE_TEXTS = {True: '"The cat sat." "A cat was sitting."', False: '"The cat s
 
 
 def read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return checks.read_json(path) if path.is_file() else None
 
 
 def read_jsonl(path: Path) -> List[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return checks.read_jsonl(path) if path.is_file() else []
 
 
 def duration(seconds: float) -> str:

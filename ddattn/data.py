@@ -7,8 +7,10 @@ its test split. `python -m ddattn.data --task mrpc` (what `make data TASK=mrpc` 
 canonical sources, or from a mirror given by env DDATTN_DATA_URL that serves `<task>/<file name>`).
 """
 
+import codecs
 import contextlib
 import csv
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -27,7 +29,7 @@ from tokenizers import Tokenizer
 
 from . import paths
 from .download import NotFoundError, download
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, first_line, run_cli
 
 GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data"                 # what GLUE's download_glue_data.py uses
 SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
@@ -112,9 +114,17 @@ def custom_task(train_path, eval_path, text_columns: Sequence[str], label_column
     if len(columns) not in (1, 2):
         raise UserError(f"a custom task needs one or two text columns, not {len(columns)}: {', '.join(columns)}")
     task = Task("custom", {"train": str(train), "eval": str(evaluation)}, columns, label_column, (), (), format=None)
-    values = tuple(label_names or _label_values_in(task))
+    present = _label_values_in(task)
+    values = tuple(label_names or present)
+    twice = [v for v in values if values.count(v) > 1]
+    if twice:
+        raise UserError(f"--labels names {twice[0]!r} twice; give each label value once, in class order")
     if len(values) < 2:
         raise UserError(f"{train}: a task needs at least 2 labels in column {label_column!r}, found {list(values)}")
+    empty = [v for v in values if v not in present]
+    if empty:
+        raise UserError(f"{train}: no row has label {empty[0]!r} (--labels {','.join(values)}); every class needs "
+                        "at least one training example")
     return Task(task.name, task.files, columns, label_column, values, values, format=None)
 
 
@@ -168,19 +178,56 @@ class _Layout(NamedTuple):
 
 
 @contextlib.contextmanager
-def _table(path: Path, fmt: Optional[str]) -> Iterator[tuple]:
-    """The non-blank rows of a CSV/TSV file and their reader (whose `line_num` is the current line)."""
+def _table(path: Path, fmt: Optional[str]) -> Iterator[Iterator[Tuple[int, List[str]]]]:
+    """The non-blank rows of a CSV/TSV file, each with the line it starts on."""
     tsv = fmt == "tsv" or (fmt is None and path.suffix.lower() == ".tsv")
     with open(path, encoding="utf-8-sig", newline="") as f:        # utf-8-sig: MRPC's header has a BOM
         reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv   # GLUE has bare quotes
                   else csv.reader(f))
-        yield (row for row in reader if row), reader
+        yield _numbered_rows(reader, path)
+
+
+def _numbered_rows(reader, path: Path) -> Iterator[Tuple[int, List[str]]]:
+    """(first line, row) of every non-blank row; text that is not UTF-8, or that the csv module refuses (a
+    field over its 128 KiB limit), is a UserError naming the file and line."""
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            hint = " (a quote opened there and never closed?)" if "field larger" in str(e) else ""
+            raise UserError(f"{path}:{start}: {e}{hint}") from None
+        except UnicodeDecodeError:
+            raise UserError(_not_utf8(path)) from None
+        if row:
+            yield start, row
+        start = reader.line_num + 1
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8, and what it probably is instead."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return f"{path}:1: the file is UTF-16; ddattn reads UTF-8: save it as UTF-8"
+    try:
+        data.decode("utf-8")
+        return f"{path}: not UTF-8 text; save it as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        return (f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8 (Latin-1 or Windows-1252 text?); "
+                "ddattn reads UTF-8: save the file as UTF-8")
 
 
 def _header_layout(task: Task, header: List[str], where: str) -> _Layout:
     missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
     if missing:
         raise UserError(f"{where}: header lacks column(s) {', '.join(missing)} (found {', '.join(header)})")
+    twice = [c for c in (*task.text_columns, task.label_column) if header.count(c) > 1]
+    if twice:
+        raise UserError(f"{where}: the header has column {twice[0]!r} {header.count(twice[0])} times; "
+                        "rename the copies so that each column name is unique")
     text_at = [header.index(c) for c in task.text_columns]
     return _Layout(len(header), (text_at[0],), text_at[1] if task.is_pair else None,
                    header.index(task.label_column), task.label_index)
@@ -198,7 +245,8 @@ def _ag_news_layout(task: Task, first_row: List[str], where: str) -> _Layout:
 
 def _example(layout: _Layout, row: List[str], where: str) -> Example:
     if len(row) != layout.fields:
-        raise UserError(f"{where}: expected {layout.fields} fields, found {len(row)}")
+        hint = " (a quote opened on this line and never closed?)" if any("\n" in field for field in row) else ""
+        raise UserError(f"{where}: expected {layout.fields} fields, found {len(row)}{hint}")
     value = row[layout.label_at]
     if value not in layout.labels:
         raise UserError(f"{where}: unknown label {value!r} (expected {', '.join(layout.labels)})")
@@ -209,24 +257,26 @@ def _example(layout: _Layout, row: List[str], where: str) -> Example:
 def read_examples(task: Task, split: str, data_dir: Optional[Path] = None) -> List[Example]:
     """Every row of a split as an Example; a malformed row or unknown label is a UserError naming file:line."""
     path = task_file(task, split, data_dir)
-    with _table(path, task.format) as (rows, reader):
+    with _table(path, task.format) as rows:
         first = next(rows, None)
         if first is None:
             raise UserError(f"{path}: the file is empty")
+        line, header = first
         if task.format == "ag_news":                      # no header: the first row is data
-            layout = _ag_news_layout(task, first, f"{path}:{reader.line_num}")
+            layout = _ag_news_layout(task, header, f"{path}:{line}")
             rows = itertools.chain([first], rows)
         else:
-            layout = _header_layout(task, first, f"{path}:{reader.line_num}")
-        return [_example(layout, row, f"{path}:{reader.line_num}") for row in rows]
+            layout = _header_layout(task, header, f"{path}:{line}")
+        return [_example(layout, row, f"{path}:{line}") for line, row in rows]
 
 
 def _label_values_in(task: Task) -> List[str]:
     """The distinct values of a custom task's label column in its train file, sorted."""
     path = task_file(task, "train")
-    with _table(path, task.format) as (rows, reader):
-        layout = _header_layout(task, next(rows, []), f"{path}:{reader.line_num}")
-        values = {row[layout.label_at] for row in rows if len(row) == layout.fields}
+    with _table(path, task.format) as rows:
+        line, header = next(rows, (1, []))
+        layout = _header_layout(task, header, f"{path}:{line}")
+        values = {row[layout.label_at] for _, row in rows if len(row) == layout.fields}
     numeric = all(v.lstrip("-").isdigit() for v in values)
     return sorted(values, key=int if numeric else None)
 
@@ -243,7 +293,11 @@ def load_tokenizer(path, max_length: int = 128) -> Tokenizer:
 
     Both are set explicitly: the MiniLM file ships with truncation to 128 and fixed padding to 128.
     """
-    tokenizer = Tokenizer.from_file(str(_tokenizer_file(path)))
+    path = _tokenizer_file(path)
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:   # tokenizers raises a plain Exception for a malformed file
+        raise UserError(f"cannot read tokenizer {path} ({first_line(e)}); re-run `make weights`") from None
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, strategy="longest_first")
     return tokenizer
@@ -309,12 +363,28 @@ def load_split(task: Task, split: str, tokenizer_path, max_length: int = 128,
     if source.name != Path(task.files[split]).name:
         _say_once(f"note: {task.name} {split}: {task.files[split]} is absent, using {source} instead")
     cache = _cache_file(task, split, source, _tokenizer_file(tokenizer_path), max_length, data_dir)
-    if cache.is_file():
-        return EncodedSplit(**load_file(str(cache)))
+    cached = _read_cache(cache) if cache.is_file() else None
+    if cached is not None:
+        return cached
     encoded = encode(load_tokenizer(tokenizer_path, max_length), read_examples(task, split, data_dir))
     with paths.atomic_path(cache) as tmp:
         save_file(vars(encoded), str(tmp))
     return encoded
+
+
+def _read_cache(path: Path) -> Optional[EncodedSplit]:
+    """A cached encoding, or None (with a note) when the file is damaged: it is then rebuilt."""
+    try:
+        tensors = load_file(str(path))
+    except Exception:  # safetensors' own error types for a truncated or garbled file
+        tensors = {}
+    names = {f.name for f in dataclasses.fields(EncodedSplit)}
+    if set(tensors) == names:
+        ids, types, lengths, labels = (tensors[n] for n in ("input_ids", "token_type_ids", "lengths", "labels"))
+        if ids.dim() == 2 and ids.shape == types.shape and ids.shape[0] == len(lengths) == len(labels):
+            return EncodedSplit(**tensors)
+    print(f"note: the data cache {path} is damaged; rebuilding it", file=sys.stderr)
+    return None
 
 
 # --- batches ---------------------------------------------------------------------------------------

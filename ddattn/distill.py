@@ -10,7 +10,9 @@ Everything a run produces lives in `runs/<task>/<name>/`: config.json (every set
 (distilled data + optimiser + scheduler + step, written atomically), distilled_last / distilled_best
 .safetensors, metrics.jsonl (one line per outer step), validation.jsonl and run.log. `--resume RUN_DIR`
 continues from checkpoint.pt; every random draw is a pure function of (seed, step), so a resumed run on
-the CPU ends bit-identical to one that was never interrupted.
+the CPU ends bit-identical to one that was never interrupted. Every file is checked when read back
+(checks.py), one process at a time works on a run (a lock, rundir.py), and a run started afresh in a
+used directory begins with no files of the old one.
 
 Validation trains K fresh models on D̃ and scores them on a held-out slice of the *training* split,
 never on the evaluation split that results are reported on (the authors' code selects on the GLUE dev
@@ -20,6 +22,7 @@ set; we do not). The best D̃ by validation loss is kept.
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,13 +30,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from . import checks
 from . import data as taskdata
 from . import distributed
+from . import rundir
 from . import seeds
-from .bert import bert_forward, load_pretrained
+from .bert import BertConfig, bert_forward, load_pretrained
 from .card import write_card
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, first_line, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
 from .unroll import AUTOCAST, MODES, hypergradient, option_problem, row_sum
@@ -64,7 +69,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
     p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used; "
+                   "--max-steps and --epochs extend it, --device moves it)")
+    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,   # how to open the run, not a setting
+                   help="start afresh in a run directory that holds a run")
     g = p.add_argument_group("your own data (--task custom): CSV/TSV files with a header row")
     g.add_argument("--train-file", help="training file (.csv or .tsv)")
     g.add_argument("--eval-file", help="evaluation file, same columns")
@@ -181,6 +189,25 @@ def check_settings(args) -> None:
     if args.val_size < 1:
         raise UserError(f"--val-size must be ≥ 1, not {args.val_size}")
     seeds.check_seed(args.seed)
+    for name in ["max_steps", "train_limit", "val_every"]:
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0: {ZERO_MEANS[name]}), not {getattr(args, name)}")
+    if not (args.clip > 0 and math.isfinite(args.clip)):
+        raise UserError(f"--clip must be a positive number (the largest gradient norm), not {args.clip}")
+    if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        raise UserError(f"--weight-decay must be ≥ 0, not {args.weight_decay}")
+
+
+ZERO_MEANS = {"max_steps": "all epochs", "train_limit": "all examples", "val_every": "once per epoch"}
+
+
+def check_fits_model(args) -> None:
+    """--max-length within the checkpoint's positions, read from its config.json before the weights are
+    loaded (a missing checkpoint is reported when they are; --seq-len by DistilledConfig.validate)."""
+    path = resolve_checkpoint(args.model) / "config.json"
+    positions = BertConfig.from_json(path).max_positions if path.is_file() else args.max_length
+    if args.max_length > positions:
+        raise UserError(f"--max-length {args.max_length} exceeds the {positions} positions of checkpoint {args.model}")
 
 
 # --- pieces of the loop --------------------------------------------------------------------------
@@ -249,56 +276,146 @@ def write_atomic(path: Path, obj) -> None:
 
 
 class RunDirectory:
-    """The files of one run; every write that matters is atomic."""
+    """The files of one run, worked on by one process at a time (rundir.RunLock); every write that
+    matters is atomic."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, overwrite: bool = False):
+        self.path, self.overwrite = path, overwrite
         self.checkpoint = path / "checkpoint.pt"
+        self.lock: Optional[rundir.RunLock] = None
+
+    def claim(self) -> None:
+        self.lock = rundir.claim(self.path)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def refuse_clobbering(self) -> None:
+        if self.checkpoint.exists() and not self.overwrite:
+            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, start it "
+                            "afresh with --overwrite, or pick another --name")
+
+    def start_afresh(self) -> None:
+        """Under the lock: refuse to clobber a checkpointed run without --overwrite; remove what an earlier
+        run left (one killed before its first checkpoint, or one overwritten), so that no log mixes two runs."""
+        self.refuse_clobbering()
+        left = rundir.leftover_files(self.path)
+        if left:
+            print(f"note: {self.path}: removing the files of an earlier run ({', '.join(left)})", file=sys.stderr)
+            rundir.clear(self.path)
+
+    def write_config(self, args) -> None:
+        """config.json: every setting (rewritten only when it changed, e.g. a run extended on resume)."""
+        path = self.path / "config.json"
+        text = json.dumps(saved_settings(args), indent=2) + "\n"
+        if not path.is_file() or path.read_text() != text:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
 
     def log(self, message: str) -> None:
         tqdm.write(message)
-        with open(self.path / "run.log", "a") as f:
-            f.write(message + "\n")
+        self.write_line("run.log", message)
 
     def append(self, name: str, record: dict) -> None:
-        with open(self.path / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.write_line(name, json.dumps(record))
+
+    def write_line(self, name: str, line: str) -> None:
+        try:
+            with open(self.path / name, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path / name} ({e.strerror}); the last checkpoint is intact: "
+                            f"once that is fixed, continue with --resume {self.path}") from None
 
     def truncate_after(self, name: str, step: int) -> None:
         """Drop log lines of steps after `step` (work lost with an interrupted run, redone on resume)."""
         path = self.path / name
         if path.exists():
-            lines = [l for l in path.read_text().splitlines() if json.loads(l)["step"] <= step]
-            path.write_text("".join(l + "\n" for l in lines))
+            records = [r for r in checks.read_jsonl(path) if r["step"] <= step]
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            if text != path.read_text():
+                with atomic_path(path) as tmp:
+                    tmp.write_text(text)
 
 
 # --- the loop ------------------------------------------------------------------------------------
 def load_or_start(argv):
     """(settings, run directory, checkpoint or None) for a new run or for `--resume RUN_DIR`."""
     args = parse_args(argv)
+    overwrite = vars(args).pop("overwrite", False)
     if args.resume:
+        if overwrite:
+            raise UserError("--overwrite starts a run afresh; it cannot be combined with --resume")
         run = RunDirectory(Path(args.resume))
         if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
             raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
-        saved = json.loads((run.path / "config.json").read_text())
-        saved.setdefault("micro_batch_size", saved["real_batch_size"])    # runs from before micro-batches
-        saved.setdefault("autocast", "none")
-        saved.setdefault("attn_init", "random")
-        args = argparse.Namespace(**saved)
-        return args, run, torch.load(run.checkpoint, weights_only=True)
+        return resumed_settings(args), run, checks.load_checkpoint(run.checkpoint)
     if not args.task:
         raise UserError(f"--task is required: one of {', '.join(taskdata.TASK_NAMES)}")
     for name in ("train_file", "eval_file"):      # absolute, so that --resume works from anywhere
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    taskdata.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
+    task = taskdata.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
+    if task.name == "custom":
+        taskdata.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
+    check_fits_model(args)
     args.name = args.name or (f"{args.label_type}-{args.attention_type}-s{args.shots}-t{args.steps}-S{args.seq_len}"
                               f"-lr{args.lr:g}-eta{args.inner_lr:g}-seed{args.seed}")
-    run = RunDirectory(runs_dir() / args.task / args.name)
-    if run.checkpoint.exists():
-        raise UserError(f"{run.path} already holds a run; continue it with --resume {run.path} or pick another --name")
+    run = RunDirectory(runs_dir() / args.task / args.name, overwrite)
+    run.refuse_clobbering()      # early; checked again under the run's lock
     return args, run, None
+
+
+RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may change: extend a run, or move it
+ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random"}   # absent from older runs: their values
+
+
+def resumed_settings(args) -> argparse.Namespace:
+    """The saved settings of `--resume RUN_DIR` (checked), with --max-steps, --epochs and --device applied.
+    Any other flag is refused unless it repeats the saved value: never silently dropped."""
+    path = Path(args.resume) / "config.json"
+    saved = checks.read_json(path)
+    checks.require_fields(saved, [name for name in DEFAULTS if name not in ("micro_batch_size", *ADDED_LATER)], path)
+    saved.setdefault("micro_batch_size", saved["real_batch_size"])    # runs from before micro-batches
+    for name, value in ADDED_LATER.items():
+        saved.setdefault(name, value)
+    wrong = [name for name in DEFAULTS if not fits_type(name, saved[name])]
+    if wrong:
+        raise UserError(f"{path}: {wrong[0]} is {saved[wrong[0]]!r}, not of type {expected_type(wrong[0]).__name__}")
+    try:
+        check_settings(argparse.Namespace(**saved))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
+    given.update({k: str(Path(given[k]).resolve()) for k in ("train_file", "eval_file") if k in given})
+    conflicts = [k for k, v in given.items() if k not in RESUME_CHANGES and v != saved.get(k)]
+    if conflicts:
+        flag = conflicts[0]
+        raise UserError(f"--{flag.replace('_', '-')} {given[flag]} conflicts with the run's {saved.get(flag)!r} "
+                        f"({path}); a resumed run keeps its settings: only --max-steps, --epochs and --device "
+                        "may change")
+    settings = argparse.Namespace(**{**saved, **given})
+    check_settings(settings)
+    return settings
+
+
+def expected_type(name: str) -> type:
+    """The type of a setting's default (the paper preset's where the default is None)."""
+    default = DEFAULTS[name] if DEFAULTS[name] is not None else PRESETS["paper"].get(name)
+    return type(default)
+
+
+def fits_type(name: str, value) -> bool:
+    """A saved setting has its default's type (an int where a float is expected is fine); one without a
+    default (task, files, per-group learning rates, ...) may hold anything."""
+    kind = expected_type(name)
+    if kind is type(None):
+        return True
+    if kind is float and isinstance(value, int):
+        kind = int
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 class Distillation:
@@ -346,10 +463,12 @@ class Distillation:
         self.optimizer = make_optimizer(self.distilled, args)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
         self.step, self.best_val = 0, math.inf
+        if distributed.is_main():
+            run.claim()                        # only once every setting has been checked
         if checkpoint is None:
             if distributed.is_main():
-                run.path.mkdir(parents=True, exist_ok=True)   # only once every setting has been checked
-                (run.path / "config.json").write_text(json.dumps(saved_settings(args), indent=2) + "\n")
+                run.start_afresh()
+                run.write_config(args)
             if getattr(args, "preset_reason", None):
                 self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
                          f"--preset {'paper' if args.preset == 'cpu' else 'cpu'} for the other one")
@@ -364,16 +483,39 @@ class Distillation:
             self.run.log(message)
 
     def restore(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint)
         with torch.no_grad():
             for name, tensor in self.distilled.tensors().items():
                 tensor.copy_(checkpoint["distilled"][name])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise UserError(f"{self.run.checkpoint}: its optimiser or schedule state is damaged "
+                            f"({first_line(e)}); start the run afresh with --overwrite") from None
         self.step, self.best_val = checkpoint["step"], checkpoint["best_val_loss"]
         if distributed.is_main():
             for name in ("metrics.jsonl", "validation.jsonl"):
                 self.run.truncate_after(name, self.step)
+            self.run.write_config(self.args)      # --max-steps / --epochs / --device given with --resume
         self.log(f"resumed {self.run.path} at outer step {self.step}/{self.total_steps}")
+
+    def check_checkpoint(self, checkpoint: dict) -> None:
+        """checkpoint.pt holds this run's state: every tensor of D̃ with exactly its shape and dtype, Adam
+        moments of the same shapes, a step within the run and a schedule at that step."""
+        where = self.run.checkpoint
+        checks.require_fields(checkpoint, ("step", "best_val_loss", "optimizer", "scheduler", "distilled"), where)
+        checks.check_tensors(checkpoint["distilled"], self.distilled.tensors(), f"{where} (distilled data)")
+        step = checkpoint["step"]
+        if not isinstance(step, int) or not 0 <= step <= self.total_steps:
+            raise UserError(f"{where} is at outer step {step!r}, outside this run's {self.total_steps} steps; "
+                            "extend the run with a larger --max-steps or --epochs")
+        if not isinstance(checkpoint["best_val_loss"], (int, float)):
+            raise UserError(f"{where}: best_val_loss is {checkpoint['best_val_loss']!r}, not a number")
+        if not isinstance(checkpoint["optimizer"], dict) or not isinstance(checkpoint["scheduler"], dict) \
+                or checkpoint["scheduler"].get("last_epoch") != step:
+            raise UserError(f"{where}: the optimiser or schedule state does not match its step {step}")
+        checks.check_optimizer_state(checkpoint["optimizer"], list(self.distilled.learnable().values()), str(where))
 
     def save(self) -> None:
         """distilled_last + checkpoint.pt, each written atomically (rank 0 only)."""
@@ -409,6 +551,7 @@ class Distillation:
             tensor.grad = result.grads[name]
         grad_norm = clip_grad_norm(list(self.distilled.learnable().values()), self.args.clip)
         self.optimizer.step()
+        self.check_finite_data()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -425,9 +568,20 @@ class Distillation:
         if torch.isfinite(loss) and torch.isfinite(inner_losses).all() and not bad:
             return
         what = f"gradient of {', '.join(bad)}" if bad else "loss"
-        kept = f"the last good checkpoint {self.run.checkpoint} is intact" if self.run.checkpoint.exists() else "nothing was saved yet"
         raise UserError(f"non-finite {what} at outer step {self.step + 1}: the learning rates are probably too high "
-                        f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.inner_lrs()]}); {kept}")
+                        f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.inner_lrs()]}); {self.kept()}")
+
+    def check_finite_data(self) -> None:
+        """D̃ after the Adam update: a non-finite value is never validated or saved."""
+        bad = [k for k, v in self.distilled.learnable().items() if not torch.isfinite(v).all()]
+        if bad:
+            raise UserError(f"non-finite {', '.join(bad)} after the update of outer step {self.step + 1}: the "
+                            f"learning rates are probably too high (--lr {self.args.lr:g}); {self.kept()}")
+
+    def kept(self) -> str:
+        if self.run.checkpoint.exists():
+            return f"the last good checkpoint {self.run.checkpoint} is intact"
+        return "nothing was saved yet"
 
     def validate(self) -> dict:
         """K fresh models trained on D̃, scored on the held-out slice of the training split."""
@@ -442,6 +596,9 @@ class Distillation:
                         dynamic_ncols=True, disable=not distributed.is_main())
         with progress:   # closed (its line ended) before any error message
             self.loop(progress)
+        if not math.isfinite(self.best_val):     # never validated, or every validation loss was NaN
+            raise UserError(f"no validation of {self.run.path} had a finite loss, so there is no distilled_best; "
+                            "the learning rates are probably too high")
         self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
         if distributed.is_main():
             self.log(f"card: {write_card(self.run.path)}")
@@ -476,6 +633,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         Distillation(args, run, checkpoint).run_to_end()
     finally:
+        run.release()
         distributed.teardown()
 
 

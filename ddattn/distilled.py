@@ -58,6 +58,15 @@ class DistilledConfig:
     def step_batch_size(self) -> int:
         return self.batch_size or self.num_samples
 
+    def tensor_shapes(self) -> Dict[str, tuple]:
+        """The shape of every tensor of D̃ (see the module docstring)."""
+        M, S, C = self.num_samples, self.seq_len, self.num_classes
+        shapes = {"x": (M, S, self.hidden_size), "label_logits": (M, C), "lr_raw": (self.steps,)}
+        if self.attention_type != "none":
+            queries = (S,) if self.attention_type == "all" else ()
+            shapes["attn_logits"] = (M, self.num_layers, self.num_heads, *queries, S)
+        return shapes
+
     def validate(self, max_positions: int) -> None:
         """Refuse impossible settings up front, with one line each (checked in order)."""
         require(self.num_classes >= 2, f"a task needs at least 2 classes, not {self.num_classes}")
@@ -93,18 +102,16 @@ class DistilledData:
     def initial(cls, config: DistilledConfig, generator: Optional[torch.Generator] = None,
                 dtype: torch.dtype = torch.float32, device="cpu") -> "DistilledData":
         """Algorithm 1, lines 1–2: random embeddings and attention labels, one-hot labels, η̃ = η̃_0."""
-        M, S, C = config.num_samples, config.seq_len, config.num_classes
+        M, C, shapes = config.num_samples, config.num_classes, config.tensor_shapes()
         tensors = {
-            "x": torch.randn(M, S, config.hidden_size, generator=generator, dtype=dtype),  # N(0, 1), as the paper
+            "x": torch.randn(shapes["x"], generator=generator, dtype=dtype),               # N(0, 1), as the paper
             "label_logits": F.one_hot(torch.arange(M) % C, C).to(dtype),                   # one-hot
             # softplus⁻¹(η) = log(exp(η) − 1) = η + log(1 − exp(−η)), so that softplus(lr_raw) starts at η̃_0
             "lr_raw": torch.full((config.steps,), config.inner_lr_init + math.log(-math.expm1(-config.inner_lr_init)),
                                  dtype=dtype),
         }
-        if config.attention_type != "none":
-            queries = (S,) if config.attention_type == "all" else ()
-            shape = (M, config.num_layers, config.num_heads, *queries, S)
-            tensors["attn_logits"] = torch.randn(shape, generator=generator, dtype=dtype)
+        if "attn_logits" in shapes:
+            tensors["attn_logits"] = torch.randn(shapes["attn_logits"], generator=generator, dtype=dtype)
         data = cls(config, {k: v.to(device) for k, v in tensors.items()})
         for tensor in data.learnable().values():
             tensor.requires_grad_(True)
@@ -161,12 +168,24 @@ class DistilledData:
             with safe_open(str(path), framework="pt") as f:
                 info = json.loads((f.metadata() or {})["ddattn_distilled"])
                 tensors = {k: f.get_tensor(k).to(device=device, dtype=dtype) for k in f.keys()}
-        except Exception as e:  # safetensors' own error types, a missing key, bad JSON
-            raise UserError(f"{path} is not a ddattn distilled dataset ({e})") from None
-        return cls(DistilledConfig(**info["config"]), tensors)
+            config = DistilledConfig(**info["config"])
+        except Exception as e:  # safetensors' own error types, a missing key, bad JSON, unknown config fields
+            raise not_distilled(path, e) from None
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        if shapes != config.tensor_shapes():
+            raise UserError(f"{path}: its tensors {shapes} do not match its own config, which needs "
+                            f"{config.tensor_shapes()}")
+        return cls(config, tensors)
 
     @staticmethod
     def read_metadata(path: Path) -> dict:
         """The JSON stored with a distilled dataset (its config and whatever the writer added)."""
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["ddattn_distilled"])
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return json.loads((f.metadata() or {})["ddattn_distilled"])
+        except Exception as e:  # as in `load`
+            raise not_distilled(path, e) from None
+
+
+def not_distilled(path: Path, error: Exception) -> UserError:
+    return UserError(f"{path} is not a ddattn distilled dataset ({error})")

@@ -22,6 +22,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def first_line(error: Exception) -> str:
+    """The first line of a library's error message (some span many), for quoting inside a UserError."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], None], argv: Optional[Sequence[str]] = None) -> None:
     """Run `main(argv)`; turn a UserError or Ctrl-C into one line on stderr and a non-zero exit."""
     try:

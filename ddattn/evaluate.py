@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import checks
 from . import data as taskdata
 from . import distributed
 from . import seeds
@@ -147,12 +148,22 @@ def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: Distil
 
 # --- command line: python -m ddattn.evaluate RUN_DIR -------------------------------------------------
 def load_run(run_dir: Path, which: str = "best"):
-    """A run's settings and its distilled data (distilled_best or distilled_last)."""
-    config_path, data_path = run_dir / "config.json", run_dir / f"distilled_{which}.safetensors"
+    """A run's settings and its distilled data (distilled_best or distilled_last), checked to belong
+    together: same task, class count, shapes and checkpoint."""
+    config_path, data_path = run_dir / "config.json", distilled_path(run_dir, which)
     for path in (config_path, data_path):
         if not path.is_file():
             raise UserError(f"{path} is missing: is {run_dir} a finished `python -m ddattn.distill` run?")
-    return json.loads(config_path.read_text()), DistilledData.load(data_path)
+    settings = checks.read_json(config_path)
+    checks.require_fields(settings, checks.RUN_FIELDS, config_path)
+    distilled = DistilledData.load(data_path)
+    num_classes = taskdata.task_from_settings(settings).num_classes
+    checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings, num_classes, data_path)
+    return settings, distilled
+
+
+def distilled_path(run_dir: Path, which: str) -> Path:
+    return run_dir / f"distilled_{which}.safetensors"
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -179,12 +190,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise UserError("--n-models and --batch-size must be ≥ 1")
     seeds.check_seed(args.seed)
     settings, distilled = load_run(args.run_dir, args.which)
+    out = args.out or args.run_dir / "eval.json"
+    checks.writable_file(out, "--out")          # now, not after N models of work
     device = distributed.local_device(args.device)
     distributed.setup(device)
     try:
         task = taskdata.task_from_settings(settings)
         model_dir = resolve_checkpoint(settings["model"])
         config, pretrained = load_pretrained(model_dir, device=device)
+        checks.check_distilled_for_model(distilled.config, config, distilled_path(args.run_dir, args.which), model_dir)
         distilled = DistilledData(distilled.config, {k: v.to(device) for k, v in distilled.tensors().items()})
         split = taskdata.load_split(task, args.split, model_dir / "tokenizer.json", settings["max_length"],
                                     settings.get("data_dir"))
@@ -199,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         runs = sorted(distributed.gather(runs), key=lambda r: r["seed"])
         summary = mean_std(runs)
         if distributed.is_main():
-            write_json_atomic(args.out or args.run_dir / "eval.json", {
+            write_json_atomic(out, {
                 "task": task.name, "split": args.split, "examples": len(split), "checkpoint": str(settings["model"]),
                 "distilled": f"distilled_{args.which}.safetensors", "n_models": args.n_models,
                 "precision": args.precision,

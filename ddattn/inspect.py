@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from . import checks
 from . import data as taskdata
 from .bert import load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import load_run
+from .evaluate import distilled_path, load_run
 from .paths import resolve_checkpoint
 
 
@@ -107,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not 0 <= args.sample < config.num_samples:
         raise UserError(f"--sample must be between 0 and {config.num_samples - 1}, not {args.sample}")
     model_dir = resolve_checkpoint(settings["model"])
-    _, theta = load_pretrained(model_dir)
+    bert_config, theta = load_pretrained(model_dir)
+    checks.check_distilled_for_model(config, bert_config, distilled_path(args.run_dir, args.which), model_dir)
     if not 1 <= args.top <= theta["embeddings.word"].shape[0]:
         raise UserError(f"--top must be between 1 and the vocabulary size, not {args.top}")
     tokenizer = taskdata.load_tokenizer(model_dir / "tokenizer.json")
@@ -125,6 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("no attention labels (attention type none): no heatmap")
         return
     png = args.png or args.run_dir / "attention_labels.png"
+    checks.writable_file(png, "--png")
     title = f"attention labels of sample {args.sample} (class {label_names[args.sample % config.num_classes]}), [CLS] query"
     if plot_attention_labels(probs, png, title):
         print(f"attention labels of sample {args.sample}: {png}")

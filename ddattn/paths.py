@@ -4,12 +4,15 @@ Every default can be overridden by an environment variable (and by a command-lin
 takes one), so the package works from any working directory.
 """
 
+import errno
 import os
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,19 +37,40 @@ def runs_dir() -> Path:
     return Path(os.environ.get("DDATTN_RUNS_DIR", REPO_ROOT / "runs"))
 
 
+# A write that fails with one of these is the environment's fault (full disk, read-only place), not a bug.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
+                errno.ENOTDIR, errno.EISDIR)
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """A temporary path beside `dest`, renamed to `dest` if the block succeeds and removed if it fails:
-    readers never see a half-written file, and an interrupted write leaves the old one intact."""
+    readers never see a half-written file, and an interrupted write leaves the old one intact. The file
+    gets the permissions of any other new file (the umask's), not mkstemp's private 0600. A write that
+    fails for lack of space or permission is a UserError naming `dest`."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
+    tmp = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())    # after the block: some writers (safetensors) replace the file
         os.replace(tmp, dest)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        kept = "the previous file is intact" if dest.is_file() else "nothing was written"
+        raise UserError(f"cannot write {dest}: {e.strerror}; {kept}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 

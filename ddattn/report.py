@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from . import checks
+from . import data as taskdata
+from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import headline_metric, write_json_atomic
 from .paths import REPO_ROOT, atomic_path, runs_dir
@@ -74,7 +77,7 @@ def best_validation_loss(run: Path) -> float:
     path = run / "validation.jsonl"
     if not path.is_file():
         return math.inf
-    losses = [json.loads(line)["loss"]["mean"] for line in path.read_text().splitlines() if line.strip()]
+    losses = [record["loss"]["mean"] for record in checks.read_jsonl(path)]
     return min((l for l in losses if not math.isnan(l)), default=math.inf)
 
 
@@ -82,12 +85,35 @@ def read_result(path: Path) -> Result:
     try:
         record = json.loads(path.read_text())
         settings = record["settings"]
+        check_belongs(record, path)
+        check_distilled(record, path)
         return Result(path.parent, record["task"], record.get("split", "eval"), settings, record["summary"],
                       record.get("n_models", len(record["runs"])), str(record["checkpoint"]),
                       math.inf if "baseline" in settings else best_validation_loss(path.parent),
                       record.get("best_on_eval"))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an eval.json of ddattn.evaluate or ddattn.baselines ({e!r})") from None
+
+
+def check_belongs(record: dict, path: Path) -> None:
+    """An eval.json lies in its task's folder, and evaluates the run (task, checkpoint) it names."""
+    settings, folder = record["settings"], path.parent.parent.name
+    if not record["task"] == settings.get("task", record["task"]) == folder:
+        raise UserError(f"{path} evaluates task {record['task']!r} (its run: {settings.get('task')!r}) but lies under "
+                        f"{folder}/; re-run `python -m ddattn.evaluate` on that run")
+    if str(settings.get("model", record["checkpoint"])) != str(record["checkpoint"]):
+        raise UserError(f"{path} evaluates checkpoint {record['checkpoint']!r} but its run used "
+                        f"{settings.get('model')!r}; re-run `python -m ddattn.evaluate` on that run")
+
+
+def check_distilled(record: dict, path: Path) -> None:
+    """The distilled data an eval.json evaluated (when still there) belongs to its run: task, class count,
+    shapes and checkpoint (registered tasks; a custom task's class count needs its files)."""
+    settings, data_path = record["settings"], path.parent / str(record.get("distilled", ""))
+    if "baseline" in settings or not data_path.is_file() or record["task"] not in taskdata.TASKS:
+        return
+    checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings,
+                                   taskdata.TASKS[record["task"]].num_classes, data_path)
 
 
 def load_results(root: Path, checkpoint: Optional[str] = None) -> List[Result]:
@@ -286,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     tasks = task_columns(results)
     tables = {"table2": build_table2(results, tasks), "table3": build_table3(results, tasks),
               "selection": SELECTION, "runs_dir": _shown(root)}
-    args.out.mkdir(parents=True, exist_ok=True)
+    checks.writable_dir(args.out, "--out")
     for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", render_table3(tables["table3"]))):
         with atomic_path(args.out / name) as tmp:
             tmp.write_text(text)

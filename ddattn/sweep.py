@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from . import checks
 from . import distill
 from . import evaluate
 from .errors import ArgumentParser, UserError, run_cli
@@ -84,7 +85,7 @@ def check_same_settings(run: Path, planned: dict) -> None:
     path = run / "config.json"
     if not path.is_file():
         return
-    saved = json.loads(path.read_text())
+    saved = checks.read_json(path)
     differ = [k for k in planned if k not in IGNORED and k in saved and saved[k] != planned[k]]
     if differ:
         shown = ", ".join(f"{k} {saved[k]!r} there, {planned[k]!r} here" for k in differ[:3])

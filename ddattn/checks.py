@@ -1,0 +1,155 @@
+"""Reading files back without trusting them: every problem is one line naming the file and what is wrong.
+
+A run directory is written by this package, but it may since have been cut short (kill -9, full disk),
+edited, or mixed with another run's files. So everything read back is checked before it is used:
+JSON files parse and hold the fields expected, JSONL logs are whole records (a half-written last line is
+dropped with a note), checkpoint tensors have exactly the expected names, shapes and dtypes, and a
+distilled dataset belongs to the run (task, class count, shapes, checkpoint) it is evaluated under.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, List, Mapping
+
+import torch
+
+from .errors import UserError, first_line
+
+# What evaluate and inspect need from a run's config.json.
+RUN_FIELDS = ("task", "model", "max_length", "seq_len", "shots", "steps")
+
+
+# --- JSON and JSONL ----------------------------------------------------------------------------------
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); was it edited or cut short?") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def require_fields(record: Mapping, fields: Iterable[str], path: Path) -> None:
+    missing = [name for name in fields if name not in record]
+    if missing:
+        raise UserError(f"{path} lacks the field(s) {', '.join(missing)}; it was not written by this version "
+                        "of ddattn, or was edited")
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    """The records of a JSON-lines log. A last line that does not parse was cut short by an interrupted
+    write and is dropped (with a note on stderr); a bad line anywhere else is an error."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                print(f"note: {path}: dropped a half-written last line (an interrupted write)", file=sys.stderr)
+                break
+            raise UserError(f"{path}:{number}: not a JSON record; was the file edited?") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UserError(f"{path}:{number}: a record without an integer \"step\"; was the file edited?")
+        records.append(record)
+    return records
+
+
+# --- tensors -------------------------------------------------------------------------------------------
+def load_checkpoint(path: Path) -> dict:
+    """checkpoint.pt, read with torch.load(weights_only=True) (tensors and plain containers, no pickled code)."""
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:    # truncated zip, garbage bytes, a pickle with code in it: all unreadable
+        raise UserError(f"{path} is unreadable ({first_line(e)}); start the run afresh with --overwrite") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a ddattn checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def check_tensors(found: Mapping, expected: Mapping[str, torch.Tensor], where: str) -> None:
+    """`found` holds exactly the tensors of `expected`, each with the same shape and dtype (no broadcasting)."""
+    if not isinstance(found, Mapping):
+        raise UserError(f"{where} is not a dictionary of tensors")
+    if set(found) != set(expected):
+        raise UserError(f"{where} has tensors {sorted(found)}, expected {sorted(expected)}")
+    for name, like in expected.items():
+        value = found[name]
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{where}: {name} is a {type(value).__name__}, not a tensor")
+        if value.shape != like.shape or value.dtype != like.dtype:
+            raise UserError(f"{where}: {name} is {describe(value)}, expected {describe(like)}")
+
+
+def describe(tensor: torch.Tensor) -> str:
+    return f"{tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}"
+
+
+def check_optimizer_state(state: Mapping, params: List[torch.Tensor], where: str) -> None:
+    """Adam's per-parameter moments have their parameter's shape (load_state_dict would broadcast them)."""
+    groups, moments = state.get("param_groups"), state.get("state")
+    if not isinstance(groups, list) or not isinstance(moments, Mapping) or len(groups) != len(params):
+        raise UserError(f"{where}: not the optimiser state of {len(params)} distilled tensors")
+    for index, values in moments.items():
+        if not (isinstance(index, int) and 0 <= index < len(params) and isinstance(values, Mapping)):
+            raise UserError(f"{where}: unexpected optimiser state entry {index!r}")
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                raise UserError(f"{where}: {name} of parameter {index} is {describe(value)}, "
+                                f"expected {describe(params[index])}")
+
+
+# --- distilled data against its run -------------------------------------------------------------------
+def check_distilled_for_run(info: dict, settings: dict, num_classes: int, path: Path) -> None:
+    """A distilled dataset (its stored config and provenance `info`) fits the run of `settings`: same class
+    count, S, shots and steps, and the same task and checkpoint where it names them (distill always does)."""
+    config = info["config"]
+    expected = {name: settings[name] for name in ("seq_len", "shots", "steps")}
+    found = {name: config.get(name) for name in ("seq_len", "shots", "steps")}
+    expected["num_classes"], found["num_classes"] = num_classes, config.get("num_classes")
+    for name, value in (("task", settings["task"]), ("model", str(settings["model"]))):
+        if name in info:
+            expected[name], found[name] = value, info[name]
+    differ = [name for name in expected if found[name] != expected[name]]
+    if differ:
+        shown = ", ".join(f"{name} {found[name]!r} (the run: {expected[name]!r})" for name in differ)
+        raise UserError(f"{path} does not belong to this run: {shown}")
+
+
+def check_distilled_for_model(config, bert_config, path: Path, model_dir: Path) -> None:
+    """The distilled embeddings and attention labels have the checkpoint's width, layers and heads."""
+    differ = [name for name in ("hidden_size", "num_layers", "num_heads")
+              if getattr(config, name) != getattr(bert_config, name)]
+    if differ:
+        shown = ", ".join(f"{n} {getattr(config, n)} (checkpoint: {getattr(bert_config, n)})" for n in differ)
+        raise UserError(f"{path} was not distilled for checkpoint {model_dir}: {shown}")
+    if config.seq_len > bert_config.max_positions:
+        raise UserError(f"{path} has S = {config.seq_len}, beyond checkpoint {model_dir}'s {bert_config.max_positions} positions")
+
+
+# --- places to write -------------------------------------------------------------------------------------
+def writable_file(path: Path, flag: str) -> None:
+    """`path` can be written (tried now, with a probe file beside it), before any work that ends in it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path")
+    writable_dir(path.parent, flag)
+
+
+def writable_dir(folder: Path, flag: str) -> None:
+    """`folder` exists (created if need be) and a file can be created in it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{flag}: cannot write in {folder} ({e.strerror}); choose a writable place") from None
+

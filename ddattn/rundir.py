@@ -1,0 +1,93 @@
+"""One process per run directory: an exclusive lock, and a clean slate for a run started afresh.
+
+The lock is `RUN_DIR/.lock`, held with flock(2) and holding the owner's pid. The kernel drops an flock
+when its process dies, however it dies, so a lock file left by a killed run (kill -9) is simply taken
+over by the next one; a live owner makes the next run refuse with one line naming its pid.
+"""
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+LOCK_NAME = ".lock"
+# Everything a run writes, removed when the same directory starts a new run.
+RUN_FILES = ("config.json", "checkpoint.pt", "distilled_last.safetensors", "distilled_best.safetensors",
+             "metrics.jsonl", "validation.jsonl", "run.log", "eval.json", "README.md", "attention_labels.png",
+             "validation.png")                    # the last three: the run's card (card.py)
+
+
+class RunLock:
+    """flock on RUN_DIR/.lock for as long as this process works on the run."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(f"{self.path.parent} is in use by process {self.owner()} (lock {self.path}); "
+                                "wait for it to finish or stop it, or pick another --name") from None
+            if self.unlinked(fd):      # its last owner removed it between our open and our lock: try again
+                os.close(fd)
+                continue
+            previous = os.read(fd, 64).decode(errors="replace").strip()
+            if previous:
+                print(f"note: taking over the lock of process {previous}, which is no longer running",
+                      file=sys.stderr)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+
+    def unlinked(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino != os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return True
+
+    def owner(self) -> str:
+        try:
+            return self.path.read_text().strip() or "(unknown pid)"
+        except OSError:
+            return "(unknown pid)"
+
+    def release(self) -> None:
+        """Remove the lock file, then unlock (in that order, so that nobody locks a file about to vanish)."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def claim(folder: Path) -> RunLock:
+    """Create `folder` if need be and lock it; an unwritable place is one line, before any work is lost."""
+    folder = Path(folder)
+    lock = RunLock(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {folder} ({e.strerror}); "
+                        "set DDATTN_RUNS_DIR to a writable place") from None
+    for leftover in folder.glob(".*.part"):    # temp files of writes cut short; nobody else writes here now
+        leftover.unlink()
+    return lock
+
+
+def leftover_files(folder: Path) -> list:
+    """The run files already in `folder`, by name."""
+    return [name for name in RUN_FILES if (Path(folder) / name).exists()]
+
+
+def clear(folder: Path) -> None:
+    """Remove a previous run's files (under the lock), so that a new run never appends to stale logs."""
+    for name in RUN_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
