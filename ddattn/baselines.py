@@ -302,6 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     out = runs_dir() / s.task.name / args.baseline
     checks.writable_dir(out, "DDATTN_RUNS_DIR")     # now, not after the work
     started = time.perf_counter()
+    commit = code_version()          # the code that runs, read before HEAD can move
     settings, runs, extra = BASELINES[args.baseline](s)
     summary = mean_std(runs)
     write_json_atomic(out / "eval.json", {
@@ -311,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      "seed": args.seed, "train_examples": s.n_train, "train_limit": args.train_limit,
                      "data_dir": args.data_dir},
         "summary": summary, "runs": runs, **extra, "seconds": time.perf_counter() - started,
-        "commit": code_version()})
+        "commit": commit})
     print(f"{args.baseline} {s.task.name} eval ({len(s.evaluation)} examples), {len(runs)} model(s): "
           f"{format_summary(summary)} → {out / 'eval.json'}")
 

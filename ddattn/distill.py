@@ -396,6 +396,9 @@ def resumed_settings(args) -> argparse.Namespace:
         raise UserError(f"--{flag.replace('_', '-')} {given[flag]} conflicts with the run's {saved.get(flag)!r} "
                         f"({path}); a resumed run keeps its settings: only --max-steps, --epochs and --device "
                         "may change")
+    if "epochs" in given and "max_steps" not in given and saved["max_steps"]:
+        raise UserError(f"the run stops at --max-steps {saved['max_steps']} ({path}), so --epochs alone cannot extend "
+                        "it; give a larger --max-steps too (0: all epochs)")
     settings = argparse.Namespace(**{**saved, **given})
     check_settings(settings)
     return settings

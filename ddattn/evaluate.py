@@ -206,6 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         head_seeds = [seeds.stream_seed("evaluation-head", args.seed, i) for i in range(args.n_models)]
         head_seeds = head_seeds[distributed.rank()::distributed.world_size()]
         started = time.perf_counter()
+        commit = code_version()          # the code that runs, read before HEAD can move
         with tqdm(total=len(head_seeds), desc=f"evaluate {task.name}", unit="model", disable=not distributed.is_main()) as bar:
             runs = evaluate_distilled(pretrained, config, distilled,
                                       lambda: eval_set,
@@ -218,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "distilled": f"distilled_{args.which}.safetensors", "n_models": args.n_models,
                 "precision": args.precision,
                 "settings": settings, "summary": summary, "runs": runs,
-                "seconds": time.perf_counter() - started, "processes": distributed.world_size(), "commit": code_version()})
+                "seconds": time.perf_counter() - started, "processes": distributed.world_size(), "commit": commit})
             print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: {format_summary(summary)}")
             from .card import write_card   # imported here: card.py reads runs through this module
             print(f"card: {write_card(args.run_dir)}")

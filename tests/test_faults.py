@@ -327,6 +327,12 @@ def test_resume_with_more_steps_extends_the_run(finished, env, capsys):
     assert steps == [1, 2, 3]
 
 
+def test_resume_with_more_epochs_is_refused_where_max_steps_caps_the_run(finished, env, capsys):
+    run = copy_run(finished, env)                                          # TINY stops at --max-steps 2
+    line = refused(distill.main, ["--resume", str(run), "--epochs", "5"], capsys, run)
+    assert "--max-steps 2" in line and "--epochs alone cannot extend" in line
+
+
 # --- 4. restarts -------------------------------------------------------------------------------------------
 def test_rerun_after_a_kill_before_the_first_checkpoint_starts_clean(finished, env, capsys):
     run = copy_run(finished, env)
