@@ -133,7 +133,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         return args
     if args.preset is None:
         args.preset, args.preset_reason = default_preset(args.device)
-    settings = {**DEFAULTS, **PRESETS[args.preset or default_preset(args.device)[0]], "resume": None}
+    settings = {**DEFAULTS, **PRESETS[args.preset], "resume": None}
     settings.update({k: v for k, v in vars(args).items() if v is not None})
     return argparse.Namespace(**settings)
 
