@@ -237,8 +237,11 @@ def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, 
     else:
         q, k, v = F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
     q = q * Dh ** -0.5                                 # scale the (Sq, Dh) queries, not the (Sq, S) scores
-    min_score = torch.finfo(x.dtype).min               # padded keys: exp(min − max) is exactly 0
+    min_score = torch.finfo(q.dtype).min               # padded keys: exp(min − max) is exactly 0 (q: bf16 under autocast)
     cls_scores = all_scores = None
+    # Not part of the method: SDPA's CPU kernel splits a one-row query by thread count (its last bits change
+    # with the threads), so the [CLS] row, cheap anyway, takes the other paths (1 thread = 2 threads = 2 ranks).
+    fused = fused and not cls_only
     if not plain and (fused or (key_mask is None and want != "all")):
         if fused:
             mask = None if key_mask is None else key_mask[:, None, None, :]

@@ -51,9 +51,6 @@ def test_sharded_hypergradient_equals_single_process(tmp_path):
         torch.testing.assert_close(ranks[0][name], grad, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.xfail(strict=False, reason="regressed on 2026-11-30: with 2 threads in one process the distilled data "
-                   "no longer match 2 one-thread ranks bit for bit (they do with OMP_NUM_THREADS=1); suspected: the "
-                   "[CLS]-row-only last layer or evaluation batching merged from issue 12; see the session note")
 def test_two_process_distillation_and_evaluation_match_one(tmp_path, mrpc_data):
     use(tmp_path, mrpc_data)
     # The same two micro-batches in one process and in two: the float32 sums are the same, bit for bit.
