@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from ddattn.bert import _attention_backward, _attention_double_backward, _attention_probs_v, _per_head
+from ddattn.attention import _attention_backward, _attention_double_backward, _attention_probs_v, _per_head
 
 
 def best_ms(fn, *args, repeat: int = 7) -> float:

@@ -15,7 +15,8 @@ The distilled data are input *embeddings* x̃ (paper Sec. 2.1), so `inputs_embed
 lookup. The attention labels (Sec. 2.3, Eq. 6) supervise the attention of the [CLS] query, so the
 forward returns the [CLS] attention scores of every layer and head, (B, L, H, S), and on request the
 full (B, L, H, S, S) maps. Scores are returned before the softmax so that the attention loss can use
-log_softmax(scores) directly (exact and stable) instead of log(probabilities).
+log_softmax(scores) directly (exact and stable) instead of log(probabilities). How softmax(q kᵀ) v is
+computed (a fused kernel, a twice-differentiable one, or the textbook ops) is engineering: attention.py.
 """
 
 import json
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from .attention import attend, choose_kernel, masked_scores
 from .errors import UserError
 
 Params = Dict[str, torch.Tensor]
@@ -136,98 +138,11 @@ class BertOutput:
         return torch.softmax(self.scores, dim=-1)
 
 
-class RecomputedAttention(torch.autograd.Function):
-    """softmax(q kᵀ) v for unpadded sequences, saving only q, k, v (never the (S, S) probabilities).
-
-    Its backward is `AttentionBackward`, itself a Function with a hand-written backward, so it can be
-    differentiated again: the inner SGD step needs exactly that (a gradient of a gradient), which
-    PyTorch's fused attention kernels do not offer (pytorch#116350). Neither level keeps an (S, S)
-    tensor alive: each recomputes P = softmax(q kᵀ) from q, k, v when it runs.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v):                                   # (B, H, S, Dh) each, q pre-scaled
-        ctx.save_for_backward(q, k, v)
-        return _per_head(_attention_probs_v, q, k, v)[0]                # (B, H, S, Dh)
-
-    @staticmethod
-    def backward(ctx, grad_context):
-        return AttentionBackward.apply(*ctx.saved_tensors, grad_context)
-
-
-class AttentionBackward(torch.autograd.Function):
-    """(q, k, v, dO) → (dq, dk, dv), the gradient of O = softmax(q kᵀ) v:
-        P = softmax(q kᵀ),  dP = dO vᵀ,  Δ = rowsum(P ⊙ dP),  dS = P ⊙ (dP − Δ)
-        dq = dS k,   dk = dSᵀ q,   dv = Pᵀ dO
-    and, in `backward`, its vector–Jacobian product for cotangents (gq, gk, gv) — the double backward of
-    attention. With W = gq kᵀ + q gkᵀ (the cotangent of dS) and E = rowsum(W ⊙ P):
-        ḡ_dP = P ⊙ (W − E)                       (dS through dP, Δ included)
-        ḡ_P  = dO gvᵀ + W ⊙ (dP − Δ) − E ⊙ dP     (dv, and dS through P and Δ)
-        ḡ_S  = P ⊙ (ḡ_P − rowsum(P ⊙ ḡ_P))         (softmax)
-        ḡ_q  = dS gk + ḡ_S k,      ḡ_k = dSᵀ gq + ḡ_Sᵀ q,
-        ḡ_v  = ḡ_dPᵀ dO,           ḡ_dO = P gv + ḡ_dP v
-    written with ordinary differentiable ops (so a third derivative would still be right).
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, grad_context):
-        ctx.save_for_backward(q, k, v, grad_context)
-        return _per_head(_attention_backward, q, k, v, grad_context)
-
-    @staticmethod
-    def backward(ctx, gq, gk, gv):
-        return _per_head(_attention_double_backward, *ctx.saved_tensors, gq, gk, gv)
-
-
-def _per_head(fn, *tensors):
-    """`fn` one head at a time, outputs concatenated over heads. The (B, 1, S, S) temporaries of one head
-    (2 MB at B = 2, S = 512) stay in cache; all 12 heads at once (25 MB each) stream through memory.
-    Measured per layer at that size on 2 CPU cores: forward 9.0 → 7.6 ms, backward 26 → 20 ms, double
-    backward 74 → 56 ms (`python bench/attention_heads.py`)."""
-    per_head = [fn(*(t[:, h:h + 1] for t in tensors)) for h in range(tensors[0].shape[1])]
-    return tuple(torch.cat(parts, 1) for parts in zip(*per_head))
-
-
-def _attention_probs_v(q, k, v):
-    return (torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v,)
-
-
-def _attention_backward(q, k, v, grad_context):
-    probs, _, _, grad_scores = _attention_backward_parts(q, k, v, grad_context)
-    return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, probs.transpose(-1, -2) @ grad_context
-
-
-def _attention_double_backward(q, k, v, grad_context, gq, gk, gv):
-    probs, grad_probs, delta, grad_scores = _attention_backward_parts(q, k, v, grad_context)  # recomputed
-    w = torch.cat([gq, q], -1) @ torch.cat([k, gk], -1).transpose(-1, -2)   # (B, H, S, S) gq kᵀ + q gkᵀ
-    e = (w * probs).sum(-1, keepdim=True)                                     # (B, H, S, 1)
-    g_dp = probs * (w - e)                                                    # (B, H, S, S)
-    g_p = grad_context @ gv.transpose(-1, -2) + w * (grad_probs - delta) - e * grad_probs
-    g_s = probs * (g_p - (probs * g_p).sum(-1, keepdim=True))                 # (B, H, S, S)
-    return (grad_scores @ gk + g_s @ k,
-            grad_scores.transpose(-1, -2) @ gq + g_s.transpose(-1, -2) @ q,
-            g_dp.transpose(-1, -2) @ grad_context,
-            probs @ gv + g_dp @ v)
-
-
-def _attention_backward_parts(q, k, v, grad_context):
-    """P, dP, Δ and dS of AttentionBackward: (B, H, S, S), (B, H, S, S), (B, H, S, 1), (B, H, S, S)."""
-    probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
-    grad_probs = grad_context @ v.transpose(-1, -2)
-    delta = (grad_probs * probs).sum(-1, keepdim=True)
-    return probs, grad_probs, delta, probs * (grad_probs - delta)
-
-
 def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, cls_only: bool,
-               key_mask: Optional[torch.Tensor], want: str, fused: bool, plain: bool):
-    """Multi-head self-attention of one layer. Returns (output (B, Sq, D), cls_scores, all_scores).
-
-    cls_only: only the [CLS] query (Sq = 1), keys and values from all S rows; else Sq = S.
-    key_mask (B, S) bool, or None when every key is real (distilled data). Three paths, same numbers:
-    fused  — PyTorch's scaled_dot_product_attention: fastest, first-order gradients only;
-    unpadded, no full maps wanted — RecomputedAttention: differentiable twice, lean in memory;
-    otherwise, or `plain` — the textbook ops, which also give the full (S, S) scores.
-    """
+               key_mask: Optional[torch.Tensor], want: str, kernel: str):
+    """Multi-head self-attention of one layer → (output (B, Sq, D), [CLS] scores (B, H, S) or None,
+    all scores (B, H, S, S) or None). cls_only: only the [CLS] query (Sq = 1), keys and values from all S
+    rows; else Sq = S. key_mask (B, S) bool, or None when every key is real (distilled data)."""
     B, S, D = x.shape
     H, Dh = config.num_heads, config.head_dim
     weight, bias = theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"]           # [W_q; W_k; W_v]
@@ -237,30 +152,20 @@ def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, 
     else:
         q, k, v = F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
     q = q * Dh ** -0.5                                 # scale the (Sq, Dh) queries, not the (Sq, S) scores
-    min_score = torch.finfo(q.dtype).min               # padded keys: exp(min − max) is exactly 0 (q: bf16 under autocast)
-    cls_scores = all_scores = None
-    # Not part of the method: SDPA's CPU kernel splits a one-row query by thread count (its last bits change
-    # with the threads), so the [CLS] row, cheap anyway, takes the other paths (1 thread = 2 threads = 2 ranks).
-    fused = fused and not cls_only
-    if not plain and (fused or (key_mask is None and want != "all")):
-        if fused:
-            mask = None if key_mask is None else key_mask[:, None, None, :]
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, Sq, Dh)
-        else:
-            context = RecomputedAttention.apply(q, k, v)                                  # (B, H, Sq, Dh)
-        if want == "cls":   # the only row the attention loss reads: (B, H, 1, Dh) @ (B, H, Dh, S)
-            cls_scores = (q[:, :, 0:1] @ k.transpose(-1, -2)).squeeze(2)                 # (B, H, S)
-            if key_mask is not None:
-                cls_scores = cls_scores.masked_fill(~key_mask[:, None, :], min_score)
-    else:
-        scores = q @ k.transpose(-1, -2)                                                 # (B, H, Sq, S)
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], min_score)
-        context = torch.softmax(scores, dim=-1) @ v                                      # (B, H, Sq, Dh)
-        cls_scores = scores[:, :, 0] if want in ("cls", "all") else None                 # (B, H, S)
-        all_scores = scores if want == "all" else None
-    context = context.transpose(1, 2).reshape(B, q.shape[2], D)                          # (B, Sq, D)
-    return F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores, all_scores
+    context, scores = attend(q, k, v, key_mask, kernel)                                # (B, H, Sq, Dh)
+    cls_scores = _cls_scores(q, k, key_mask, scores) if want != "none" else None       # (B, H, S)
+    context = context.transpose(1, 2).reshape(B, q.shape[2], D)                        # (B, Sq, D)
+    return (F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores,
+            scores if want == "all" else None)
+
+
+def _cls_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
+                scores: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, H, S) pre-softmax scores of the [CLS] query, the only row the attention labels read (Eq. 6):
+    row 0 of the full scores when the kernel made them, else (B, H, 1, Dh) @ (B, H, Dh, S)."""
+    if scores is not None:
+        return scores[:, :, 0]
+    return masked_scores(q[:, :, :1], k, key_mask).squeeze(2)
 
 
 def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor) -> torch.Tensor:
@@ -309,8 +214,8 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     for i in range(config.num_layers):
         p = f"layers.{i}."
         cls_only = i == config.num_layers - 1 and attention != "all" and not plain
-        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, cls_only, key_mask, attention,
-                                           fused, plain)
+        kernel = choose_kernel(fused, plain, cls_only, key_mask, attention)
+        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, cls_only, key_mask, attention, kernel)
         x = _layer_norm(theta, p + "attention.norm.", config, (x[:, :1] if cls_only else x) + attn_out)  # (B, Sq, D)
         h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, Sq, F), erf GELU
         h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, Sq, D)

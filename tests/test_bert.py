@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ddattn.bert import AttentionBackward, BertConfig, RecomputedAttention, bert_forward, load_pretrained, param_shapes
+from ddattn.attention import AttentionBackward, RecomputedAttention
+from ddattn.bert import BertConfig, bert_forward, load_pretrained, param_shapes
 from ddattn.errors import UserError
 from ddattn.unroll import attention_kl
 from tests.conftest import TINY, tiny_theta
