@@ -47,7 +47,7 @@ def hypergradient_of(theta, config, tensors, batch, T, dtype, kind="graph", eps=
                                                   perturbation=eps)
     else:
         result = hypergradient(theta, config, distilled, batch, mode="graph" if kind == "graph" else "recompute",
-                               autocast="bf16" if kind == "bf16" else "none")
+                               autocast=torch.bfloat16 if kind == "bf16" else None)
     result.grads["lr_raw"] = result.grads["lr_raw"].sum().reshape(1)
     return result
 

@@ -41,11 +41,11 @@ from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import fresh_model, write_json_atomic
 from .paths import REPO_ROOT, resolve_checkpoint
-from .unroll import AUTOCAST, MODES, hypergradient, option_problem
+from .options import AUTOCAST, DTYPES, option_problem
+from .unroll import MODES, hypergradient
 
 EXACT_MODES = ("graph", "recompute")
 REFERENCE = "reference"   # reference.hypergradient: the same step written the straightforward way
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
 MB = 2 ** 20
 
@@ -180,7 +180,7 @@ def worker(spec: dict) -> dict:
         if mode == REFERENCE:
             loss, grads = reference.hypergradient(theta0, config, distilled, whole_batch)
         else:
-            result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=autocast)
+            result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=AUTOCAST[autocast])
             loss, grads = result.loss, result.grads
         _sync(device)
         return loss, grads

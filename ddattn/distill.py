@@ -41,9 +41,9 @@ from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledD
 from .errors import ArgumentParser, UserError, first_line, run_cli
 from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
-from .unroll import AUTOCAST, MODES, hypergradient, option_problem, row_sum
+from .options import AUTOCAST, DTYPES, option_problem
+from .unroll import MODES, hypergradient, row_sum
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # paper: the paper's settings (Sec. 3.1, Appendix B), for a GPU. cpu: what works on 2 CPU cores within
 # ~20 minutes of distillation, chosen by the sweep in results/sweeps/ on held-out *training* data.
 # quick: a smoke-sized run (MRPC in ~7 minutes). Without --preset: cpu when no GPU is visible, else paper.
@@ -548,7 +548,8 @@ class Distillation:
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
                              seed=seeds.stream_seed("training-head", self.args.seed, self.step))
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
-                               real_batch_size=self.args.real_batch_size, autocast=self.args.autocast)
+                               real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast],
+                               all_reduce=distributed.all_reduce_sum)
         self.check_finite(result.loss, result.inner_losses, result.grads)
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]

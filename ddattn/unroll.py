@@ -8,7 +8,7 @@ Outer loss (Eq. 3–4): cross-entropy of a real mini-batch at θ_T. Its gradient
 D̃ = (x̃, ỹ, ã, η̃) is the hypergradient that Algorithm 1 (line 15) descends. It is taken in two parts:
 g_T = ∂L_outer/∂θ_T from the real batch alone (`outer_gradient`), then a reverse sweep that carries g_T
 back through the T steps to D̃. Only g_T depends on the real batch, so it may be summed over
-micro-batches and, under torchrun, over ranks (distributed.py).
+micro-batches and, through the `all_reduce` callback, over processes.
 
 θ is a plain dict of tensors (see bert.py), so a step is `{k: θ[k] − η g[k]}` and nothing is mutated.
 The word-embedding matrix is left out of the unroll: distilled inputs bypass the lookup, so its gradient
@@ -26,19 +26,18 @@ Two exact ways to get the hypergradient, equal to rounding, and one approximate:
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from . import distributed
 from .bert import BertConfig, Params, bert_forward
 from .distilled import DistilledData
 
 FROZEN = ("embeddings.word",)   # no gradient path from distilled inputs
 MODES = ("graph", "recompute", "finite-difference")
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # --autocast name → matmul dtype
 FD_PERTURBATION = 1e-2          # ε = ‖r v‖ of the finite-difference mode
+AllReduce = Callable[[List[torch.Tensor]], None]   # sums tensors in place across processes
 
 
 def trainable_names(theta: Params) -> List[str]:
@@ -49,7 +48,7 @@ def trainable_names(theta: Params) -> List[str]:
 def row_sum(x: torch.Tensor) -> torch.Tensor:
     """Σ of all entries, over the rows first, then along the last axis. A flat `x.sum()` of a large
     tensor splits the work by CPU thread and changes in the last bits with the thread count; this does
-    not, so one process (2 threads) and torchrun ranks (1 each) agree to the bit (distributed.py)."""
+    not, so one process (2 threads) and torchrun ranks (1 each) agree to the bit."""
     return x.reshape(-1, x.shape[-1]).sum(0).sum()
 
 
@@ -127,14 +126,15 @@ def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor]
 
 
 def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Dict[str, torch.Tensor]],
-                   batch_size: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                   batch_size: int, all_reduce: Optional[AllReduce] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """L_outer(θ_T) of a real mini-batch of `batch_size` examples and g_T = ∂L_outer/∂θ_T (trainable
     parameters, in `trainable_names` order): the seed of the reverse sweep.
 
     The batch arrives as micro-batches (fewer activations alive at once), under torchrun spread over the
-    ranks. Each micro-batch adds the gradient of its *sum* of losses, in order; the ranks' sums are added
-    by an all-reduce; one division by `batch_size` makes the mean. So one process and two, given the same
-    micro-batches, add the same numbers in the same order and agree to the last bit.
+    processes. Each micro-batch adds the gradient of its *sum* of losses, in order; `all_reduce` (in place,
+    a sum over processes; None: one process) adds the processes' sums; one division by `batch_size` makes
+    the mean. So one process and two, given the same micro-batches, add the same numbers in the same
+    order and agree to the last bit.
     """
     leaves, names = _with_grad(theta), trainable_names(theta)
     total, grads = None, None
@@ -149,7 +149,8 @@ def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Di
                 grad.add_(micro_grad)
     if grads is None:
         raise ValueError("outer_gradient needs at least one micro-batch")
-    distributed.all_reduce_sum([total, *grads])
+    if all_reduce is not None:
+        all_reduce([total, *grads])
     return total / batch_size, [g / batch_size for g in grads]
 
 
@@ -158,16 +159,6 @@ class Hypergradient:
     loss: torch.Tensor                   # outer loss at θ_T (scalar, detached)
     grads: Dict[str, torch.Tensor]       # ∂L_outer / ∂(learnable distilled tensor), by name
     inner_losses: torch.Tensor           # (T, 3): [L_task + λ L_attn, L_task, L_attn] at each θ_t
-
-
-def option_problem(mode: str, autocast: str, device_type: str) -> Optional[str]:
-    """Why this hypergradient mode and --autocast name cannot run on this device type, or None."""
-    if mode == "finite-difference" and autocast != "none":
-        return "--mode finite-difference needs full-precision gradients: do not combine it with --autocast"
-    if autocast == "fp16" and device_type == "cpu":
-        return ("--autocast fp16 is for CUDA (as in the authors' code; CPU fp16 matmuls are far slower than "
-                "fp32); on the CPU use --autocast bf16")
-    return None
 
 
 def _with_grad(theta: Params) -> Params:
@@ -179,27 +170,24 @@ def _with_grad(theta: Params) -> Params:
 def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
                   real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
                   mode: str = "recompute", real_batch_size: Optional[int] = None,
-                  autocast: str = "none") -> Hypergradient:
-    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch.
+                  autocast: Optional[torch.dtype] = None, all_reduce: Optional[AllReduce] = None) -> Hypergradient:
+    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch (Algorithm 1, lines 9–13).
 
     mode: `graph` and `recompute` are exact; `finite-difference` approximates the vector–Hessian products.
     `real` is the batch, or this process's micro-batches of it; `real_batch_size` is the whole batch's
-    size across all processes (default: the examples given here). `autocast` ("bf16" or "fp16") runs
-    matmuls in that precision (torch.autocast): faster where the hardware has it, approximate;
-    bench/README.md reports its error."""
-    if mode not in MODES or autocast not in AUTOCAST:
-        raise ValueError(f"unknown mode {mode!r} or autocast {autocast!r}; choose from {MODES} and {tuple(AUTOCAST)}")
+    size across all processes (default: the examples given here), `all_reduce` their in-place sum (see
+    `outer_gradient`). `autocast` (torch.bfloat16 or float16) runs matmuls in that precision
+    (torch.autocast): faster where the hardware has it, approximate; bench/README.md reports its error."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     device_type = next(iter(theta0.values())).device.type
-    problem = option_problem(mode, autocast, device_type)
-    if problem:
-        raise ValueError(problem)
     micro_batches = [real] if isinstance(real, dict) else list(real)
     batch_size = real_batch_size or sum(len(b["labels"]) for b in micro_batches)
 
     def outer(theta_T: Params):
-        return outer_gradient(theta_T, config, micro_batches, batch_size)
+        return outer_gradient(theta_T, config, micro_batches, batch_size, all_reduce)
 
-    with torch.autocast(device_type, dtype=AUTOCAST[autocast], enabled=autocast != "none"):
+    with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
         return _HYPERGRADIENTS[mode](theta0, config, distilled, outer)
 
 

@@ -23,7 +23,8 @@ from tests.test_unroll import make_distilled, real_batch
 distributed.setup(torch.device("cpu"))
 distilled, batch = make_distilled(steps=2, shots=2, batch_size=2), real_batch(batch=3)
 micro_batches = distributed.shard([{k: v[[i]] for k, v in batch.items()} for i in range(3)])   # uneven: 1 + 2
-result = hypergradient(tiny_theta(), TINY, distilled, micro_batches, mode="recompute", real_batch_size=3)
+result = hypergradient(tiny_theta(), TINY, distilled, micro_batches, mode="recompute", real_batch_size=3,
+                       all_reduce=distributed.all_reduce_sum)
 torch.save({**result.grads, "loss": result.loss}, sys.argv[1] + f".{distributed.rank()}")
 distributed.teardown()
 '''

@@ -127,5 +127,5 @@ def test_bf16_error_on_golden(minilm, golden):
     if T not in BF16_BOUND:
         pytest.skip(f"--autocast bf16 has no error bound at T = {T} (bench/README.md: up to 54x on a golden-layout fixture)")
     for name, error in relative_errors(golden_hypergradient(minilm, golden, torch.float32, mode="recompute",
-                                                            autocast="bf16"), golden).items():
+                                                            autocast=torch.bfloat16), golden).items():
         assert 0 < error < BF16_BOUND[T], (name, error)
