@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ddattn.bench import NUM_CLASSES, PeakMemory
-from ddattn.bert import bert_forward, load_pretrained
+from ddattn.bert import bert_forward, fresh_model, load_pretrained
 from ddattn.distilled import DistilledConfig, DistilledData
-from ddattn.evaluate import fresh_model
 from ddattn.paths import resolve_checkpoint
 from ddattn.unroll import hypergradient, outer_gradient, soft_cross_entropy, trainable_names
 

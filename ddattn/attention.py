@@ -1,8 +1,9 @@
 """Self-attention that can be differentiated twice: softmax(q kᵀ) v, three ways, one set of numbers.
 
-The inner SGD step of the paper (Eq. 7) is itself differentiated (Algorithm 1, line 13), so attention
-needs a gradient of its gradient. This module is engineering, not the method: bert.py asks it for the
-attention context of one layer and picks a kernel with `choose_kernel`:
+The inner SGD step of the paper (Eq. 7) is itself differentiated (line 15 of Algorithm 1 takes the
+gradient through line 11), so attention needs a gradient of its gradient. This module is engineering,
+not the method: bert.py asks it for the attention context of one layer, with the kernel that
+`choose_kernel` picks:
 
 - "sdpa" — PyTorch's fused scaled_dot_product_attention: fastest, first-order gradients only
   (pytorch#116350), so only where nothing differentiates the step again (the outer loss, evaluation);

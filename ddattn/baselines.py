@@ -32,10 +32,10 @@ from . import checks
 from . import data as taskdata
 from . import distributed
 from . import seeds
-from .bert import BertConfig, Params, load_pretrained
+from .bert import BertConfig, Params, fresh_model, load_pretrained
 from .distill import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import (compute_metrics, eval_batches, fresh_model, format_summary, headline_metric, mean_std,
+from .evaluate import (compute_metrics, eval_batches, format_summary, headline_metric, mean_std,
                        score, write_json_atomic)
 from .paths import code_version, resolve_checkpoint, runs_dir
 from .unroll import outer_loss

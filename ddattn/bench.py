@@ -35,11 +35,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import reference
-from .bert import BertConfig, load_pretrained
+from .bert import BertConfig, fresh_model, load_pretrained
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import fresh_model, write_json_atomic
+from .evaluate import write_json_atomic
 from .paths import REPO_ROOT, resolve_checkpoint
 from .options import AUTOCAST, DTYPES, option_problem
 from .unroll import MODES, hypergradient

@@ -24,10 +24,10 @@ import torch
 
 from . import data as taskdata
 from . import reference
-from .bert import BertConfig, load_pretrained
+from .bert import BertConfig, fresh_model, load_pretrained
 from .distilled import DistilledConfig, DistilledData
 from .errors import UserError
-from .evaluate import compute_metrics, eval_batches, fresh_model, headline_metric, load_run, predict
+from .evaluate import compute_metrics, eval_batches, headline_metric, load_run, predict
 from .paths import resolve_checkpoint
 from .unroll import train_on_distilled
 

@@ -119,6 +119,14 @@ def init_classifier(config: BertConfig, num_classes: int, generator: Optional[to
     return {"classifier.weight": weight.to(device), "classifier.bias": torch.zeros(num_classes, dtype=dtype, device=device)}
 
 
+def fresh_model(pretrained: Params, config: BertConfig, num_classes: int, seed: int) -> Params:
+    """θ_0 ~ p(θ_0) (Eq. 5; Algorithm 1, line 4): the pretrained encoder and pooler with a new head drawn
+    from `seed`. Each outer step, validation model and evaluation model draws its own (seeds.py)."""
+    like = pretrained["pooler.weight"]
+    head = init_classifier(config, num_classes, torch.Generator().manual_seed(seed), dtype=like.dtype, device=like.device)
+    return {**pretrained, **head}
+
+
 @dataclass
 class BertOutput:
     logits: Optional[torch.Tensor]        # (B, C), None when theta has no classifier

@@ -1,7 +1,8 @@
 """`python -m ddattn.distill`: learn a distilled dataset with attention labels (paper Algorithm 1).
 
     for each outer step s:                                       one real mini-batch (x_s, y_s)
-        θ_0 ~ p(θ_0)                                             pretrained BERT + fresh random head
+        θ_0 ~ p(θ_0)                                             pretrained BERT + fresh random head; one
+                                                                 draw per step estimates Eq. 5's expectation
         θ_T = T SGD steps on D̃ from θ_0                         Eq. 7   (unroll.py)
         D̃ ← D̃ − α ∇_D̃ L(x_s, y_s, θ_T)                          Eq. 3–5, with Adam, warmup + linear decay,
                                                                  gradient clipping at 1.0 (Appendix B)
@@ -35,11 +36,11 @@ from . import data as taskdata
 from . import distributed
 from . import rundir
 from . import seeds
-from .bert import BertConfig, bert_forward, load_pretrained
+from .bert import BertConfig, bert_forward, fresh_model, load_pretrained
 from .card import write_card
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
 from .errors import ArgumentParser, UserError, first_line, run_cli
-from .evaluate import eval_batches, evaluate_distilled, fresh_model, mean_std
+from .evaluate import eval_batches, evaluate_distilled, mean_std
 from .paths import atomic_path, resolve_checkpoint, runs_dir
 from .options import AUTOCAST, DTYPES, option_problem
 from .unroll import MODES, hypergradient, row_sum
@@ -458,6 +459,7 @@ class Distillation:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.val_every = args.val_every or self.steps_per_epoch
 
+        # Algorithm 1, lines 1–2: D̃ = (x̃, ỹ, ã) and η̃ ← η̃_0 (then, with --init real / --attn-init model, from data)
         self.distilled = DistilledData.initial(config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device)
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.train, args.seed)
@@ -545,8 +547,9 @@ class Distillation:
     def outer_step(self) -> dict:
         """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃."""
         started = time.perf_counter()
-        theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,
+        theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,      # line 4: θ_0 ~ p(θ_0)
                              seed=seeds.stream_seed("training-head", self.args.seed, self.step))
+        # lines 5–13: the inner loop on D̃, then ∇_D̃ of the real batch's loss at θ_T (unroll.py)
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
                                real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast],
                                all_reduce=distributed.all_reduce_sum)
@@ -554,7 +557,7 @@ class Distillation:
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]
         grad_norm = clip_grad_norm(list(self.distilled.learnable().values()), self.args.clip)
-        self.optimizer.step()
+        self.optimizer.step()                         # lines 14–15: D̃ ← D̃ − α ∇_D̃ L (Adam, Appendix B)
         self.check_finite_data()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -608,7 +611,7 @@ class Distillation:
             self.log(f"card: {write_card(self.run.path)}")
 
     def loop(self, progress) -> None:
-        while self.step < self.total_steps:
+        while self.step < self.total_steps:                         # Algorithm 1, line 3: outer steps s = 1..S
             record = self.outer_step()
             if distributed.is_main():
                 self.run.append("metrics.jsonl", record)

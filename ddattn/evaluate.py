@@ -19,7 +19,7 @@ from . import checks
 from . import data as taskdata
 from . import distributed
 from . import seeds
-from .bert import BertConfig, Params, bert_forward, init_classifier, load_pretrained
+from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import atomic_path, code_version, resolve_checkpoint
@@ -123,13 +123,6 @@ def eval_batches(split: "taskdata.EncodedSplit", batch_size: int, device="cpu",
     rows = rows[split.lengths[rows].argsort(stable=True)]
     return [taskdata.collate(split, chunk, device, width=int(split.lengths[chunk].max()))
             for chunk in rows.split(batch_size)]
-
-
-def fresh_model(pretrained: Params, config: BertConfig, num_classes: int, seed: int) -> Params:
-    """θ_0 ~ p(θ_0): the pretrained encoder and pooler with a new head drawn from `seed`."""
-    like = pretrained["pooler.weight"]
-    head = init_classifier(config, num_classes, torch.Generator().manual_seed(seed), dtype=like.dtype, device=like.device)
-    return {**pretrained, **head}
 
 
 def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: DistilledData,

@@ -11,9 +11,9 @@ from typing import Optional, Sequence
 
 from . import data as taskdata
 from . import seeds
-from .bert import load_pretrained
+from .bert import fresh_model, load_pretrained
 from .errors import ArgumentParser, run_cli
-from .evaluate import fresh_model, load_run
+from .evaluate import load_run
 from .export import Classifier, export_classifier, refuse_existing
 from .paths import resolve_checkpoint
 from .unroll import train_on_distilled

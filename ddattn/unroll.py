@@ -92,33 +92,42 @@ def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t:
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7). `first_order`:
     only first derivatives will be taken, so attention may use the fused kernel (not for full maps)."""
-    rows = distilled.step_indices(t)
+    rows = distilled.step_indices(t)                       # Algorithm 1, lines 6–7: the t-th mini-batch of D̃
     attention = distilled.config.attention_type
     out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention,
                        fused=first_order and attention != "all")
-    task = soft_cross_entropy(out.logits, distilled.targets(t))
+    task = soft_cross_entropy(out.logits, distilled.targets(t))           # line 8: L_task (Eq. 1)
     if attention == "none":
         attn = torch.zeros((), dtype=task.dtype, device=task.device)
     else:
         scores = out.cls_scores if attention == "cls" else out.scores     # (b, L, H, S) or (b, L, H, S, S)
-        attn = attention_kl(distilled.attn_logits[rows], scores).mean()   # mean over sample, layer, head(, query)
+        attn = attention_kl(distilled.attn_logits[rows], scores).mean()   # line 9: L_attn (Eq. 6), mean over
+                                                                          # sample, layer, head(, query)
     return task + distilled.config.attn_weight * attn, task, attn
 
 
 def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int, create_graph: bool
              ) -> Tuple[Params, torch.Tensor]:
-    """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7). Returns θ_{t+1} and the three losses."""
+    """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7; Algorithm 1, lines 10–11). Returns θ_{t+1} and
+    the three losses."""
     names = trainable_names(theta)
     losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph))
-    grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)
-    lr = distilled.inner_lr(t)
-    # η̃ broadcast along the last axis only, so that its gradient Σ v ⊙ g is a `row_sum` (thread-invariant)
-    return {**theta, **{n: theta[n] - lr.expand(g.shape[-1]) * g for n, g in zip(names, grads)}}, losses.detach()
+    grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)   # ∇_θ L
+    eta = distilled.inner_lr(t)                                                                  # η̃_t
+    theta_next = {n: theta[n] - along_rows(eta, g) * g for n, g in zip(names, grads)}            # θ − η̃ g
+    return {**theta, **theta_next}, losses.detach()
+
+
+def along_rows(eta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """η̃ (a scalar) as a row along g's last axis: the same θ − η̃ g. Not part of the method: η̃'s gradient
+    Σ v ⊙ g is then summed over rows first, whose bits do not depend on the thread count (see `row_sum`)."""
+    return eta.expand(g.shape[-1])
 
 
 def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean"
                ) -> torch.Tensor:
-    """Eq. 3: cross-entropy of a real mini-batch at θ_T. Only first-order gradients flow through this
+    """Eq. 3–4: cross-entropy of a real mini-batch at θ_T = F(θ_0; D̃, η̃, T), the loss whose gradient
+    Algorithm 1's line 15 descends. Only first-order gradients flow through this
     forward, so it may use the fused attention kernel."""
     out = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
                        attention_mask=batch["attention_mask"], attention="none", fused=True)
@@ -171,7 +180,8 @@ def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
                   real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
                   mode: str = "recompute", real_batch_size: Optional[int] = None,
                   autocast: Optional[torch.dtype] = None, all_reduce: Optional[AllReduce] = None) -> Hypergradient:
-    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch (Algorithm 1, lines 9–13).
+    """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch: Algorithm 1, lines 5–12 (the inner
+    loop, differentiated through) and the gradient of line 15.
 
     mode: `graph` and `recompute` are exact; `finite-difference` approximates the vector–Hessian products.
     `real` is the batch, or this process's micro-batches of it; `real_batch_size` is the whole batch's
@@ -193,7 +203,7 @@ def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
 
 def _hypergradient_graph(theta0, config, distilled, outer) -> Hypergradient:
     theta, losses = _with_grad(theta0), []
-    for t in range(distilled.config.steps):
+    for t in range(distilled.config.steps):                        # Algorithm 1, lines 5–12, one graph
         theta, step_losses = sgd_step(theta, config, distilled, t, create_graph=True)
         losses.append(step_losses)
     loss, g_T = outer(theta)
@@ -205,8 +215,8 @@ def _hypergradient_graph(theta0, config, distilled, outer) -> Hypergradient:
 
 def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None
                        ) -> Tuple[List[Params], torch.Tensor]:
-    """Fine-tune θ_0 for T (or `steps`) SGD steps on D̃ without any graph: evaluation, and the forward
-    sweep of `recompute`. Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses."""
+    """θ_T = F(θ_0; D̃, η̃, T) (Eq. 2): T (or `steps`) SGD steps on D̃ without any graph, for evaluation
+    and the forward sweep of `recompute`. Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses."""
     frozen_distilled = distilled.detached()
     thetas, losses = [{n: v.detach() for n, v in theta0.items()}], []
     for t in range(distilled.config.steps if steps is None else steps):
