@@ -14,7 +14,6 @@ Prints seconds per outer step, the peak RSS above the loaded model and the relat
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

@@ -35,9 +35,8 @@ from . import seeds
 from .bert import BertConfig, Params, fresh_model, load_pretrained
 from .distill import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import (compute_metrics, eval_batches, format_summary, headline_metric, mean_std,
-                       score, write_json_atomic)
-from .paths import code_version, resolve_checkpoint, runs_dir
+from .evaluate import compute_metrics, eval_batches, format_summary, headline_metric, mean_std, score
+from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
 from .unroll import outer_loss
 
 Batch = Dict[str, torch.Tensor]

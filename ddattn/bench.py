@@ -39,8 +39,7 @@ from .bert import BertConfig, fresh_model, load_pretrained
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import write_json_atomic
-from .paths import REPO_ROOT, resolve_checkpoint
+from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
 from .options import AUTOCAST, DTYPES, option_problem
 from .unroll import MODES, hypergradient
 

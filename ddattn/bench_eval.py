@@ -17,7 +17,6 @@ and the metric of every evaluator with bf16's difference from fp32 (bench/README
 
 import statistics
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import torch

@@ -271,9 +271,14 @@ def linear_schedule(optimizer, total_steps: int, warmup: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def write_atomic(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def settings_name(s) -> str:
+    """What a run is, as a name: labels, attention labels, shots, steps, data per step, S, seed."""
+    return f"{s.label_type}-{s.attention_type}-s{s.shots}-t{s.steps}-{s.data_per_step}-S{s.seq_len}-seed{s.seed}"
+
+
+def run_name(prefix: str, lr: float, inner_lr: float) -> str:
+    """The default run name (runs/<task>/<name>): `prefix` and the two learning rates a sweep varies."""
+    return f"{prefix}-lr{lr:g}-eta{inner_lr:g}"
 
 
 class RunDirectory:
@@ -362,8 +367,7 @@ def load_or_start(argv):
         taskdata.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
     check_fits_model(args)
-    args.name = args.name or (f"{args.label_type}-{args.attention_type}-s{args.shots}-t{args.steps}-S{args.seq_len}"
-                              f"-lr{args.lr:g}-eta{args.inner_lr:g}-seed{args.seed}")
+    args.name = args.name or run_name(settings_name(args), args.lr, args.inner_lr)
     run = RunDirectory(runs_dir() / args.task / args.name, overwrite)
     run.refuse_clobbering()      # early; checked again under the run's lock
     return args, run, None
@@ -527,10 +531,11 @@ class Distillation:
         if not distributed.is_main():
             return
         self.distilled.save(self.run.path / "distilled_last.safetensors", extra=self.provenance())
-        write_atomic(self.run.checkpoint, {
-            "step": self.step, "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "distilled": {k: v.detach().cpu() for k, v in self.distilled.tensors().items()}})
+        state = {"step": self.step, "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "distilled": {k: v.detach().cpu() for k, v in self.distilled.tensors().items()}}
+        with atomic_path(self.run.checkpoint) as tmp:
+            torch.save(state, tmp)
 
     def provenance(self, **extra) -> dict:
         return {"task": self.task.name, "model": str(self.args.model), "step": self.step, **extra}

@@ -145,10 +145,13 @@ class DistilledData:
 
     def targets(self, t: int) -> torch.Tensor:
         """(b, C) class targets ỹ of step t's samples."""
-        logits = self.label_logits[self.step_indices(t)]
-        if self.config.label_type == "soft":
-            return torch.softmax(logits, dim=-1)
-        return logits    # hard: the fixed one-hot rows; unrestricted: the learned raw values
+        return self.labels(self.step_indices(t))
+
+    def labels(self, rows) -> torch.Tensor:
+        """ỹ of the samples `rows` (an index or a slice): softmax(label_logits) for soft labels; hard: the
+        fixed one-hot rows; unrestricted: the learned raw values."""
+        logits = self.label_logits[rows]
+        return torch.softmax(logits, dim=-1) if self.config.label_type == "soft" else logits
 
     def inner_lr(self, t: int) -> torch.Tensor:
         """η̃_t = softplus(lr_raw_t), a positive scalar."""

@@ -5,7 +5,6 @@ For each of N models: θ_0 = the pretrained encoder with a freshly initialised c
 loss), then scored on the task's evaluation split. We report mean ± std over the N models.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from . import seeds
 from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .paths import atomic_path, code_version, resolve_checkpoint
+from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .unroll import train_on_distilled
 
 
@@ -157,11 +156,6 @@ def load_run(run_dir: Path, which: str = "best"):
 
 def distilled_path(run_dir: Path, which: str) -> Path:
     return run_dir / f"distilled_{which}.safetensors"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -28,12 +28,6 @@ from .evaluate import distilled_path, load_run
 from .paths import resolve_checkpoint
 
 
-def label_distribution(distilled: DistilledData, i: int) -> torch.Tensor:
-    """ỹ_i as the inner step uses it: softmax(label_logits) for soft labels, the stored row otherwise."""
-    logits = distilled.label_logits[i]
-    return torch.softmax(logits, dim=-1) if distilled.config.label_type == "soft" else logits
-
-
 def nearest_tokens(x: torch.Tensor, word_embeddings: torch.Tensor, top: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """For x (S, D): the `top` vocabulary rows most cosine-similar to each position → (similarities, ids), (S, top)."""
     similarity = F.normalize(x, dim=-1) @ F.normalize(word_embeddings, dim=-1).T        # (S, V)
@@ -51,7 +45,7 @@ def attention_labels(distilled: DistilledData, i: int) -> Optional[torch.Tensor]
 def describe_sample(distilled: DistilledData, i: int, label_names: Sequence[str], word_embeddings: torch.Tensor,
                     tokenizer: Tokenizer, top: int) -> List[str]:
     C = distilled.config.num_classes
-    label = label_distribution(distilled, i)
+    label = distilled.labels(i)
     similarity, ids = nearest_tokens(distilled.x[i], word_embeddings, top)
     lines = [f"sample {i} · class {i % C} ({label_names[i % C]})",
              "  label ỹ: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(label_names, label.tolist())),

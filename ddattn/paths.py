@@ -5,6 +5,7 @@ takes one), so the package works from any working directory.
 """
 
 import errno
+import json
 import os
 import subprocess
 import tempfile
@@ -72,6 +73,12 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """`obj` as indented JSON at `path`, atomically (atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:

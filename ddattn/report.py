@@ -26,8 +26,8 @@ from . import checks
 from . import data as taskdata
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import headline_metric, write_json_atomic
-from .paths import REPO_ROOT, atomic_path, runs_dir
+from .evaluate import headline_metric
+from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]            # the paper's column order; other tasks follow
 TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}

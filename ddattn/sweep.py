@@ -21,8 +21,7 @@ from . import checks
 from . import distill
 from . import evaluate
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import write_json_atomic
-from .paths import runs_dir
+from .paths import runs_dir, write_json_atomic
 from .report import best_validation_loss
 
 GRID_FLAGS = ("--lr", "--inner-lr", "--name", "--resume")     # set per cell by the sweep itself
@@ -57,17 +56,11 @@ def plan(args, passthrough: List[str]) -> List[dict]:
             argv = [*base, "--lr", repr(alpha), "--inner-lr", repr(eta)]
             settings = distill.parse_args(argv)
             distill.check_settings(settings)
-            prefix = args.name or config_name(settings)
-            name = f"{prefix}-lr{alpha:g}-eta{eta:g}"
+            prefix = args.name or distill.settings_name(settings)
+            name = distill.run_name(prefix, alpha, eta)
             cells.append({"alpha": alpha, "inner_lr": eta, "name": name, "config": prefix,
                           "argv": [*argv, "--name", name], "settings": {**vars(settings), "name": name}})
     return cells
-
-
-def config_name(s) -> str:
-    """What the cells share: labels, attention labels, shots, steps, data per step, S, seed."""
-    return (f"{s.label_type}-{s.attention_type}-s{s.shots}-t{s.steps}-{s.data_per_step}-S{s.seq_len}"
-            f"-seed{s.seed}")
 
 
 # --- one cell ------------------------------------------------------------------------------------------
