@@ -20,13 +20,9 @@ never on the evaluation split that results are reported on (the authors' code se
 set; we do not). The best D̃ by validation loss is kept.
 """
 
-import argparse
-import json
 import math
-import sys
 import time
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -34,181 +30,17 @@ from tqdm import tqdm
 from . import checks
 from . import data as taskdata
 from . import distributed
-from . import rundir
 from . import seeds
-from .bert import BertConfig, bert_forward, fresh_model, load_pretrained
+from .bert import bert_forward, fresh_model, load_pretrained
 from .card import write_card
-from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig, DistilledData
-from .errors import ArgumentParser, UserError, first_line, run_cli
+from .distilled import DistilledData
+from .errors import UserError, first_line, run_cli
 from .evaluate import eval_batches, evaluate_distilled, mean_std
-from .paths import atomic_path, resolve_checkpoint, runs_dir
 from .options import AUTOCAST, DTYPES, option_problem
-from .unroll import MODES, hypergradient, row_sum
-
-# paper: the paper's settings (Sec. 3.1, Appendix B), for a GPU. cpu: what works on 2 CPU cores within
-# ~20 minutes of distillation, chosen by the sweep in results/sweeps/ on held-out *training* data.
-# quick: a smoke-sized run (MRPC in ~7 minutes). Without --preset: cpu when no GPU is visible, else paper.
-PRESETS = {
-    "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
-    "cpu": dict(seq_len=64, epochs=3, max_steps=450, val_every=50, val_size=500, val_models=2, max_length=128,
-                inner_lr=1e-1, lr_inner=1e-1, init="real", attn_init="model"),
-    "quick": dict(seq_len=64, epochs=3, val_size=128, val_models=2, max_length=64, inner_lr=1e-1),
-}
-DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
-                batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
-                inner_lr=1e-2, init="random", attn_init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
-                optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
-                max_length=128, mode="recompute", autocast="none", val_every=0, seed=0, device=None,
-                dtype="float32", max_steps=0, train_limit=0, checkpoint_every=25, train_file=None, eval_file=None,
-                text_columns=None, label_column=None, labels=None, seq_len=None, epochs=None, val_size=None,
-                val_models=None)
-
-
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m ddattn.distill", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", help=f"task to distil: {', '.join(taskdata.TASK_NAMES)}")
-    p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
-    p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
-    p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used; "
-                   "--max-steps and --epochs extend it, --device moves it)")
-    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,   # how to open the run, not a setting
-                   help="start afresh in a run directory that holds a run")
-    g = p.add_argument_group("your own data (--task custom): CSV/TSV files with a header row")
-    g.add_argument("--train-file", help="training file (.csv or .tsv)")
-    g.add_argument("--eval-file", help="evaluation file, same columns")
-    g.add_argument("--text-columns", help="one or two text column names, comma-separated")
-    g.add_argument("--label-column", help="label column name")
-    g.add_argument("--labels", help="label values as written in the file, comma-separated, in class order")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="paper: the paper's settings (GPU); cpu: what works on 2 CPU "
-                   "cores in ~20 min; quick: a smoke run [default: cpu without a GPU, else paper]")
-    g = p.add_argument_group("distilled data (Sec. 2)")
-    g.add_argument("--shots", type=int, help="distilled samples per class")
-    g.add_argument("--steps", type=int, help="T, inner SGD steps")
-    g.add_argument("--data-per-step", choices=["same", "different"], help="same distilled batch at every step, or its own per step (Table 3)")
-    g.add_argument("--batch-size", type=int, help="distilled samples per inner step (0: from --data-per-step)")
-    g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample")
-    g.add_argument("--label-type", choices=LABEL_TYPES)
-    g.add_argument("--attention-type", choices=ATTENTION_TYPES, help="attention labels: none, cls (the paper), all")
-    g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")
-    g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper: 1e-2 or 1e-1)")
-    g.add_argument("--init", choices=["random", "real"], help="x̃ init: N(0,1) (paper) or embeddings of real examples")
-    g.add_argument("--attn-init", choices=["random", "model"], help="ã init: N(0,1) logits (paper) or the pretrained "
-                   "model's own attention on the initial x̃, so that the attention loss starts at 0")
-    g = p.add_argument_group("outer optimisation (Algorithm 1, Appendix B)")
-    g.add_argument("--lr", type=float, help="α, Adam learning rate for every distilled tensor (paper 1e-3, 1e-2, 1e-1)")
-    for name in ("x", "labels", "attn", "inner"):
-        g.add_argument(f"--lr-{name}", type=float, help=f"α for the {name} group (default --lr)")
-    g.add_argument("--optimizer", choices=["adam", "adamw"])
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup", type=float, help="fraction of outer steps with linear warmup, then linear decay")
-    g.add_argument("--clip", type=float, help="gradient-norm clipping of the hypergradient")
-    g.add_argument("--epochs", type=int, help="epochs over the real training split (paper 30)")
-    g.add_argument("--real-batch-size", type=int, help="real examples per outer step (paper 32)")
-    g.add_argument("--micro-batch-size", type=int, help="real examples per forward/backward; the real batch's gradient "
-                   "is summed over its micro-batches (and processes): less memory, same result up to float rounding "
-                   "(0: 16, or fewer so that every process gets one)")
-    g.add_argument("--max-length", type=int, help="truncation length of real examples")
-    g.add_argument("--mode", choices=list(MODES), help="hypergradient: whole graph (paper), per-step recompute (memory "
-                   "flat in T), or finite-difference (approximate vector–Hessian products, bench/README.md)")
-    g.add_argument("--autocast", choices=sorted(AUTOCAST), help="matmul precision (approximate; bf16 is faster on CPUs "
-                   "with AVX512-BF16, fp16 is for CUDA; errors in bench/README.md)")
-    g.add_argument("--max-steps", type=int, help="stop after this many outer steps (0: all epochs)")
-    g.add_argument("--train-limit", type=int, help="use only the first N training examples (0: all)")
-    g = p.add_argument_group("validation and checkpoints")
-    g.add_argument("--val-size", type=int, help="held-out training examples for validation")
-    g.add_argument("--val-models", type=int, help="K fresh models trained on D̃ per validation")
-    g.add_argument("--val-every", type=int, help="validate every N outer steps (0: once per epoch)")
-    g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), help="float32, or float64 for exactness checks")
-    for action in p._actions:    # show the effective defaults: the preset's, else the paper's
-        presets = {name: values[action.dest] for name, values in PRESETS.items() if action.dest in values}
-        if presets:
-            action.help = (action.help or "") + " [" + ", ".join(f"{name} preset: {value}" for name, value in presets.items()) + "]"
-        elif DEFAULTS.get(action.dest) not in (None, ""):
-            action.help = (action.help or "") + f" [default: {DEFAULTS[action.dest]}]"
-    args = p.parse_args(argv)
-    if args.resume:
-        return args
-    if args.preset is None:
-        args.preset, args.preset_reason = default_preset(args.device)
-    settings = {**DEFAULTS, **PRESETS[args.preset], "resume": None}
-    settings.update({k: v for k, v in vars(args).items() if v is not None})
-    return argparse.Namespace(**settings)
-
-
-def default_preset(device: Optional[str]) -> Tuple[str, str]:
-    """(preset, why) when --preset is not given: the paper's settings need a GPU (S = 512 × 30 epochs is
-    hours per epoch on a CPU), so a machine without one gets the cpu preset."""
-    if (device or "cuda").startswith("cuda") and torch.cuda.is_available():
-        return "paper", "a GPU is visible"
-    return "cpu", "no GPU" + (" visible" if device is None else f" (--device {device})")
-
-
-def saved_settings(args) -> dict:
-    """What config.json records: every setting, less how this invocation came to them."""
-    return {**{k: v for k, v in vars(args).items() if k != "preset_reason"}, "resume": None}
-
-
-def preset_summary(args) -> str:
-    steps = f" (at most {args.max_steps} outer steps)" if args.max_steps else ""
-    alpha_inner = f" (η̃: {args.lr_inner:g})" if args.lr_inner else ""
-    return (f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}{alpha_inner}, "
-            f"λ = {args.attn_weight:g}, --init {args.init}, --attn-init {args.attn_init}, real examples cut at "
-            f"{args.max_length} tokens")
-
-
-def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
-    if args.data_per_step == "different" and not args.batch_size:
-        if args.shots % args.steps:
-            raise UserError(f"--data-per-step different needs --shots ({args.shots}) divisible by --steps ({args.steps})")
-        args.batch_size = num_classes * args.shots // args.steps
-    config = DistilledConfig(num_classes=num_classes, seq_len=args.seq_len, hidden_size=bert_config.hidden_size,
-                             num_layers=bert_config.num_layers, num_heads=bert_config.num_heads, shots=args.shots,
-                             steps=args.steps, batch_size=args.batch_size, label_type=args.label_type,
-                             attention_type=args.attention_type, attn_weight=args.attn_weight,
-                             inner_lr_init=args.inner_lr)
-    config.validate(bert_config.max_positions)
-    return config
-
-
-def check_settings(args) -> None:
-    positive = ["epochs", "real_batch_size", "max_length", "val_models", "checkpoint_every"]
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be ≥ 1, not {getattr(args, name)}")
-    for name in ["lr", "lr_x", "lr_labels", "lr_attn", "lr_inner"]:
-        value = getattr(args, name)
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
-    if not 0 <= args.warmup < 1:
-        raise UserError(f"--warmup is a fraction in [0, 1), not {args.warmup}")
-    if args.micro_batch_size < 0:
-        raise UserError(f"--micro-batch-size must be ≥ 0 (0: automatic), not {args.micro_batch_size}")
-    if args.val_size < 1:
-        raise UserError(f"--val-size must be ≥ 1, not {args.val_size}")
-    seeds.check_seed(args.seed)
-    for name in ["max_steps", "train_limit", "val_every"]:
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0: {ZERO_MEANS[name]}), not {getattr(args, name)}")
-    if not (args.clip > 0 and math.isfinite(args.clip)):
-        raise UserError(f"--clip must be a positive number (the largest gradient norm), not {args.clip}")
-    if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
-        raise UserError(f"--weight-decay must be ≥ 0, not {args.weight_decay}")
-
-
-ZERO_MEANS = {"max_steps": "all epochs", "train_limit": "all examples", "val_every": "once per epoch"}
-
-
-def check_fits_model(args) -> None:
-    """--max-length within the checkpoint's positions, read from its config.json before the weights are
-    loaded (a missing checkpoint is reported when they are; --seq-len by DistilledConfig.validate)."""
-    path = resolve_checkpoint(args.model) / "config.json"
-    positions = BertConfig.from_json(path).max_positions if path.is_file() else args.max_length
-    if args.max_length > positions:
-        raise UserError(f"--max-length {args.max_length} exceeds the {positions} positions of checkpoint {args.model}")
+from .paths import atomic_path, resolve_checkpoint
+from .rundir import RunDirectory
+from .settings import distilled_config, load_or_start, preset_summary, saved_settings
+from .unroll import hypergradient, row_sum
 
 
 # --- pieces of the loop --------------------------------------------------------------------------
@@ -271,161 +103,7 @@ def linear_schedule(optimizer, total_steps: int, warmup: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def settings_name(s) -> str:
-    """What a run is, as a name: labels, attention labels, shots, steps, data per step, S, seed."""
-    return f"{s.label_type}-{s.attention_type}-s{s.shots}-t{s.steps}-{s.data_per_step}-S{s.seq_len}-seed{s.seed}"
-
-
-def run_name(prefix: str, lr: float, inner_lr: float) -> str:
-    """The default run name (runs/<task>/<name>): `prefix` and the two learning rates a sweep varies."""
-    return f"{prefix}-lr{lr:g}-eta{inner_lr:g}"
-
-
-class RunDirectory:
-    """The files of one run, worked on by one process at a time (rundir.RunLock); every write that
-    matters is atomic."""
-
-    def __init__(self, path: Path, overwrite: bool = False):
-        self.path, self.overwrite = path, overwrite
-        self.checkpoint = path / "checkpoint.pt"
-        self.lock: Optional[rundir.RunLock] = None
-
-    def claim(self) -> None:
-        self.lock = rundir.claim(self.path)
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-
-    def refuse_clobbering(self) -> None:
-        if self.checkpoint.exists() and not self.overwrite:
-            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, start it "
-                            "afresh with --overwrite, or pick another --name")
-
-    def start_afresh(self) -> None:
-        """Under the lock: refuse to clobber a checkpointed run without --overwrite; remove what an earlier
-        run left (one killed before its first checkpoint, or one overwritten), so that no log mixes two runs."""
-        self.refuse_clobbering()
-        left = rundir.leftover_files(self.path)
-        if left:
-            print(f"note: {self.path}: removing the files of an earlier run ({', '.join(left)})", file=sys.stderr)
-            rundir.clear(self.path)
-
-    def write_config(self, args) -> None:
-        """config.json: every setting (rewritten only when it changed, e.g. a run extended on resume)."""
-        path = self.path / "config.json"
-        text = json.dumps(saved_settings(args), indent=2) + "\n"
-        if not path.is_file() or path.read_text() != text:
-            with atomic_path(path) as tmp:
-                tmp.write_text(text)
-
-    def log(self, message: str) -> None:
-        tqdm.write(message)
-        self.write_line("run.log", message)
-
-    def append(self, name: str, record: dict) -> None:
-        self.write_line(name, json.dumps(record))
-
-    def write_line(self, name: str, line: str) -> None:
-        try:
-            with open(self.path / name, "a") as f:
-                f.write(line + "\n")
-        except OSError as e:
-            raise UserError(f"cannot write {self.path / name} ({e.strerror}); the last checkpoint is intact: "
-                            f"once that is fixed, continue with --resume {self.path}") from None
-
-    def truncate_after(self, name: str, step: int) -> None:
-        """Drop log lines of steps after `step` (work lost with an interrupted run, redone on resume)."""
-        path = self.path / name
-        if path.exists():
-            records = [r for r in checks.read_jsonl(path) if r["step"] <= step]
-            text = "".join(json.dumps(r) + "\n" for r in records)
-            if text != path.read_text():
-                with atomic_path(path) as tmp:
-                    tmp.write_text(text)
-
-
 # --- the loop ------------------------------------------------------------------------------------
-def load_or_start(argv):
-    """(settings, run directory, checkpoint or None) for a new run or for `--resume RUN_DIR`."""
-    args = parse_args(argv)
-    overwrite = vars(args).pop("overwrite", False)
-    if args.resume:
-        if overwrite:
-            raise UserError("--overwrite starts a run afresh; it cannot be combined with --resume")
-        run = RunDirectory(Path(args.resume))
-        if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
-            raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
-        return resumed_settings(args), run, checks.load_checkpoint(run.checkpoint)
-    if not args.task:
-        raise UserError(f"--task is required: one of {', '.join(taskdata.TASK_NAMES)}")
-    for name in ("train_file", "eval_file"):      # absolute, so that --resume works from anywhere
-        if getattr(args, name):
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    task = taskdata.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
-    if task.name == "custom":
-        taskdata.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
-    check_settings(args)
-    check_fits_model(args)
-    args.name = args.name or run_name(settings_name(args), args.lr, args.inner_lr)
-    run = RunDirectory(runs_dir() / args.task / args.name, overwrite)
-    run.refuse_clobbering()      # early; checked again under the run's lock
-    return args, run, None
-
-
-RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may change: extend a run, or move it
-ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random"}   # absent from older runs: their values
-
-
-def resumed_settings(args) -> argparse.Namespace:
-    """The saved settings of `--resume RUN_DIR` (checked), with --max-steps, --epochs and --device applied.
-    Any other flag is refused unless it repeats the saved value: never silently dropped."""
-    path = Path(args.resume) / "config.json"
-    saved = checks.read_json(path)
-    checks.require_fields(saved, [name for name in DEFAULTS if name not in ("micro_batch_size", *ADDED_LATER)], path)
-    saved.setdefault("micro_batch_size", saved["real_batch_size"])    # runs from before micro-batches
-    for name, value in ADDED_LATER.items():
-        saved.setdefault(name, value)
-    wrong = [name for name in DEFAULTS if not fits_type(name, saved[name])]
-    if wrong:
-        raise UserError(f"{path}: {wrong[0]} is {saved[wrong[0]]!r}, not of type {expected_type(wrong[0]).__name__}")
-    try:
-        check_settings(argparse.Namespace(**saved))
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
-    given.update({k: str(Path(given[k]).resolve()) for k in ("train_file", "eval_file") if k in given})
-    conflicts = [k for k, v in given.items() if k not in RESUME_CHANGES and v != saved.get(k)]
-    if conflicts:
-        flag = conflicts[0]
-        raise UserError(f"--{flag.replace('_', '-')} {given[flag]} conflicts with the run's {saved.get(flag)!r} "
-                        f"({path}); a resumed run keeps its settings: only --max-steps, --epochs and --device "
-                        "may change")
-    if "epochs" in given and "max_steps" not in given and saved["max_steps"]:
-        raise UserError(f"the run stops at --max-steps {saved['max_steps']} ({path}), so --epochs alone cannot extend "
-                        "it; give a larger --max-steps too (0: all epochs)")
-    settings = argparse.Namespace(**{**saved, **given})
-    check_settings(settings)
-    return settings
-
-
-def expected_type(name: str) -> type:
-    """The type of a setting's default (the paper preset's where the default is None)."""
-    default = DEFAULTS[name] if DEFAULTS[name] is not None else PRESETS["paper"].get(name)
-    return type(default)
-
-
-def fits_type(name: str, value) -> bool:
-    """A saved setting has its default's type (an int where a float is expected is fine); one without a
-    default (task, files, per-group learning rates, ...) may hold anything."""
-    kind = expected_type(name)
-    if kind is type(None):
-        return True
-    if kind is float and isinstance(value, int):
-        kind = int
-    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-
-
 class Distillation:
     """Algorithm 1 with its state: model, data, D̃, optimiser, schedule, step counter, best validation."""
 
@@ -477,7 +155,7 @@ class Distillation:
         if checkpoint is None:
             if distributed.is_main():
                 run.start_afresh()
-                run.write_config(args)
+                run.write_config(saved_settings(args))
             if getattr(args, "preset_reason", None):
                 self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
                          f"--preset {'paper' if args.preset == 'cpu' else 'cpu'} for the other one")
@@ -506,7 +184,7 @@ class Distillation:
         if distributed.is_main():
             for name in ("metrics.jsonl", "validation.jsonl"):
                 self.run.truncate_after(name, self.step)
-            self.run.write_config(self.args)      # --max-steps / --epochs / --device given with --resume
+            self.run.write_config(saved_settings(self.args))      # --max-steps / --epochs / --device given with --resume
         self.log(f"resumed {self.run.path} at outer step {self.step}/{self.total_steps}")
 
     def check_checkpoint(self, checkpoint: dict) -> None:

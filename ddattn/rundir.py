@@ -6,12 +6,17 @@ over by the next one; a live owner makes the next run refuse with one line namin
 """
 
 import fcntl
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+from tqdm import tqdm
+
+from . import checks
 from .errors import UserError
+from .paths import atomic_path
 
 LOCK_NAME = ".lock"
 # Everything a run writes, removed when the same directory starts a new run.
@@ -91,3 +96,67 @@ def clear(folder: Path) -> None:
     """Remove a previous run's files (under the lock), so that a new run never appends to stale logs."""
     for name in RUN_FILES:
         (Path(folder) / name).unlink(missing_ok=True)
+
+
+class RunDirectory:
+    """The files of one run, worked on by one process at a time (RunLock); every write that
+    matters is atomic."""
+
+    def __init__(self, path: Path, overwrite: bool = False):
+        self.path, self.overwrite = path, overwrite
+        self.checkpoint = path / "checkpoint.pt"
+        self.lock: Optional[RunLock] = None
+
+    def claim(self) -> None:
+        self.lock = claim(self.path)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def refuse_clobbering(self) -> None:
+        if self.checkpoint.exists() and not self.overwrite:
+            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, start it "
+                            "afresh with --overwrite, or pick another --name")
+
+    def start_afresh(self) -> None:
+        """Under the lock: refuse to clobber a checkpointed run without --overwrite; remove what an earlier
+        run left (one killed before its first checkpoint, or one overwritten), so that no log mixes two runs."""
+        self.refuse_clobbering()
+        left = leftover_files(self.path)
+        if left:
+            print(f"note: {self.path}: removing the files of an earlier run ({', '.join(left)})", file=sys.stderr)
+            clear(self.path)
+
+    def write_config(self, settings: dict) -> None:
+        """config.json: every setting (rewritten only when it changed, e.g. a run extended on resume)."""
+        path = self.path / "config.json"
+        text = json.dumps(settings, indent=2) + "\n"
+        if not path.is_file() or path.read_text() != text:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+
+    def log(self, message: str) -> None:
+        tqdm.write(message)
+        self.write_line("run.log", message)
+
+    def append(self, name: str, record: dict) -> None:
+        self.write_line(name, json.dumps(record))
+
+    def write_line(self, name: str, line: str) -> None:
+        try:
+            with open(self.path / name, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path / name} ({e.strerror}); the last checkpoint is intact: "
+                            f"once that is fixed, continue with --resume {self.path}") from None
+
+    def truncate_after(self, name: str, step: int) -> None:
+        """Drop log lines of steps after `step` (work lost with an interrupted run, redone on resume)."""
+        path = self.path / name
+        if path.exists():
+            records = [r for r in checks.read_jsonl(path) if r["step"] <= step]
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            if text != path.read_text():
+                with atomic_path(path) as tmp:
+                    tmp.write_text(text)

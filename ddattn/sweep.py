@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from . import checks
-from . import distill
+from . import settings as run_settings
 from . import evaluate
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import runs_dir, write_json_atomic
@@ -54,10 +54,10 @@ def plan(args, passthrough: List[str]) -> List[dict]:
     for alpha in args.alphas:
         for eta in args.inner_lrs:
             argv = [*base, "--lr", repr(alpha), "--inner-lr", repr(eta)]
-            settings = distill.parse_args(argv)
-            distill.check_settings(settings)
-            prefix = args.name or distill.settings_name(settings)
-            name = distill.run_name(prefix, alpha, eta)
+            settings = run_settings.parse_args(argv)
+            run_settings.check_settings(settings)
+            prefix = args.name or run_settings.settings_name(settings)
+            name = run_settings.run_name(prefix, alpha, eta)
             cells.append({"alpha": alpha, "inner_lr": eta, "name": name, "config": prefix,
                           "argv": [*argv, "--name", name], "settings": {**vars(settings), "name": name}})
     return cells

@@ -5,27 +5,27 @@ import json
 
 import torch
 
-from ddattn import distill
+from ddattn import settings
 
 
 def test_no_gpu_means_the_cpu_preset(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = distill.parse_args(["--task", "mrpc"])
+    args = settings.parse_args(["--task", "mrpc"])
     assert args.preset == "cpu" and args.preset_reason == "no GPU visible"
     assert (args.seq_len, args.init, args.attn_init, args.max_steps, args.lr_inner) == (64, "real", "model", 450, 0.1)
-    assert "preset_reason" not in distill.saved_settings(args)             # config.json: settings only
-    json.dumps(distill.saved_settings(args))
+    assert "preset_reason" not in settings.saved_settings(args)             # config.json: settings only
+    json.dumps(settings.saved_settings(args))
 
 
 def test_a_gpu_means_the_paper_preset(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args = distill.parse_args(["--task", "mrpc"])
+    args = settings.parse_args(["--task", "mrpc"])
     assert args.preset == "paper" and (args.seq_len, args.epochs, args.init, args.attn_init) == (512, 30, "random", "random")
-    assert distill.parse_args(["--task", "mrpc", "--device", "cpu"]).preset == "cpu"    # a GPU, but not used
+    assert settings.parse_args(["--task", "mrpc", "--device", "cpu"]).preset == "cpu"    # a GPU, but not used
 
 
 def test_explicit_choices_win(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = distill.parse_args(["--task", "mrpc", "--preset", "paper", "--seq-len", "128"])
+    args = settings.parse_args(["--task", "mrpc", "--preset", "paper", "--seq-len", "128"])
     assert args.preset == "paper" and args.seq_len == 128 and not hasattr(args, "preset_reason")
-    assert distill.parse_args(["--task", "mrpc", "--inner-lr", "0.05"]).inner_lr == 0.05
+    assert settings.parse_args(["--task", "mrpc", "--inner-lr", "0.05"]).inner_lr == 0.05
