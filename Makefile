@@ -31,7 +31,7 @@ weights: setup
 	$(PY) -m ddattn.convert --model $(MODEL) $(if $(SRC),--src $(SRC))
 
 data: setup
-	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.data --task $(TASK) --data-dir $(DATA_DIR)
+	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.fetch --task $(TASK) --data-dir $(DATA_DIR)
 
 distill: weights data
 	DDATTN_DATA_DIR=$(DATA_DIR) $(PY) -m ddattn.distill --task $(TASK) --model $(MODEL) --data-dir $(DATA_DIR) \

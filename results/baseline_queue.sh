@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 for spec in "$@"; do
   IFS=: read -r baseline task n <<< "$spec"
   extra=(); [ -n "${n:-}" ] && extra=(--n-models "$n")
-  [ -f runs/$task/$baseline/eval.json ] || OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python -m ddattn.baselines "$baseline" --task "$task" "${extra[@]}"
+  [ -f runs/$task/$baseline/eval.json ] || OMP_NUM_THREADS=1 taskset -c "${CPU:-1}" .venv/bin/python -m ddattn.baselines "$baseline" --task "$task" "${extra[@]}"
   .venv/bin/python -m ddattn.publish runs/$task/$baseline
 done

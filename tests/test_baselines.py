@@ -29,11 +29,11 @@ def heads(n: int, seed: int = 0) -> list:
 
 
 def small_mrpc(base: Path) -> Path:
-    """A data dir filled by `python -m ddattn.data --task mrpc`, then cut to the first 200 train / 32 dev
+    """A data dir filled by `python -m ddattn.fetch --task mrpc`, then cut to the first 200 train / 32 dev
     pairs. Made once per test session (under pytest's base temp dir)."""
     root = base / "small-data"
     if not (root / "mrpc" / "dev.tsv").is_file():
-        done = subprocess.run([sys.executable, "-m", "ddattn.data", "--task", "mrpc", "--data-dir", str(root)],
+        done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(root)],
                               cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         for name, rows in (("train.tsv", TRAIN_ROWS), ("dev.tsv", DEV_ROWS)):

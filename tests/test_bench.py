@@ -125,7 +125,7 @@ def test_bad_flag_on_the_command_line_is_one_line_exit_2(tiny_dir):
 
 def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch):
     """--eval on 24 MRPC dev pairs: the fast fp32 path predicts what the reference evaluator predicts."""
-    done = subprocess.run([sys.executable, "-m", "ddattn.data", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
+    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))

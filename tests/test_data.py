@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddattn import data
+from ddattn import data, fetch
 from ddattn.data import Example
 from ddattn.errors import UserError, run_cli
 from ddattn.paths import shared_data_dir
@@ -237,15 +237,15 @@ def test_ag_news_reads_both_formats_and_says_when_it_uses_the_subset(tmp_path, t
 
 # --- errors: the Python API and the command line ---------------------------------------------------
 def cli(*args, env=None):
-    """`python -m ddattn.data ARGS` in a subprocess (a few seconds each: torch is imported)."""
-    return subprocess.run([sys.executable, "-m", "ddattn.data", *args], cwd=REPO, capture_output=True, text=True,
+    """`python -m ddattn.fetch ARGS` in a subprocess (a few seconds each: torch is imported)."""
+    return subprocess.run([sys.executable, "-m", "ddattn.fetch", *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
 def cli_in_process(capsys, *args):
     """The same command run in this process through run_cli (fast): (exit status, stdout, stderr)."""
     try:
-        run_cli(data.main, list(args))
+        run_cli(fetch.main, list(args))
         status = 0
     except SystemExit as exit:
         status = exit.code
@@ -301,7 +301,7 @@ def test_missing_file_names_where_it_looked_and_the_make_target(tmp_path):
                                           (["--task", "rte", "--bogus"], "unrecognized arguments: --bogus")])
 def test_bad_command_lines(tmp_path, capsys, args, message):
     with pytest.raises(UserError, match=message):
-        data.main([*args, "--data-dir", str(tmp_path)])
+        fetch.main([*args, "--data-dir", str(tmp_path)])
     assert_one_error_line(cli_in_process(capsys, *args, "--data-dir", str(tmp_path)), message)
 
 
@@ -312,11 +312,11 @@ def test_unknown_task_in_a_subprocess(tmp_path):
 # --- fetching ---------------------------------------------------------------------------------------
 def test_make_data_copies_from_the_shared_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDATTN_SHARED_DATA", str(write_files(tmp_path / "shared", TINY_FILES)))
-    data.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])
+    fetch.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])
     out = capsys.readouterr().out
     assert "mrpc: copied 2 file(s) from" in out and "rows: train 1, eval 1" in out
     assert (tmp_path / "data/mrpc/train.tsv").read_text(encoding="utf-8") == TINY_FILES["mrpc/train.tsv"]
-    data.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])      # again: nothing to copy
+    fetch.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])      # again: nothing to copy
     assert "copied 0 file(s)" in capsys.readouterr().out
 
 
@@ -359,7 +359,7 @@ def mirror(tmp_path, serve):
 def test_download_every_task_from_a_mirror(tmp_path, mirror, monkeypatch, capsys):
     monkeypatch.setenv("DDATTN_SHARED_DATA", str(tmp_path / "no-shared"))
     monkeypatch.setenv("DDATTN_DATA_URL", mirror)
-    data.main(["--task", "all", "--data-dir", str(tmp_path / "data")])
+    fetch.main(["--task", "all", "--data-dir", str(tmp_path / "data")])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["ag_news", "mrpc", "qnli", "rte", "sst2"]
     assert all(f"downloaded train, eval from {mirror}" in line for line in lines)
@@ -368,7 +368,7 @@ def test_download_every_task_from_a_mirror(tmp_path, mirror, monkeypatch, capsys
     for name, text in TINY_FILES.items():
         assert (tmp_path / "data" / name).read_text(encoding="utf-8") == text
     assert not list((tmp_path / "data").rglob("*.part"))
-    data.main(["--task", "rte", "--data-dir", str(tmp_path / "data")])
+    fetch.main(["--task", "rte", "--data-dir", str(tmp_path / "data")])
     assert "rte: files already present" in capsys.readouterr().out
 
 
@@ -391,13 +391,13 @@ def test_canonical_recipes_against_a_loopback_upstream(tmp_path, serve, monkeypa
             z.writestr(f"RTE/{name}", TINY_FILES[f"rte/{name}"])
     url = serve(upstream)
     for name in ("GLUE_URL", "SENTEVAL_URL", "AG_NEWS_URL"):
-        monkeypatch.setattr(data, name, url)
-    monkeypatch.setattr(data, "MRPC_DEV_IDS_URL", f"{url}/mrpc_dev_ids.tsv")
+        monkeypatch.setattr(fetch, name, url)
+    monkeypatch.setattr(fetch, "MRPC_DEV_IDS_URL", f"{url}/mrpc_dev_ids.tsv")
     monkeypatch.setenv("DDATTN_SHARED_DATA", str(tmp_path / "no-shared"))
     monkeypatch.delenv("DDATTN_DATA_URL", raising=False)
     out = tmp_path / "data"
     for task in ("rte", "mrpc", "ag_news"):
-        data.main(["--task", task, "--data-dir", str(out)])
+        fetch.main(["--task", task, "--data-dir", str(out)])
     lines = capsys.readouterr().out.splitlines()
     assert all("downloaded train, eval from the canonical sources" in line for line in lines)
     assert (out / "rte/dev.tsv").read_text() == TINY_FILES["rte/dev.tsv"]

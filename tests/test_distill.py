@@ -32,7 +32,7 @@ def distill(tmp_path, *args, timeout=300, wait=True):
 def mrpc_data(tmp_path_factory):
     """data/mrpc filled the way `make data TASK=mrpc` fills it."""
     root = tmp_path_factory.mktemp("shared")
-    done = subprocess.run([sys.executable, "-m", "ddattn.data", "--task", "mrpc", "--data-dir", str(root / "data")],
+    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(root / "data")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return root

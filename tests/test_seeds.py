@@ -34,7 +34,7 @@ def test_out_of_range_seed_is_refused(bad):
 
 def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, monkeypatch):
     """A tiny distillation and evaluation with the same --seed: record every head seed each one draws."""
-    done = subprocess.run([sys.executable, "-m", "ddattn.data", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
+    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
