@@ -15,7 +15,14 @@ The distilled data are input *embeddings* x̃ (paper Sec. 2.1), so `inputs_embed
 lookup. The attention labels (Sec. 2.3, Eq. 6) supervise the attention of the [CLS] query, so the
 forward returns the [CLS] attention scores of every layer and head, (B, L, H, S), and on request the
 full (B, L, H, S, S) maps. Scores are returned before the softmax so that the attention loss can use
-log_softmax(scores) directly (exact and stable) instead of log(probabilities). How softmax(q kᵀ) v is
+log_softmax(scores) directly (exact and stable) instead of log(probabilities).
+
+Notation in shape comments (here, attention.py and unroll.py) and how it maps to the paper's:
+    B  sequences in a batch            S  tokens per sequence (the paper's S is its number of outer steps)
+    D  hidden size                     I  FFN (intermediate) size       V  vocabulary size
+    H  attention heads (paper H)       L  layers (paper K)              Dh = D / H, one head's size
+    C  classes                         M  distilled samples (paper M)   T  inner SGD steps (paper T)
+    Sq queries: S, or 1 where a layer computes the [CLS] row only How softmax(q kᵀ) v is
 computed (a fused kernel, a twice-differentiable one, or the textbook ops) is engineering: attention.py.
 """
 
@@ -68,7 +75,7 @@ class BertConfig:
 
 def param_shapes(config: BertConfig) -> Dict[str, tuple]:
     """Every encoder + pooler parameter ddattn expects, with its shape (the classifier is added per task)."""
-    D, F_, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     shapes = {
         "embeddings.word": (V, D),
         "embeddings.position": (config.max_positions, D),
@@ -81,8 +88,8 @@ def param_shapes(config: BertConfig) -> Dict[str, tuple]:
             p + "attention.qkv.weight": (3 * D, D), p + "attention.qkv.bias": (3 * D,),   # [W_q; W_k; W_v]
             p + "attention.out.weight": (D, D), p + "attention.out.bias": (D,),
             p + "attention.norm.weight": (D,), p + "attention.norm.bias": (D,),
-            p + "ffn.up.weight": (F_, D), p + "ffn.up.bias": (F_,),
-            p + "ffn.down.weight": (D, F_), p + "ffn.down.bias": (D,),
+            p + "ffn.up.weight": (I, D), p + "ffn.up.bias": (I,),
+            p + "ffn.down.weight": (D, I), p + "ffn.down.bias": (D,),
             p + "ffn.norm.weight": (D,), p + "ffn.norm.bias": (D,),
         })
     shapes.update({"pooler.weight": (D, D), "pooler.bias": (D,)})
@@ -225,7 +232,7 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
         kernel = choose_kernel(fused, plain, cls_only, key_mask, attention)
         attn_out, cls, scores = _attention(theta, p + "attention.", config, x, cls_only, key_mask, attention, kernel)
         x = _layer_norm(theta, p + "attention.norm.", config, (x[:, :1] if cls_only else x) + attn_out)  # (B, Sq, D)
-        h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, Sq, F), erf GELU
+        h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, Sq, I), erf GELU
         h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, Sq, D)
         x = _layer_norm(theta, p + "ffn.norm.", config, x + h)
         cls_scores.append(cls)

@@ -10,6 +10,10 @@ g_T = ∂L_outer/∂θ_T from the real batch alone (`outer_gradient`), then a re
 back through the T steps to D̃. Only g_T depends on the real batch, so it may be summed over
 micro-batches and, through the `all_reduce` callback, over processes.
 
+Notation: θ_t the parameters after t inner steps (a dict, see bert.py), η̃_t the learned learning rate
+of step t, D̃ the learnable distilled tensors, g a gradient ∇_θ, v = ∂L_outer/∂θ_t the cotangent
+carried back by the reverse sweep; shapes as in bert.py (B, S, D, H, L = the paper's layers K, T steps).
+
 θ is a plain dict of tensors (see bert.py), so a step is `{k: θ[k] − η g[k]}` and nothing is mutated.
 The word-embedding matrix is left out of the unroll: distilled inputs bypass the lookup, so its gradient
 is exactly zero and it stays θ_0's.
