@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from . import checks
 from . import data as taskdata
+from . import tasks
 from . import distributed
 from . import seeds
 from .bert import BertConfig, Params, fresh_model, load_pretrained
@@ -46,7 +47,7 @@ Batch = Dict[str, torch.Tensor]
 class Setting:
     """What every baseline reads: the task, its two encoded splits, and (loaded on demand) the model."""
     args: object
-    task: taskdata.Task
+    task: tasks.Task
     train: taskdata.EncodedSplit
     evaluation: taskdata.EncodedSplit
     n_train: int                          # training examples used: all, or the first --train-limit
@@ -239,7 +240,7 @@ def parse_args(argv: Optional[Sequence[str]]):
     p = ArgumentParser(prog="python -m ddattn.baselines", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("baseline", choices=sorted(BASELINES))
-    p.add_argument("--task", required=True, choices=sorted(taskdata.TASKS))
+    p.add_argument("--task", required=True, choices=sorted(tasks.TASKS))
     p.add_argument("--model", default="minilm-l6", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
     p.add_argument("--max-length", type=int, default=128, help="truncation length of real examples")
@@ -284,7 +285,7 @@ def check_args(a) -> None:
 
 
 def load_setting(args) -> Setting:
-    task = taskdata.get_task(args.task)
+    task = tasks.get_task(args.task)
     tokenizer = resolve_checkpoint(args.model) / "tokenizer.json"
     train, evaluation = (taskdata.load_split(task, split, tokenizer, args.max_length, args.data_dir)
                          for split in ("train", "eval"))

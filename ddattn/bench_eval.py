@@ -22,6 +22,7 @@ from typing import Dict, List
 import torch
 
 from . import data as taskdata
+from . import tasks
 from . import reference
 from .bert import BertConfig, fresh_model, load_pretrained
 from .distilled import DistilledConfig, DistilledData
@@ -38,11 +39,11 @@ def load_setting(args):
     paper's Algorithm 1 start: what a D̃ trains does not change the speed; agreement is checked all the same)."""
     if args.run:
         settings, distilled = load_run(args.run)
-        return (taskdata.task_from_settings(settings), settings["max_length"], settings.get("data_dir"),
+        return (tasks.task_from_settings(settings), settings["max_length"], settings.get("data_dir"),
                 resolve_checkpoint(settings["model"]), distilled)
     if not args.task:
         raise UserError("--eval needs --task TASK or --run RUN_DIR")
-    task, model_dir = taskdata.get_task(args.task), resolve_checkpoint(args.model)
+    task, model_dir = tasks.get_task(args.task), resolve_checkpoint(args.model)
     config = BertConfig.from_json(model_dir / "config.json")
     dconfig = DistilledConfig(num_classes=task.num_classes, seq_len=64, hidden_size=config.hidden_size,
                               num_layers=config.num_layers, num_heads=config.num_heads, inner_lr_init=0.1)

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 
 from . import checks
 from . import data as taskdata
+from . import tasks
 from .bert import load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, run_cli
@@ -61,7 +62,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
 
 
 # --- sections --------------------------------------------------------------------------------------
-def task_section(settings: dict, task: taskdata.Task) -> List[str]:
+def task_section(settings: dict, task: tasks.Task) -> List[str]:
     text = "sentence pairs" if task.is_pair else "single texts"
     labels = ", ".join(f"{i} {name}" for i, name in enumerate(task.label_names))
     return ["## Task", "", *table(["", ""], [["task", f"{task.name} ({text})"], ["labels", labels],
@@ -159,7 +160,7 @@ def evaluation_section(run_dir: Path, settings: dict) -> List[str]:
             *table(["", *metrics], rows)]
 
 
-def samples_section(run_dir: Path, settings: dict, task: taskdata.Task, distilled: DistilledData, which: str
+def samples_section(run_dir: Path, settings: dict, task: tasks.Task, distilled: DistilledData, which: str
                     ) -> List[str]:
     """Each sample's label and nearest-token reading, η̃, and the heatmap of sample 0's attention labels."""
     model_dir = resolve_checkpoint(settings["model"])
@@ -202,7 +203,7 @@ def distill_command(settings: dict) -> str:
     return "\n".join(lines + [line])
 
 
-def commands_section(run_dir: Path, settings: dict, task: taskdata.Task) -> List[str]:
+def commands_section(run_dir: Path, settings: dict, task: tasks.Task) -> List[str]:
     run, exported = repo_path(run_dir, settings), f"exported/{settings['task']}-{run_dir.name}"
     return ["## Commands", "", "```bash", "# reproduce this run (every setting of config.json)",
             distill_command(settings),
@@ -215,7 +216,7 @@ def write_card(run_dir: Path) -> Path:
     """Build the card from the run's files and write RUN_DIR/README.md atomically."""
     which = "best" if (run_dir / "distilled_best.safetensors").is_file() else "last"
     settings, distilled = load_run(run_dir, which)
-    task = taskdata.task_from_settings(settings)
+    task = tasks.task_from_settings(settings)
     intro = (f"A distilled dataset for **{task.name}** made by `python -m ddattn.distill` (ddattn, after Maekawa et "
              "al., *Dataset Distillation with Attention Labels for Fine-tuning BERT*, ACL 2023): "
              f"{settings['shots']} synthetic sample(s) per class of {settings['seq_len']} input embeddings, with "

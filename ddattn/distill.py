@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import checks
 from . import data as taskdata
+from . import tasks
 from . import distributed
 from . import seeds
 from .bert import bert_forward, fresh_model, load_pretrained
@@ -115,7 +116,7 @@ class Distillation:
         problem = option_problem(args.mode, args.autocast, device.type)
         if problem:
             raise UserError(problem)
-        self.task = taskdata.task_from_settings(vars(args))
+        self.task = tasks.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
         dtype = DTYPES[getattr(args, "dtype", "float32")]
         self.bert_config, self.pretrained = load_pretrained(self.model_dir, dtype=dtype, device=device)

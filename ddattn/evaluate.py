@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import checks
 from . import data as taskdata
+from . import tasks
 from . import distributed
 from . import seeds
 from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
@@ -149,7 +150,7 @@ def load_run(run_dir: Path, which: str = "best"):
     settings = checks.read_json(config_path)
     checks.require_fields(settings, checks.RUN_FIELDS, config_path)
     distilled = DistilledData.load(data_path)
-    num_classes = taskdata.task_from_settings(settings).num_classes
+    num_classes = tasks.task_from_settings(settings).num_classes
     checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings, num_classes, data_path)
     return settings, distilled
 
@@ -182,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     device = distributed.local_device(args.device)
     distributed.setup(device)
     try:
-        task = taskdata.task_from_settings(settings)
+        task = tasks.task_from_settings(settings)
         model_dir = resolve_checkpoint(settings["model"])
         config, pretrained = load_pretrained(model_dir, device=device)
         checks.check_distilled_for_model(distilled.config, config, distilled_path(args.run_dir, args.which), model_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence, Tuple
 
 from . import paths
-from .data import TASKS, MissingFileError, Task, get_task, read_examples, task_file
+from .tasks import TASKS, MissingFileError, Task, get_task, read_examples, task_file
 from .download import NotFoundError, download
 from .errors import ArgumentParser, UserError, run_cli
 

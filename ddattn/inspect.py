@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from . import checks
 from . import data as taskdata
+from . import tasks
 from .bert import load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
@@ -107,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not 1 <= args.top <= theta["embeddings.word"].shape[0]:
         raise UserError(f"--top must be between 1 and the vocabulary size, not {args.top}")
     tokenizer = taskdata.load_tokenizer(model_dir / "tokenizer.json")
-    label_names = taskdata.task_from_settings(settings).label_names
+    label_names = tasks.task_from_settings(settings).label_names
 
     print(f"{args.run_dir} (distilled_{args.which}): {settings['task']}, {config.num_samples} samples "
           f"({config.shots} per class × {config.num_classes} classes), S = {config.seq_len}, "

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import data as taskdata
+from . import tasks
 from .bert import bert_forward
 from .errors import ArgumentParser, UserError, run_cli
 from .export import Classifier, is_exported, load_exported, refuse_existing
@@ -39,13 +40,13 @@ def load_classifier(path: Path, which: str, seed: int) -> Classifier:
                     f"model.safetensors) nor a distillation run with distilled_{which}.safetensors")
 
 
-def examples_from_texts(classifier: Classifier, texts: Sequence[str]) -> List[taskdata.Example]:
+def examples_from_texts(classifier: Classifier, texts: Sequence[str]) -> List[tasks.Example]:
     """Command-line texts as inputs: one each, or two by two for a pair task. (Labels are unused: 0.)"""
     if not classifier.is_pair:
-        return [taskdata.Example(text, None, 0) for text in texts]
+        return [tasks.Example(text, None, 0) for text in texts]
     if len(texts) % 2:
         raise UserError(f"{classifier.task} classifies sentence pairs: give the texts two by two, not {len(texts)}")
-    return [taskdata.Example(a, b, 0) for a, b in zip(texts[::2], texts[1::2])]
+    return [tasks.Example(a, b, 0) for a, b in zip(texts[::2], texts[1::2])]
 
 
 def read_rows(classifier: Classifier, path: Path) -> List[dict]:
@@ -70,14 +71,14 @@ def read_rows(classifier: Classifier, path: Path) -> List[dict]:
     return rows
 
 
-def examples_from_rows(classifier: Classifier, rows: List[dict]) -> List[taskdata.Example]:
+def examples_from_rows(classifier: Classifier, rows: List[dict]) -> List[tasks.Example]:
     if classifier.is_pair:
-        return [taskdata.Example(row["text_a"], row["text_b"], 0) for row in rows]
-    return [taskdata.Example(row["text"], None, 0) for row in rows]
+        return [tasks.Example(row["text_a"], row["text_b"], 0) for row in rows]
+    return [tasks.Example(row["text"], None, 0) for row in rows]
 
 
 @torch.no_grad()
-def probabilities(classifier: Classifier, examples: Sequence[taskdata.Example], batch_size: int,
+def probabilities(classifier: Classifier, examples: Sequence[tasks.Example], batch_size: int,
                   progress: bool = False) -> torch.Tensor:
     """softmax(logits), (N, C), in the order of `examples`; batches of similar lengths (less padding)."""
     tokenizer = taskdata.load_tokenizer(classifier.tokenizer_path, classifier.max_length)
@@ -104,7 +105,7 @@ def write_csv(path: Path, rows: List[dict], label_names: Sequence[str], probs: t
                              **{f"p_{name}": f"{value:.6f}" for name, value in zip(label_names, p)}})
 
 
-def print_lines(examples: Sequence[taskdata.Example], label_names: Sequence[str], probs: torch.Tensor) -> None:
+def print_lines(examples: Sequence[tasks.Example], label_names: Sequence[str], probs: torch.Tensor) -> None:
     """`label  probability  "text"` (or `"text a" "text b"`) per input."""
     confidence, best = probs.max(dim=-1)
     for example, p, i in zip(examples, confidence.tolist(), best.tolist()):

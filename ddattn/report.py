@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from . import checks
-from . import data as taskdata
+from . import tasks
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import headline_metric
@@ -110,10 +110,10 @@ def check_distilled(record: dict, path: Path) -> None:
     """The distilled data an eval.json evaluated (when still there) belongs to its run: task, class count,
     shapes and checkpoint (registered tasks; a custom task's class count needs its files)."""
     settings, data_path = record["settings"], path.parent / str(record.get("distilled", ""))
-    if "baseline" in settings or not data_path.is_file() or record["task"] not in taskdata.TASKS:
+    if "baseline" in settings or not data_path.is_file() or record["task"] not in tasks.TASKS:
         return
     checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings,
-                                   taskdata.TASKS[record["task"]].num_classes, data_path)
+                                   tasks.TASKS[record["task"]].num_classes, data_path)
 
 
 def load_results(root: Path, checkpoint: Optional[str] = None) -> List[Result]:
@@ -176,20 +176,20 @@ def full_on_eval_cell(results: Sequence[Result], task: str) -> Optional[dict]:
     return {**cell, "mean": found[0].best_on_eval["summary"][cell["metric"]]["mean"], "std": 0.0}
 
 
-def build_table2(results: Sequence[Result], tasks: Sequence[str]) -> dict:
-    rows = {row: {t: pick([r for r in row_members(results, row) if r.task == t]) for t in tasks}
+def build_table2(results: Sequence[Result], task_names: Sequence[str]) -> dict:
+    rows = {row: {t: pick([r for r in row_members(results, row) if r.task == t]) for t in task_names}
             for row in TABLE2_ROWS if row != FULL_ON_EVAL}
-    rows[FULL_ON_EVAL] = {t: full_on_eval_cell(results, t) for t in tasks}
+    rows[FULL_ON_EVAL] = {t: full_on_eval_cell(results, t) for t in task_names}
     if not any(rows[FULL_ON_EVAL].values()):
         del rows[FULL_ON_EVAL]
     if not any(rows["Random real"].values()):
         del rows["Random real"]
-    percent = {row: {t: percent_of(rows[row][t], rows["Full dataset"][t]) for t in tasks}
+    percent = {row: {t: percent_of(rows[row][t], rows["Full dataset"][t]) for t in task_names}
                for row in rows if row in DISTILLED_ROWS or row == "Random real"}
-    return {"tasks": list(tasks), "rows": rows, "percent_of_full": percent}
+    return {"tasks": list(task_names), "rows": rows, "percent_of_full": percent}
 
 
-def build_table3(results: Sequence[Result], tasks: Sequence[str]) -> dict:
+def build_table3(results: Sequence[Result], task_names: Sequence[str]) -> dict:
     sl_al = [r for r in results if is_distilled(r, "soft", "cls")]
     keys = {(r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings)) for r in sl_al}
     order = {"single": 0, "same": 1, "different": 2}
@@ -199,8 +199,8 @@ def build_table3(results: Sequence[Result], tasks: Sequence[str]) -> dict:
         members = [r for r in sl_al if (r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings))
                    == (steps, shots, mode)]
         rows.append({"steps": steps, "shots": shots, "data_per_step": mode,
-                     "cells": {t: pick([r for r in members if r.task == t]) for t in tasks}})
-    return {"tasks": list(tasks), "rows": rows}
+                     "cells": {t: pick([r for r in members if r.task == t]) for t in task_names}})
+    return {"tasks": list(task_names), "rows": rows}
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -283,11 +283,11 @@ def render_table2(table: dict) -> str:
 
 
 def render_table3(table: dict) -> str:
-    tasks = table["tasks"]
-    header = ["# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in tasks)]
+    task_names = table["tasks"]
+    header = ["# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in task_names)]
     mode_names = {"single": "single step", "same": "same", "different": "different"}
     rows = [[str(r["steps"]), str(r["shots"]), mode_names.get(r["data_per_step"], r["data_per_step"]),
-             *(fmt(r["cells"][t]) for t in tasks)] for r in table["rows"]]
+             *(fmt(r["cells"][t]) for t in task_names)] for r in table["rows"]]
     return ("# Table 3: SL + AL with several shots and steps\n\n" + markdown(header, rows) + "\n"
             + "\n".join(f"- {line}" for line in notes(table)) + "\n")
 
@@ -309,8 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not root.is_dir():
         raise UserError(f"runs directory {root} does not exist; distil and evaluate first")
     results = load_results(root, args.checkpoint)
-    tasks = task_columns(results)
-    tables = {"table2": build_table2(results, tasks), "table3": build_table3(results, tasks),
+    task_names = task_columns(results)
+    tables = {"table2": build_table2(results, task_names), "table3": build_table3(results, task_names),
               "selection": SELECTION, "runs_dir": _shown(root)}
     checks.writable_dir(args.out, "--out")
     for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", render_table3(tables["table3"]))):

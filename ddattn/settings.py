@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import checks
-from . import data as taskdata
+from . import tasks
 from . import seeds
 from .bert import BertConfig
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
@@ -46,7 +46,7 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m ddattn.distill", description=DESCRIPTION)
-    p.add_argument("--task", help=f"task to distil: {', '.join(taskdata.TASK_NAMES)}")
+    p.add_argument("--task", help=f"task to distil: {', '.join(tasks.TASK_NAMES)}")
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
     p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
@@ -213,13 +213,13 @@ def load_or_start(argv):
             raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
         return resumed_settings(args), run, checks.load_checkpoint(run.checkpoint)
     if not args.task:
-        raise UserError(f"--task is required: one of {', '.join(taskdata.TASK_NAMES)}")
+        raise UserError(f"--task is required: one of {', '.join(tasks.TASK_NAMES)}")
     for name in ("train_file", "eval_file"):      # absolute, so that --resume works from anywhere
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    task = taskdata.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
+    task = tasks.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
     if task.name == "custom":
-        taskdata.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
+        tasks.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
     check_fits_model(args)
     args.name = args.name or run_name(settings_name(args), args.lr, args.inner_lr)

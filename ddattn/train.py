@@ -9,7 +9,7 @@ of `python -m ddattn.evaluate` (whose run seed defaults to 0; seeds.py). It take
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import data as taskdata
+from . import tasks
 from . import seeds
 from .bert import fresh_model, load_pretrained
 from .errors import ArgumentParser, run_cli
@@ -22,7 +22,7 @@ from .unroll import train_on_distilled
 def train_classifier(run_dir: Path, which: str = "best", seed: int = 0) -> Classifier:
     """θ_T: θ_0 (the head of evaluation model `seed`, seeds.py) fine-tuned on the run's distilled_{which} for its T steps."""
     settings, distilled = load_run(run_dir, which)
-    task = taskdata.task_from_settings(settings)
+    task = tasks.task_from_settings(settings)
     model_dir = resolve_checkpoint(settings["model"])
     config, pretrained = load_pretrained(model_dir)
     thetas, _ = train_on_distilled(fresh_model(pretrained, config, task.num_classes, seeds.stream_seed("evaluation-head", 0, seed)), config, distilled)

@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddattn import data, fetch
-from ddattn.data import Example
+from ddattn import data, fetch, tasks
 from ddattn.errors import UserError, run_cli
 from ddattn.paths import shared_data_dir
+from ddattn.tasks import Example
 from tests.conftest import GOLDEN, REPO
 
 SHARED = shared_data_dir()
@@ -78,7 +78,7 @@ def tokenizer_path():
 def test_rows_per_class_of_the_shared_files(task, split, per_class):
     """Counts and label sets from SOURCES.md (MRPC 3668/408, SST-2 67349/872, RTE 2490/277, QNLI dev 5463,
     AG News test 7600); counted, not tokenised, so the big files stay fast."""
-    examples = data.read_examples(data.get_task(task), split, SHARED)
+    examples = tasks.read_examples(tasks.get_task(task), split, SHARED)
     labels = torch.tensor([e.label for e in examples])
     assert torch.bincount(labels, minlength=len(per_class)).tolist() == per_class
 
@@ -105,15 +105,15 @@ def test_rows_per_class_of_the_shared_files(task, split, per_class):
         "dead.", None, 0)),
 ])
 def test_known_rows(task, split, row, expected):
-    assert data.read_examples(data.get_task(task), split, SHARED)[row] == expected
+    assert tasks.read_examples(tasks.get_task(task), split, SHARED)[row] == expected
 
 
 def test_registry():
-    assert data.get_task("mrpc").metrics == ("accuracy", "f1") and data.get_task("rte").metrics == ("accuracy",)
-    assert data.get_task("qnli").label_names == ("entailment", "not_entailment")
-    assert data.get_task("ag_news").label_names == ("World", "Sports", "Business", "Sci/Tech")
-    assert [data.get_task(t).is_pair for t in ("mrpc", "sst2", "qnli", "rte", "ag_news")] == [1, 0, 1, 1, 0]
-    assert data.get_task("ag_news").num_classes == 4
+    assert tasks.get_task("mrpc").metrics == ("accuracy", "f1") and tasks.get_task("rte").metrics == ("accuracy",)
+    assert tasks.get_task("qnli").label_names == ("entailment", "not_entailment")
+    assert tasks.get_task("ag_news").label_names == ("World", "Sports", "Business", "Sci/Tech")
+    assert [tasks.get_task(t).is_pair for t in ("mrpc", "sst2", "qnli", "rte", "ag_news")] == [1, 0, 1, 1, 0]
+    assert tasks.get_task("ag_news").num_classes == 4
 
 
 # --- tokenisation ----------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def mrpc10(tmp_path):
 
 
 def test_batches_pad_to_multiples_of_eight_with_masks(mrpc10, tokenizer_path):
-    split = data.load_split(data.get_task("mrpc"), "train", tokenizer_path, 30, mrpc10)
+    split = data.load_split(tasks.get_task("mrpc"), "train", tokenizer_path, 30, mrpc10)
     assert split.lengths.max() == 30                                 # the longest rows were truncated
     labels = []
     for batch in data.batches(split, 3):
@@ -162,7 +162,7 @@ def test_batches_pad_to_multiples_of_eight_with_masks(mrpc10, tokenizer_path):
 
 
 def test_shuffling_is_deterministic_and_indices_select_rows(mrpc10, tokenizer_path):
-    split = data.load_split(data.get_task("mrpc"), "train", tokenizer_path, 32, mrpc10)
+    split = data.load_split(tasks.get_task("mrpc"), "train", tokenizer_path, 32, mrpc10)
 
     def order(seed, indices=None):
         batches = data.batches(split, 4, indices=indices, shuffle=True, generator=torch.Generator().manual_seed(seed))
@@ -184,7 +184,7 @@ def test_split_train_val_is_a_seeded_partition():
 
 
 def test_cache_hits_and_invalidates(mrpc10, tokenizer_path, monkeypatch):
-    task, cache = data.get_task("mrpc"), mrpc10 / "mrpc" / "cache"
+    task, cache = tasks.get_task("mrpc"), mrpc10 / "mrpc" / "cache"
     first = data.load_split(task, "train", tokenizer_path, 16, mrpc10)
     assert [p.suffix for p in cache.iterdir()] == [".safetensors"]  # one file, no temp file left behind
     with monkeypatch.context() as m:
@@ -204,35 +204,35 @@ def test_custom_csv_task(tmp_path, tokenizer_path):
         "mine/train.csv": 'id,premise,hypothesis,gold\n1,"a, quoted, premise",short,yes\n\n2,plain,"two\nlines",no\n',
         "mine/eval.tsv": 'premise\thypothesis\tgold\n"bare" quotes\tok\tno\n',
     })
-    task = data.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", "premise,hypothesis", "gold")
+    task = tasks.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", "premise,hypothesis", "gold")
     assert task.label_names == ("no", "yes") and task.is_pair and task.num_classes == 2   # inferred, sorted
-    assert data.read_examples(task, "train") == [Example("a, quoted, premise", "short", 1),
+    assert tasks.read_examples(task, "train") == [Example("a, quoted, premise", "short", 1),
                                                  Example("plain", "two\nlines", 0)]
-    assert data.read_examples(task, "eval") == [Example('"bare" quotes', "ok", 0)]   # .tsv: quotes are text
-    flipped = data.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", ["premise"], "gold",
+    assert tasks.read_examples(task, "eval") == [Example('"bare" quotes', "ok", 0)]   # .tsv: quotes are text
+    flipped = tasks.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", ["premise"], "gold",
                                ["yes", "no"])
-    assert [e.label for e in data.read_examples(flipped, "train")] == [0, 1] and not flipped.is_pair
+    assert [e.label for e in tasks.read_examples(flipped, "train")] == [0, 1] and not flipped.is_pair
     settings = {"task": "custom", "train_file": str(tmp_path / "mine/train.csv"),
                 "eval_file": str(tmp_path / "mine/eval.tsv"),
                 "text_columns": "premise", "label_column": "gold", "labels": "yes,no"}
-    assert data.task_from_settings(settings) == flipped
+    assert tasks.task_from_settings(settings) == flipped
     assert len(data.load_split(task, "train", tokenizer_path, 32, tmp_path / "data")) == 2
     with pytest.raises(UserError, match=r"train.csv:5: unknown label 'maybe' \(expected yes, no\)"):
         (tmp_path / "mine/train.csv").write_text("premise,gold\na,yes\nb,no\n\nc,maybe\n")
-        data.read_examples(flipped, "train")
+        tasks.read_examples(flipped, "train")
 
 
 def test_ag_news_reads_both_formats_and_says_when_it_uses_the_subset(tmp_path, tokenizer_path, capsys):
-    task = data.get_task("ag_news")
+    task = tasks.get_task("ag_news")
     write_files(tmp_path, {"ag_news/test.csv": '"1","Title","Body, with comma"\n"4","T2","B2"\n',
                            "ag_news/train_subset.csv": '"Some text",3\n"More text",0\n'})
-    assert data.read_examples(task, "eval", tmp_path) == [Example("Title Body, with comma", None, 0),
+    assert tasks.read_examples(task, "eval", tmp_path) == [Example("Title Body, with comma", None, 0),
                                                           Example("T2 B2", None, 3)]
-    assert data.read_examples(task, "train", tmp_path) == [Example("Some text", None, 3), Example("More text", None, 0)]
+    assert tasks.read_examples(task, "train", tmp_path) == [Example("Some text", None, 3), Example("More text", None, 0)]
     assert len(data.load_split(task, "train", tokenizer_path, 16, tmp_path)) == 2
     assert "train.csv is absent, using" in capsys.readouterr().err
     write_files(tmp_path, {"ag_news/train.csv": '"2","Full","Train"\n'})
-    assert data.read_examples(task, "train", tmp_path) == [Example("Full Train", None, 1)]   # the full file wins
+    assert tasks.read_examples(task, "train", tmp_path) == [Example("Full Train", None, 1)]   # the full file wins
 
 
 # --- errors: the Python API and the command line ---------------------------------------------------
@@ -277,7 +277,7 @@ def test_bad_files_are_one_line_errors(tmp_path, capsys, task, files, message):
     write_files(tmp_path, files)
     with pytest.raises(UserError) as error:
         for split in ("train", "eval"):
-            data.read_examples(data.get_task(task), split, tmp_path)
+            tasks.read_examples(tasks.get_task(task), split, tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert_one_error_line(cli_in_process(capsys, "--task", task, "--data-dir", str(tmp_path), "--check"), message)
 
@@ -290,8 +290,8 @@ def test_bad_files_in_a_subprocess(tmp_path, case):
 
 
 def test_missing_file_names_where_it_looked_and_the_make_target(tmp_path):
-    with pytest.raises(data.MissingFileError, match=f"not found in {tmp_path / 'ag_news'}.*make data TASK=ag_news"):
-        data.read_examples(data.get_task("ag_news"), "train", tmp_path)
+    with pytest.raises(tasks.MissingFileError, match=f"not found in {tmp_path / 'ag_news'}.*make data TASK=ag_news"):
+        tasks.read_examples(tasks.get_task("ag_news"), "train", tmp_path)
     with pytest.raises(UserError, match="tokenizer .* is missing; run `make weights`"):
         data.load_tokenizer(tmp_path / "tokenizer.json")
 

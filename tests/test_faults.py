@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddattn import baselines, data, distill, evaluate, inspect, paths, report
+from ddattn import baselines, data, distill, evaluate, inspect, paths, report, tasks
 from ddattn.distilled import DistilledConfig, DistilledData
 from tests.conftest import REPO
 from tests.test_baselines import cli_error, small_mrpc
@@ -396,7 +396,7 @@ def test_a_corrupt_data_cache_is_rebuilt_with_a_note(env, capsys):
     folder = env / "data"
     (folder / "mrpc").mkdir(parents=True)
     shutil.copy(Path(os.environ["DDATTN_DATA_DIR"]) / "mrpc" / "dev.tsv", folder / "mrpc" / "dev.tsv")
-    tokenizer, task = paths.weights_dir() / "minilm-l6" / "tokenizer.json", data.get_task("mrpc")
+    tokenizer, task = paths.weights_dir() / "minilm-l6" / "tokenizer.json", tasks.get_task("mrpc")
     good = data.load_split(task, "eval", tokenizer, 16, folder)
     [cache] = (folder / "mrpc" / "cache").iterdir()
     cache.write_bytes(cache.read_bytes()[:200])                          # cut short
