@@ -118,7 +118,7 @@ class Distillation:
             raise UserError(problem)
         self.task = tasks.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
-        dtype = DTYPES[getattr(args, "dtype", "float32")]
+        dtype = DTYPES[args.dtype]
         self.bert_config, self.pretrained = load_pretrained(self.model_dir, dtype=dtype, device=device)
         config = distilled_config(args, self.bert_config, self.task.num_classes)
 
@@ -157,7 +157,7 @@ class Distillation:
             if distributed.is_main():
                 run.start_afresh()
                 run.write_config(saved_settings(args))
-            if getattr(args, "preset_reason", None):
+            if args.preset_reason:
                 self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
                          f"--preset {'paper' if args.preset == 'cpu' else 'cpu'} for the other one")
             self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "

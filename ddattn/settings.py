@@ -2,11 +2,13 @@
 
 `python -m ddattn.distill` reads its command line here: a preset (paper, cpu, quick) fills what the
 flags leave open, every value is checked before anything is written, and `--resume RUN_DIR` reads the
-run's config.json back (checked) and lets only --max-steps, --epochs and --device change.
+run's config.json back (checked) and lets only --max-steps, --epochs and --device change. Either way the
+result is one frozen `Settings`, built once and never changed afterwards; config.json is `saved_settings`.
 """
 
 import argparse
 import math
+from dataclasses import field, make_dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -43,8 +45,23 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 text_columns=None, label_column=None, labels=None, seq_len=None, epochs=None, val_size=None,
                 val_models=None)
 
+# Every setting of one run, as an immutable record: the fields of DEFAULTS (a preset fills the None ones),
+# `resume` (always None once a run is open) and `preset_reason` (how the preset was chosen; not saved).
+Settings = make_dataclass("Settings", [(name, object, field(default=value)) for name, value in DEFAULTS.items()]
+                          + [("resume", object, field(default=None)), ("preset_reason", object, field(default=None))],
+                          frozen=True)
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+
+def parse_args(argv: Optional[Sequence[str]]):
+    """The settings a command line asks for: `Settings` for a new run; for `--resume RUN_DIR`, the flags
+    given (resumed_settings reads the rest from the run)."""
+    flags = parse_flags(argv)
+    vars(flags).pop("overwrite", None)
+    return flags if flags.resume else from_flags(flags)
+
+
+def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The command line as given: None for every flag left out."""
     p = ArgumentParser(prog="python -m ddattn.distill", description=DESCRIPTION)
     p.add_argument("--task", help=f"task to distil: {', '.join(tasks.TASK_NAMES)}")
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
@@ -109,14 +126,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             action.help = (action.help or "") + " [" + ", ".join(f"{name} preset: {value}" for name, value in presets.items()) + "]"
         elif DEFAULTS.get(action.dest) not in (None, ""):
             action.help = (action.help or "") + f" [default: {DEFAULTS[action.dest]}]"
-    args = p.parse_args(argv)
-    if args.resume:
-        return args
-    if args.preset is None:
-        args.preset, args.preset_reason = default_preset(args.device)
-    settings = {**DEFAULTS, **PRESETS[args.preset], "resume": None}
-    settings.update({k: v for k, v in vars(args).items() if v is not None})
-    return argparse.Namespace(**settings)
+    return p.parse_args(argv)
+
+
+def from_flags(flags: argparse.Namespace) -> "Settings":
+    """A new run's settings: the flags given, then the preset's values, then DEFAULTS; file paths made
+    absolute (so that --resume works from anywhere)."""
+    given = {k: v for k, v in vars(flags).items() if v is not None}
+    if "preset" not in given:
+        given["preset"], given["preset_reason"] = default_preset(flags.device)
+    given.update({k: str(Path(given[k]).resolve()) for k in ("train_file", "eval_file") if k in given})
+    return Settings(**{**DEFAULTS, **PRESETS[given["preset"]], **given})
 
 
 def default_preset(device: Optional[str]) -> Tuple[str, str]:
@@ -132,6 +152,16 @@ def saved_settings(args) -> dict:
     return {**{k: v for k, v in vars(args).items() if k != "preset_reason"}, "resume": None}
 
 
+def step_batch_size(args, num_classes: int) -> int:
+    """Distilled samples per inner step: --batch-size, or with --data-per-step different (and no
+    --batch-size) each step's own C × shots / T samples."""
+    if args.data_per_step != "different" or args.batch_size:
+        return args.batch_size
+    if args.shots % args.steps:
+        raise UserError(f"--data-per-step different needs --shots ({args.shots}) divisible by --steps ({args.steps})")
+    return num_classes * args.shots // args.steps
+
+
 def preset_summary(args) -> str:
     steps = f" (at most {args.max_steps} outer steps)" if args.max_steps else ""
     alpha_inner = f" (η̃: {args.lr_inner:g})" if args.lr_inner else ""
@@ -141,13 +171,9 @@ def preset_summary(args) -> str:
 
 
 def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
-    if args.data_per_step == "different" and not args.batch_size:
-        if args.shots % args.steps:
-            raise UserError(f"--data-per-step different needs --shots ({args.shots}) divisible by --steps ({args.steps})")
-        args.batch_size = num_classes * args.shots // args.steps
     config = DistilledConfig(num_classes=num_classes, seq_len=args.seq_len, hidden_size=bert_config.hidden_size,
                              num_layers=bert_config.num_layers, num_heads=bert_config.num_heads, shots=args.shots,
-                             steps=args.steps, batch_size=args.batch_size, label_type=args.label_type,
+                             steps=args.steps, batch_size=step_batch_size(args, num_classes), label_type=args.label_type,
                              attention_type=args.attention_type, attn_weight=args.attn_weight,
                              inner_lr_init=args.inner_lr)
     config.validate(bert_config.max_positions)
@@ -203,26 +229,25 @@ def run_name(prefix: str, lr: float, inner_lr: float) -> str:
 
 def load_or_start(argv):
     """(settings, run directory, checkpoint or None) for a new run or for `--resume RUN_DIR`."""
-    args = parse_args(argv)
-    overwrite = vars(args).pop("overwrite", False)
-    if args.resume:
+    flags = parse_flags(argv)
+    overwrite = vars(flags).pop("overwrite", False)
+    if flags.resume:
         if overwrite:
             raise UserError("--overwrite starts a run afresh; it cannot be combined with --resume")
-        run = RunDirectory(Path(args.resume))
+        run = RunDirectory(Path(flags.resume))
         if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
-            raise UserError(f"{args.resume} has no config.json/checkpoint.pt to resume from")
-        return resumed_settings(args), run, checks.load_checkpoint(run.checkpoint)
+            raise UserError(f"{flags.resume} has no config.json/checkpoint.pt to resume from")
+        return resumed_settings(flags), run, checks.load_checkpoint(run.checkpoint)
+    args = from_flags(flags)
     if not args.task:
         raise UserError(f"--task is required: one of {', '.join(tasks.TASK_NAMES)}")
-    for name in ("train_file", "eval_file"):      # absolute, so that --resume works from anywhere
-        if getattr(args, name):
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     task = tasks.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
     if task.name == "custom":
         tasks.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
     check_fits_model(args)
-    args.name = args.name or run_name(settings_name(args), args.lr, args.inner_lr)
+    args = replace(args, name=args.name or run_name(settings_name(args), args.lr, args.inner_lr),
+                   batch_size=step_batch_size(args, task.num_classes))
     run = RunDirectory(runs_dir() / args.task / args.name, overwrite)
     run.refuse_clobbering()      # early; checked again under the run's lock
     return args, run, None
@@ -232,7 +257,7 @@ RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may cha
 ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random"}   # absent from older runs: their values
 
 
-def resumed_settings(args) -> argparse.Namespace:
+def resumed_settings(args) -> "Settings":
     """The saved settings of `--resume RUN_DIR` (checked), with --max-steps, --epochs and --device applied.
     Any other flag is refused unless it repeats the saved value: never silently dropped."""
     path = Path(args.resume) / "config.json"
@@ -245,7 +270,7 @@ def resumed_settings(args) -> argparse.Namespace:
     if wrong:
         raise UserError(f"{path}: {wrong[0]} is {saved[wrong[0]]!r}, not of type {expected_type(wrong[0]).__name__}")
     try:
-        check_settings(argparse.Namespace(**saved))
+        check_settings(argparse.Namespace(**saved))     # before Settings: an unknown key is not the problem
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     given = {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
@@ -259,7 +284,8 @@ def resumed_settings(args) -> argparse.Namespace:
     if "epochs" in given and "max_steps" not in given and saved["max_steps"]:
         raise UserError(f"the run stops at --max-steps {saved['max_steps']} ({path}), so --epochs alone cannot extend "
                         "it; give a larger --max-steps too (0: all epochs)")
-    settings = argparse.Namespace(**{**saved, **given})
+    known = {k: v for k, v in {**saved, **given}.items() if k in DEFAULTS}     # a stray key in config.json is ignored
+    settings = Settings(**known)
     check_settings(settings)
     return settings
 

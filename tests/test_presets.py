@@ -3,6 +3,7 @@ settings where a GPU is visible; an explicit --preset or flag always wins."""
 
 import json
 
+import pytest
 import torch
 
 from ddattn import settings
@@ -27,5 +28,14 @@ def test_a_gpu_means_the_paper_preset(monkeypatch):
 def test_explicit_choices_win(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = settings.parse_args(["--task", "mrpc", "--preset", "paper", "--seq-len", "128"])
-    assert args.preset == "paper" and args.seq_len == 128 and not hasattr(args, "preset_reason")
+    assert args.preset == "paper" and args.seq_len == 128 and args.preset_reason is None
     assert settings.parse_args(["--task", "mrpc", "--inner-lr", "0.05"]).inner_lr == 0.05
+
+
+def test_settings_are_built_once_and_frozen(monkeypatch):
+    import dataclasses
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = settings.parse_args(["--task", "mrpc", "--shots", "2"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.shots = 3
+    assert settings.step_batch_size(dataclasses.replace(args, data_per_step="different", steps=2), 2) == 2

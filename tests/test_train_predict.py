@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ddattn import baselines, card, convert, evaluate, predict, train
 from ddattn import data as taskdata
 from ddattn.bert import bert_forward, load_pretrained
-from ddattn.settings import parse_args
+from ddattn.settings import parse_args, saved_settings
 from ddattn.export import load_exported
 from ddattn.paths import weights_dir
 from tests.conftest import REPO
@@ -200,7 +200,7 @@ def test_card_without_matplotlib_says_so(run, tmp_path, monkeypatch):
 def test_card_reproduce_command_parses_back_to_the_settings(run):
     settings = json.loads((run / "config.json").read_text())
     command = card.distill_command(settings).replace("\\\n", " ").split()[3:]
-    assert vars(parse_args(command)) == settings
+    assert saved_settings(parse_args(command)) == settings
 
 
 # --- bad input: one line, exit 2, nothing overwritten ------------------------------------------------------
