@@ -31,8 +31,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-KERNELS = ("sdpa", "recomputed", "plain")
-
 
 def choose_kernel(fused: bool, plain: bool, cls_only: bool, key_mask: Optional[torch.Tensor], want: str) -> str:
     """The kernel for one layer (see the module docstring)."""

@@ -15,15 +15,15 @@ The distilled data are input *embeddings* x̃ (paper Sec. 2.1), so `inputs_embed
 lookup. The attention labels (Sec. 2.3, Eq. 6) supervise the attention of the [CLS] query, so the
 forward returns the [CLS] attention scores of every layer and head, (B, L, H, S), and on request the
 full (B, L, H, S, S) maps. Scores are returned before the softmax so that the attention loss can use
-log_softmax(scores) directly (exact and stable) instead of log(probabilities).
+log_softmax(scores) directly (exact and stable) instead of log(probabilities). How softmax(q kᵀ) v is
+computed (a fused kernel, a twice-differentiable one, or the textbook ops) is engineering: attention.py.
 
 Notation in shape comments (here, attention.py and unroll.py) and how it maps to the paper's:
     B  sequences in a batch            S  tokens per sequence (the paper's S is its number of outer steps)
     D  hidden size                     I  FFN (intermediate) size       V  vocabulary size
     H  attention heads (paper H)       L  layers (paper K)              Dh = D / H, one head's size
     C  classes                         M  distilled samples (paper M)   T  inner SGD steps (paper T)
-    Sq queries: S, or 1 where a layer computes the [CLS] row only How softmax(q kᵀ) v is
-computed (a fused kernel, a twice-differentiable one, or the textbook ops) is engineering: attention.py.
+    Sq queries: S, or 1 where a layer computes the [CLS] row only
 """
 
 import json
