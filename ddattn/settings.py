@@ -149,7 +149,7 @@ def default_preset(device: Optional[str]) -> Tuple[str, str]:
 
 def saved_settings(args) -> dict:
     """What config.json records: every setting, less how this invocation came to them."""
-    return {**{k: v for k, v in vars(args).items() if k != "preset_reason"}, "resume": None}
+    return {k: v for k, v in vars(args).items() if k != "preset_reason"}
 
 
 def step_batch_size(args, num_classes: int) -> int:
@@ -171,9 +171,11 @@ def preset_summary(args) -> str:
 
 
 def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
+    """D̃'s shape and inner-loop settings; args.batch_size is already resolved (step_batch_size, in
+    load_or_start for a new run; a resumed run's config.json holds the resolved value)."""
     config = DistilledConfig(num_classes=num_classes, seq_len=args.seq_len, hidden_size=bert_config.hidden_size,
                              num_layers=bert_config.num_layers, num_heads=bert_config.num_heads, shots=args.shots,
-                             steps=args.steps, batch_size=step_batch_size(args, num_classes), label_type=args.label_type,
+                             steps=args.steps, batch_size=args.batch_size, label_type=args.label_type,
                              attention_type=args.attention_type, attn_weight=args.attn_weight,
                              inner_lr_init=args.inner_lr)
     config.validate(bert_config.max_positions)
