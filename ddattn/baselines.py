@@ -22,6 +22,7 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,6 +53,7 @@ class Setting:
     evaluation: taskdata.EncodedSplit
     n_train: int                          # training examples used: all, or the first --train-limit
     device: torch.device
+    out: Path                             # runs/<task>/<baseline>/
     config: Optional[BertConfig] = None
     pretrained: Optional[Params] = None
 
@@ -104,11 +106,27 @@ def adamw(theta: Params, lr: float, weight_decay: float) -> torch.optim.AdamW:
 
 
 def shuffled_epochs(split: taskdata.EncodedSplit, indices: torch.Tensor, batch_size: int, epochs: int, seed: int,
-                    device) -> Iterable[Batch]:
-    """`epochs` passes over `indices` in mini-batches, reshuffled each epoch from one seeded generator."""
+                    device, group_by_length: bool = False) -> Iterable[Batch]:
+    """`epochs` passes over `indices` in mini-batches, reshuffled each epoch from one seeded generator;
+    `group_by_length`: each epoch's batches are `length_grouped`."""
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        yield from taskdata.batches(split, batch_size, indices=indices, shuffle=True, generator=generator, device=device)
+        if not group_by_length:
+            yield from taskdata.batches(split, batch_size, indices=indices, shuffle=True, generator=generator, device=device)
+            continue
+        for rows in length_grouped(indices[torch.randperm(len(indices), generator=generator)], split.lengths,
+                                   batch_size, generator):
+            yield taskdata.collate(split, rows, device)
+
+
+def length_grouped(rows: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                   group: int = 50) -> List[torch.Tensor]:
+    """Shuffled `rows` cut into batches of similar lengths, so that little of each batch is padding: every
+    run of `group` batches' worth of rows is sorted by length and cut into batches, and the batches are
+    shuffled (as Hugging Face's `group_by_length`). Same examples per epoch, less randomness per batch."""
+    chunks = rows.split(batch_size * group)
+    grouped = [b for chunk in chunks for b in chunk[lengths[chunk].argsort(stable=True)].split(batch_size)]
+    return [grouped[i] for i in torch.randperm(len(grouped), generator=generator)]
 
 
 def nan_to(value: float, x: float) -> float:
@@ -139,27 +157,58 @@ def fine_tune_full(s: Setting, rows: torch.Tensor, lr: float, epochs: int) -> Pa
     optimizer = adamw(theta, lr, a.weight_decay)
     total = epochs * math.ceil(len(rows) / a.batch_size)
     scheduler = linear_schedule(optimizer, total, a.warmup)
-    batches = shuffled_epochs(s.train, rows, a.batch_size, epochs, seeds.stream_seed("baseline", a.seed, 1), s.device)
+    batches = shuffled_epochs(s.train, rows, a.batch_size, epochs, seeds.stream_seed("baseline", a.seed, 1), s.device,
+                              a.group_by_length)
     with tqdm(total=total, desc=f"full {s.task.name}, lr {lr:g}, {epochs} epochs", unit="step", dynamic_ncols=True) as bar:
         return fit(theta, s.config, batches, optimizer, scheduler, clip=a.clip, bar=bar)
+
+
+def full_recipe(s: Setting) -> dict:
+    """Everything but (lr, epochs) that decides a fine-tuning run of `full`: a finished candidate is reused
+    only under the same recipe."""
+    a = s.args
+    return {"task": s.task.name, "model": str(a.model), "max_length": a.max_length, "seed": a.seed,
+            "train_examples": s.n_train, "val_size": a.val_size, "batch_size": a.batch_size,
+            "weight_decay": a.weight_decay, "warmup": a.warmup, "clip": a.clip, "group_by_length": a.group_by_length,
+            "eval_examples": len(s.evaluation)}
+
+
+def finished_candidates(path: Path, recipe: dict) -> List[dict]:
+    """The candidates an interrupted `full` run finished under the same recipe (none if it differs)."""
+    if not path.is_file():
+        return []
+    saved = checks.read_json(path)
+    if saved.get("recipe") != recipe:
+        print(f"{path}: written under other settings; its candidates are not reused")
+        return []
+    checks.require_fields(saved, ["candidates"], path)
+    return saved["candidates"]
 
 
 def full(s: Setting) -> Tuple[dict, List[dict], dict]:
     """One fine-tuning run per (lr, epochs) on the training split less a held-out slice; the run with the
     best headline metric on that held-out slice is the row. The paper instead adopts the best on the
-    evaluation split (Appendix B): recorded beside it as `best_on_eval`, an optimistic upper bound."""
+    evaluation split (Appendix B): recorded beside it as `best_on_eval`, an optimistic upper bound.
+    Each finished candidate is saved at once (candidates.json), so a killed run resumes where it stopped."""
     a = s.args
     s.load_model()
     pool, val_idx = taskdata.split_train_val(s.n_train, a.val_size, seeds.stream_seed("train-val-split", a.seed))
     val_set, eval_set = eval_batches(s.train, a.eval_batch_size, s.device, indices=val_idx), s.eval_set()
+    saved, recipe = s.out / "candidates.json", full_recipe(s)
+    done = {(c["lr"], c["epochs"]): c for c in finished_candidates(saved, recipe)}
     candidates = []
     for lr in a.lrs:
         for epochs in a.epochs:
+            if (lr, epochs) in done:
+                candidates.append(done[(lr, epochs)])
+                print(f"lr {lr:g}, {epochs} epochs: finished before, read from {saved}")
+                continue
             started = time.perf_counter()
             theta = fine_tune_full(s, pool, lr, epochs)
             validation, run = (score(theta, s.config, batches, s.task.metrics) for batches in (val_set, eval_set))
             candidates.append({"lr": lr, "epochs": epochs, "validation": validation, "summary": mean_std([run]),
                                "runs": [run], "seconds": time.perf_counter() - started})
+            write_json_atomic(saved, {"recipe": recipe, "candidates": [*done.values(), *candidates]})
             print(f"lr {lr:g}, {epochs} epochs: held-out {format_summary(mean_std([validation]))}; "
                   f"eval {format_summary(candidates[-1]['summary'])}")
     metric = headline_metric(candidates[0]["summary"])
@@ -167,7 +216,7 @@ def full(s: Setting) -> Tuple[dict, List[dict], dict]:
     best_on_eval = max(candidates, key=lambda c: nan_to(-math.inf, c["summary"][metric]["mean"]))
     settings = {"lr": chosen["lr"], "epochs": chosen["epochs"], "lr_grid": list(a.lrs), "epochs_grid": list(a.epochs),
                 "weight_decay": a.weight_decay, "batch_size": a.batch_size, "warmup": a.warmup, "clip": a.clip,
-                "optimizer": "adamw", "val_size": a.val_size, "trained_on": len(pool),
+                "optimizer": "adamw", "val_size": a.val_size, "trained_on": len(pool), "group_by_length": a.group_by_length,
                 "selection": f"the (lr, epochs) with the best {metric} on {a.val_size} held-out training examples "
                              "(never the eval split); trained on the rest of the training split"}
     paper = {"lr": best_on_eval["lr"], "epochs": best_on_eval["epochs"], "summary": best_on_eval["summary"],
@@ -255,6 +304,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with linear warmup, then linear decay")
     g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
+    g.add_argument("--group-by-length", action="store_true",
+                   help="batches of similar lengths (less padding: ~3× fewer tokens on SST-2); same examples per epoch")
     g = p.add_argument_group("random-real: k real examples per class, T SGD steps")
     g.add_argument("--shots", type=int, default=1, help="k real examples per class")
     g.add_argument("--steps", type=int, default=1, help="T plain SGD steps on the whole k·C batch")
@@ -293,13 +344,13 @@ def load_setting(args) -> Setting:
     if args.baseline in ("random-real", "full") and n_train <= args.val_size:
         raise UserError(f"{n_train} training examples cannot hold --val-size {args.val_size} and a training pool")
     device = distributed.local_device(args.device)
-    return Setting(args, task, train, evaluation, n_train, device)
+    return Setting(args, task, train, evaluation, n_train, device, runs_dir() / task.name / args.baseline)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     s = load_setting(args)
-    out = runs_dir() / s.task.name / args.baseline
+    out = s.out
     checks.writable_dir(out, "DDATTN_RUNS_DIR")     # now, not after the work
     started = time.perf_counter()
     commit = code_version()          # the code that runs, read before HEAD can move

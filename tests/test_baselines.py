@@ -127,6 +127,38 @@ def test_full_grid_is_chosen_on_held_out_training_data(base):
     assert all(torch.isfinite(torch.tensor(c["summary"]["loss"]["mean"])) for c in candidates)
 
 
+def test_an_interrupted_full_run_reuses_only_candidates_of_the_same_recipe(base, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path))
+    argv = ["full", *SMALL, "--train-limit", "20", "--val-size", "8", "--batch-size", "8", "--epochs", "1",
+            "--lrs", "2e-5", "1e-3", "--group-by-length"]
+    baselines.main(argv)
+    first = json.loads((tmp_path / "mrpc" / "full" / "eval.json").read_text())
+    saved = json.loads((tmp_path / "mrpc" / "full" / "candidates.json").read_text())
+    assert saved["candidates"] == first["candidates"] and saved["recipe"]["train_examples"] == 20
+
+    def no_training(*_):
+        raise AssertionError("a finished candidate was trained again")
+    monkeypatch.setattr(baselines, "fine_tune_full", no_training)
+    baselines.main(argv)                                    # every candidate finished: nothing is trained
+    again = json.loads((tmp_path / "mrpc" / "full" / "eval.json").read_text())
+    assert again["candidates"] == first["candidates"] and again["summary"] == first["summary"]
+    assert capsys.readouterr().out.count("finished before") == 2
+    with pytest.raises(AssertionError, match="trained again"):  # another recipe: the saved ones are not reused
+        baselines.main(argv + ["--clip", "0.5"])
+    assert "not reused" in capsys.readouterr().out
+
+
+def test_length_grouped_batches_keep_the_examples_and_cut_the_padding():
+    lengths = torch.randint(5, 120, (1000,), generator=torch.Generator().manual_seed(0))
+    rows = torch.randperm(1000, generator=torch.Generator().manual_seed(1))
+    grouped = baselines.length_grouped(rows, lengths, 32, torch.Generator().manual_seed(2), group=10)
+    assert sorted(torch.cat(grouped).tolist()) == list(range(1000)) and max(map(len, grouped)) == 32
+    width = sum(len(b) * int(lengths[b].max()) for b in grouped)
+    plain = sum(len(b) * int(lengths[b].max()) for b in rows.split(32))
+    real = int(lengths.sum())
+    assert width - real < 0.2 * (plain - real)                # most of the padding of random batches is gone
+
+
 def test_fine_tuning_trains_every_parameter_with_decoupled_decay(tiny):
     config, theta = tiny
     leaves = baselines.trainable(theta)
