@@ -6,7 +6,9 @@
                  linear decay, one run per (lr, epochs) in {2e-5, 5e-5} × {2, 3}, trained on the training split
                  less a held-out slice that picks the row's run. The paper adopts the best run *on the
                  evaluation split* (Appendix B); that number is kept beside it in eval.json (`best_on_eval`)
-                 and shown as its own, labelled row: an optimistic upper bound, not a tuned result.
+                 and shown as its own, labelled row: an optimistic upper bound, not a tuned result. Each
+                 finished (lr, epochs) run is saved at once (candidates.json): rerun the command to resume.
+                 `--group-by-length` batches rows of similar length (far less padding on short texts).
 - `random-real`  data selection instead of distillation (Sec. 1): k real training examples per class with
                  hard labels, trained for the same T plain SGD steps a distilled dataset gets. Its learning
                  rate comes from a small grid, chosen by loss on a held-out slice of the *training* split;
