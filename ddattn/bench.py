@@ -126,6 +126,21 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+# Operators that are matrix products (the attention kernels included); everything else is elementwise
+# work, reductions, copies and the framework's own time.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def op_seconds(fn) -> Dict[str, float]:
+    """Self time in seconds of each operator that `fn()` runs (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])]) as prof:
+        fn()
+    times = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -195,6 +210,7 @@ def worker(spec: dict) -> dict:
         cpu_times.append(time.process_time() - cpu_started)
     peak, process_peak = memory.stop()
     flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
+    ops = op_seconds(outer_step) if spec.get("profile") else None      # and one more, profiled
     median = statistics.median(times)
     errors = None
     if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate or reference: vs recompute
@@ -208,6 +224,8 @@ def worker(spec: dict) -> dict:
             "flops": flops, "gflop_per_step": flops / 1e9, "gflops_per_s": flops / median / 1e9,
             "matmul_size": spec["matmul_size"], "matmul_gflops": peak_gflops,
             "pct_of_matmul_peak": 100 * flops / median / 1e9 / peak_gflops,
+            **({"op_seconds": ops, "profiled_s": sum(ops.values()),
+                "matmul_s": sum(t for op, t in ops.items() if op in MATMUL_OPS)} if ops else {}),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
             "device_name": device_name(device)}
 
@@ -290,6 +308,27 @@ def reference_ratios(results: List[dict]) -> List[dict]:
                            "peak": r["peak_mb"] / ref["peak_mb"], "process": r["process_peak_mb"] / ref["process_peak_mb"],
                            "reference": ref})
     return ratios
+
+
+def profile_table(results: List[dict]) -> str:
+    """Where one profiled step's time goes (--profile): matrix products against everything else. The
+    matmul seconds alone bound what any removal of the other work could reach."""
+    references = {(r["seq_len"], r["steps"], r["attn"]): r for r in results if r["mode"] == REFERENCE and "error" not in r}
+    lines = ["", "Where the time goes (`--profile`: one more step under torch.profiler; self time of each operator). "
+             "*Matmul-only ÷ reference*: this step's matmul seconds over the reference's median step, the ratio "
+             "it would reach if all its other work took no time.", "",
+             "| S | T | mode | profiled s | matmul s | other s | matmul share | largest other operators | matmul-only ÷ reference |",
+             "|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+    for r in results:
+        if "matmul_s" not in r:
+            continue
+        others = [(op, t) for op, t in r["op_seconds"].items() if op not in MATMUL_OPS][:3]
+        ref = references.get((r["seq_len"], r["steps"], r["attn"]))
+        bound = f"{r['matmul_s'] / ref['median_s']:.2f}" if ref and r is not ref else "—"
+        lines.append(f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['profiled_s']:.2f} | {r['matmul_s']:.2f} | "
+                     f"{r['profiled_s'] - r['matmul_s']:.2f} | {100 * r['matmul_s'] / r['profiled_s']:.0f} % | "
+                     + ", ".join(f"{op.removeprefix('aten::')} {t:.2f}" for op, t in others) + f" | {bound} |")
+    return "\n".join(lines) + "\n"
 
 
 def ratio_table(results: List[dict]) -> str:
@@ -381,6 +420,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--reference", action="store_true",
                    help="also time the same step written the straightforward way (ddattn/reference.py) before each "
                         "configuration, and print ddattn's time and memory as ratios of it")
+    p.add_argument("--profile", action="store_true",
+                   help="run one more step under torch.profiler and report the matmul share of its time")
     p.add_argument("--autocast", nargs="+", default=["none"], metavar="DTYPE",
                    help="matmul precision: none (default), bf16, fp16 (torch.autocast; approximate)")
     p.add_argument("--attn", nargs="+", default=["cls"], metavar="ATTN",
@@ -478,7 +519,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     settings = dict(model=str(model_dir), device=str(device), dtype=args.dtype, shots=args.shots,
                     real_batch=args.real_batch, real_len=args.real_len, micro_batch=args.micro_batch,
-                    repeat=args.repeat, seed=args.seed,
+                    repeat=args.repeat, seed=args.seed, profile=args.profile,
                     threads=args.threads,
                     matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
     env = {"device": device.type, "device_name": device_name(device), **environment(argv, args.threads),
@@ -498,7 +539,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"{r['median_s']:.3g} s/step, peak {r['peak_mb']:.0f} MB, {r['gflop_per_step']:.4g} GFLOP, "
               f"{r['gflops_per_s']:.3g} GFLOP/s", flush=True)
         write_json_atomic(json_path, {"environment": env, "results": results})   # a sweep cut short keeps its rows
-    table = markdown(results, env) + (ratio_table(results) if args.reference else "")
+    table = (markdown(results, env) + (ratio_table(results) if args.reference else "")
+             + (profile_table(results) if args.profile else ""))
     md_path = json_path.with_suffix(".md")
     md_path.write_text(table)
     print("\n" + table)

@@ -87,6 +87,19 @@ def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
     assert (tmp_path / "cpu.png").stat().st_size > 0
 
 
+def test_profile_splits_the_step_into_matmuls_and_the_rest(tiny_dir, tmp_path):
+    out = tmp_path / "cpu.json"
+    bench.main(["--model", str(tiny_dir), "--mode", "graph", "--reference", "--profile", "--no-plot", "--json", str(out), *FAST])
+    reference, graph = json.loads(out.read_text())["results"]
+    for r in (reference, graph):
+        assert 0 < r["matmul_s"] < r["profiled_s"] == pytest.approx(sum(r["op_seconds"].values()))
+        assert r["op_seconds"]["aten::mm"] > 0 and r["matmul_s"] >= r["op_seconds"]["aten::mm"]
+    table = (tmp_path / "cpu.md").read_text()
+    assert "Where the time goes" in table and "| 8 | 1 | reference |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| 8 | 1 | graph | ") and line.count("|") == 10)
+    assert row.split("|")[-2].strip() == f"{graph['matmul_s'] / reference['median_s']:.2f}"
+
+
 def test_failed_configuration_is_a_row_not_a_crash(tiny_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
