@@ -117,6 +117,9 @@ def test_table2_cells_selection_and_percent_of_full(runs, tmp_path, capsys):
     assert cell["val_loss"] == 0.5 and tables["table2"]["rows"]["SL"]["sst2"]["metric"] == "accuracy"
     assert tables["table2"]["percent_of_full"]["SL + AL"]["mrpc"] == pytest.approx(65.0 / 88.6 * 100)
     assert tables["table2"]["percent_of_full"]["SL"]["sst2"] is None
+    gap = text.split("Share of the gap")[1]
+    assert f"| SL + AL | — | {(65.0 - 74.8) / (88.6 - 74.8) * 100:.1f} |" in gap and "| HL | — | 0.0 |" in gap
+    assert tables["table2"]["gap_closed"]["Random real"]["mrpc"] == pytest.approx((70.0 - 74.8) / (88.6 - 74.8) * 100)
     assert "| SL + AL | — | 65.0 ± 1.0 |" in capsys.readouterr().out
 
 
