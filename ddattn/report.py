@@ -211,7 +211,8 @@ def build_table3(results: Sequence[Result], task_names: Sequence[str]) -> dict:
                    == (steps, shots, mode)]
         rows.append({"steps": steps, "shots": shots, "data_per_step": mode,
                      "cells": {t: pick([r for r in members if r.task == t]) for t in task_names}})
-    return {"tasks": list(task_names), "rows": rows}
+    majority = {t: pick([r for r in row_members(results, "Majority") if r.task == t]) for t in task_names}
+    return {"tasks": list(task_names), "rows": rows, "majority": majority}
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -300,8 +301,10 @@ def render_table3(table: dict) -> str:
     task_names = table["tasks"]
     header = ["# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in task_names)]
     mode_names = {"single": "single step", "same": "same", "different": "different"}
+    def shown(cell: Optional[dict], task: str) -> str:
+        return ("= majority: " if equals_majority(cell, table["majority"][task]) else "") + fmt(cell)
     rows = [[str(r["steps"]), str(r["shots"]), mode_names.get(r["data_per_step"], r["data_per_step"]),
-             *(fmt(r["cells"][t]) for t in task_names)] for r in table["rows"]]
+             *(shown(r["cells"][t], t) for t in task_names)] for r in table["rows"]]
     return ("# Table 3: SL + AL with several shots and steps\n\n" + markdown(header, rows) + "\n"
             + "\n".join(f"- {line}" for line in notes(table)) + "\n")
 
