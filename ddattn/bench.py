@@ -296,9 +296,14 @@ def markdown(results: List[dict], env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reference_rows(results: List[dict]) -> Dict[tuple, dict]:
+    """The reference's measured rows, by (S, T, attn)."""
+    return {(r["seq_len"], r["steps"], r["attn"]): r for r in results if r["mode"] == REFERENCE and "error" not in r}
+
+
 def reference_ratios(results: List[dict]) -> List[dict]:
     """For each ddattn row, its time and memory as a ratio of the reference row of the same S, T and attn."""
-    references = {(r["seq_len"], r["steps"], r["attn"]): r for r in results if r["mode"] == REFERENCE and "error" not in r}
+    references = reference_rows(results)
     ratios = []
     for r in results:
         ref = references.get((r["seq_len"], r["steps"], r["attn"]))
@@ -313,7 +318,7 @@ def reference_ratios(results: List[dict]) -> List[dict]:
 def profile_table(results: List[dict]) -> str:
     """Where one profiled step's time goes (--profile): matrix products against everything else. The
     matmul seconds alone bound what any removal of the other work could reach."""
-    references = {(r["seq_len"], r["steps"], r["attn"]): r for r in results if r["mode"] == REFERENCE and "error" not in r}
+    references = reference_rows(results)
     lines = ["", "Where the time goes (`--profile`: one more step under torch.profiler; self time of each operator). "
              "*Matmul-only ÷ reference*: this step's matmul seconds over the reference's median step, the ratio "
              "it would reach if all its other work took no time.", "",
