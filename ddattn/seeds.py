@@ -1,11 +1,14 @@
 """Named random streams: every random draw of a run is a pure function of (stream, --seed, index).
 
-A generator seed is packed as  stream · 2⁵⁶ + seed · 2³² + index  (seed < 2²⁴, index < 2³²), so two
-streams can never hand out the same seed. That matters for the paper's protocol (Sec. 3.1): the models
-that *evaluate* a distilled dataset must be fresh, i.e. their random heads must never be heads that the
-distillation trained against (Algorithm 1 draws a new θ_0 at every outer step). With one stream per
-purpose, "evaluation head 0" and "training head of outer step 0" are different numbers by construction
-(tests/test_seeds.py).
+A generator seed is packed as  stream · 2²⁹ + seed · 2¹⁹ + index  (8 streams, seed < 2¹⁰, index < 2¹⁹), so
+two draws never share a seed. It must fit in 32 bits: torch's CPU generator (mt19937) keeps only the low
+32 bits of `manual_seed`, so a wider packing (an earlier version used stream · 2⁵⁶ + seed · 2³²) hands
+every stream and every --seed the same numbers for the same index (tests/test_seeds.py checks the draws).
+
+That matters for the paper's protocol (Sec. 3.1): the models that *evaluate* a distilled dataset must be
+fresh, i.e. their random heads must never be heads that the distillation trained against (Algorithm 1
+draws a new θ_0 at every outer step). With one stream per purpose, "evaluation head 0" and "training head
+of outer step 0" are different draws by construction.
 """
 
 import torch
@@ -22,7 +25,9 @@ STREAMS = {
     "evaluation-head": 6,     # the N models of `python -m ddattn.evaluate` (and of the baselines)
     "baseline": 7,            # draws of the baselines (full fine-tuning's head and batch order)
 }
-SEED_LIMIT, INDEX_LIMIT = 1 << 24, 1 << 32
+STREAM_BITS, SEED_BITS, INDEX_BITS = 3, 10, 19          # 32 bits in all
+SEED_LIMIT, INDEX_LIMIT = 1 << SEED_BITS, 1 << INDEX_BITS
+assert len(STREAMS) <= 1 << STREAM_BITS
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
@@ -34,8 +39,8 @@ def stream_seed(stream: str, seed: int, index: int = 0) -> int:
     """The generator seed of draw `index` of `stream` in a run with `--seed seed`."""
     check_seed(seed)
     if not 0 <= index < INDEX_LIMIT:
-        raise ValueError(f"stream index must be in [0, 2^32), not {index}")
-    return (STREAMS[stream] << 56) | (seed << 32) | index
+        raise ValueError(f"stream index must be in [0, {INDEX_LIMIT}), not {index}")
+    return (STREAMS[stream] << (SEED_BITS + INDEX_BITS)) | (seed << INDEX_BITS) | index
 
 
 def generator(stream: str, seed: int, index: int = 0) -> torch.Generator:

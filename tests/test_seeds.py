@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import ddattn.distill
 import ddattn.evaluate
@@ -14,16 +15,31 @@ from ddattn.errors import UserError
 from tests.conftest import REPO
 
 
+RUN_SEEDS = [0, 1, 2, 3, 7, 999, seeds.SEED_LIMIT - 1]
+
+
 def test_streams_never_share_a_seed():
-    run_seeds = [0, 1, 2, 3, 7919, 10_000, seeds.SEED_LIMIT - 1]
     indices = list(range(2_000)) + [seeds.INDEX_LIMIT - 1]
-    by_stream = {stream: {seeds.stream_seed(stream, s, i) for s in run_seeds for i in indices}
+    by_stream = {stream: {seeds.stream_seed(stream, s, i) for s in RUN_SEEDS for i in indices}
                  for stream in seeds.STREAMS}
     for stream, values in by_stream.items():
-        assert len(values) == len(run_seeds) * len(indices), f"{stream}: two (seed, index) pairs collide"
+        assert len(values) == len(RUN_SEEDS) * len(indices), f"{stream}: two (seed, index) pairs collide"
     for a, b in itertools.combinations(by_stream, 2):
         assert not by_stream[a] & by_stream[b], f"streams {a} and {b} share a seed"
-    assert max(max(v) for v in by_stream.values()) < 2 ** 64     # what torch.Generator.manual_seed takes
+
+
+def test_streams_never_share_a_draw():
+    """Distinct seeds are not enough: torch's CPU generator keeps only the low 32 bits of a seed, so the
+    numbers themselves are compared — every (stream, --seed, index) starts a different sequence."""
+    draws = {(stream, s, i): tuple(torch.randn(4, generator=seeds.generator(stream, s, i)).tolist())
+             for stream in seeds.STREAMS for s in RUN_SEEDS for i in [0, 1, 2, 99, seeds.INDEX_LIMIT - 1]}
+    assert len(set(draws.values())) == len(draws)
+
+
+def test_the_generator_keeps_only_32_bits_of_a_seed():
+    """Why the packing is 32 bits wide (if torch ever keeps all 64, this test says the comment is stale)."""
+    same = [torch.randn(3, generator=torch.Generator().manual_seed(seed)) for seed in (5, (1 << 32) + 5)]
+    assert torch.equal(*same)
 
 
 @pytest.mark.parametrize("bad", [-1, seeds.SEED_LIMIT])
@@ -33,7 +49,7 @@ def test_out_of_range_seed_is_refused(bad):
 
 
 def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, monkeypatch):
-    """A tiny distillation and evaluation with the same --seed: record every head seed each one draws."""
+    """A tiny distillation and evaluation with the same --seed: record every head each one draws."""
     done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -43,8 +59,9 @@ def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, monkeypatch):
 
     def recorder(kind, original):
         def fresh_model(pretrained, config, num_classes, seed):
-            drawn[kind].append(seed)
-            return original(pretrained, config, num_classes, seed)
+            theta = original(pretrained, config, num_classes, seed)
+            drawn[kind].append(tuple(theta["classifier.weight"].flatten().tolist()))
+            return theta
         return fresh_model
 
     monkeypatch.setattr(ddattn.distill, "fresh_model", recorder("training", ddattn.distill.fresh_model))
