@@ -129,15 +129,23 @@ def count_flops(fn) -> int:
 # Operators that are matrix products (the attention kernels included); everything else is elementwise
 # work, reductions, copies and the framework's own time.
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+              "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_backward",
+              "aten::_scaled_dot_product_efficient_attention",
+              "aten::_scaled_dot_product_efficient_attention_backward",
+              "aten::_scaled_dot_product_cudnn_attention", "aten::_scaled_dot_product_cudnn_attention_backward")
 
 
-def op_seconds(fn) -> Dict[str, float]:
-    """Self time in seconds of each operator that `fn()` runs (torch.profiler), largest first."""
+def op_seconds(fn, device: torch.device) -> Dict[str, float]:
+    """Self time in seconds of each operator that `fn()` runs (torch.profiler), largest first: CPU time on a
+    CPU; on a GPU the time of the kernels each operator launched (its CPU time there is only the launch)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])]) as prof:
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]) as prof:
         fn()
-    times = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]    # operators, not kernels
+    times = {e.key: (e.self_device_time_total if on_gpu else e.self_cpu_time_total) / 1e6 for e in events}
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
@@ -210,7 +218,7 @@ def worker(spec: dict) -> dict:
         cpu_times.append(time.process_time() - cpu_started)
     peak, process_peak = memory.stop()
     flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
-    ops = op_seconds(outer_step) if spec.get("profile") else None      # and one more, profiled
+    ops = op_seconds(outer_step, device) if spec.get("profile") else None      # and one more, profiled
     median = statistics.median(times)
     errors = None
     if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate or reference: vs recompute
@@ -319,7 +327,8 @@ def profile_table(results: List[dict]) -> str:
     """Where one profiled step's time goes (--profile): matrix products against everything else. The
     matmul seconds alone bound what any removal of the other work could reach."""
     references = reference_rows(results)
-    lines = ["", "Where the time goes (`--profile`: one more step under torch.profiler; self time of each operator). "
+    lines = ["", "Where the time goes (`--profile`: one more step under torch.profiler; self time of each operator: "
+             "CPU time on a CPU, its kernels' time on a GPU). "
              "*Matmul-only ÷ reference*: this step's matmul seconds over the reference's median step, the ratio "
              "it would reach if all its other work took no time.", "",
              "| S | T | mode | profiled s | matmul s | other s | matmul share | largest other operators | matmul-only ÷ reference |",
@@ -330,9 +339,9 @@ def profile_table(results: List[dict]) -> str:
         others = [(op, t) for op, t in r["op_seconds"].items() if op not in MATMUL_OPS][:3]
         ref = references.get((r["seq_len"], r["steps"], r["attn"]))
         bound = f"{r['matmul_s'] / ref['median_s']:.2f}" if ref and r is not ref else "—"
-        lines.append(f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['profiled_s']:.2f} | {r['matmul_s']:.2f} | "
-                     f"{r['profiled_s'] - r['matmul_s']:.2f} | {100 * r['matmul_s'] / r['profiled_s']:.0f} % | "
-                     + ", ".join(f"{op.removeprefix('aten::')} {t:.2f}" for op, t in others) + f" | {bound} |")
+        lines.append(f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['profiled_s']:.3f} | {r['matmul_s']:.3f} | "
+                     f"{r['profiled_s'] - r['matmul_s']:.3f} | {100 * r['matmul_s'] / r['profiled_s']:.0f} % | "
+                     + ", ".join(f"{op.removeprefix('aten::')} {t:.3f}" for op, t in others) + f" | {bound} |")
     return "\n".join(lines) + "\n"
 
 
