@@ -207,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "distilled": f"distilled_{args.which}.safetensors", "n_models": args.n_models,
                 "precision": args.precision,
                 "settings": settings, "summary": summary, "runs": runs,
-                "seconds": time.perf_counter() - started, "processes": distributed.world_size(), "commit": commit})
+                "seconds": time.perf_counter() - started, "processes": distributed.world_size(), "device": str(device),
+                "commit": commit})
             print(f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: {format_summary(summary)}")
             from .card import write_card   # imported here: card.py reads runs through this module
             print(f"card: {write_card(args.run_dir)}")
