@@ -18,6 +18,16 @@ def test_no_gpu_means_the_cpu_preset(monkeypatch):
     json.dumps(settings.saved_settings(args))
 
 
+def test_the_cpu_preset_uses_hard_labels_on_mrpc_only(monkeypatch):
+    """MRPC's entry in TASK_PRESETS (chosen on held-out training data): hard labels; a flag still wins."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    mrpc = settings.parse_args(["--task", "mrpc"])
+    assert mrpc.label_type == "hard" and "--label-type hard for mrpc" in settings.preset_summary(mrpc)
+    assert settings.parse_args(["--task", "mrpc", "--label-type", "soft"]).label_type == "soft"
+    assert settings.parse_args(["--task", "sst2"]).label_type == "soft"
+    assert settings.parse_args(["--task", "mrpc", "--preset", "paper"]).label_type == "soft"
+
+
 def test_a_gpu_means_the_paper_preset(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = settings.parse_args(["--task", "mrpc"])
