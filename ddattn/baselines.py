@@ -365,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      "seed": args.seed, "train_examples": s.n_train, "train_limit": args.train_limit,
                      "data_dir": args.data_dir},
         "summary": summary, "runs": runs, **extra, "seconds": time.perf_counter() - started,
-        "commit": commit})
+        "device": str(s.device), "commit": commit})
     print(f"{args.baseline} {s.task.name} eval ({len(s.evaluation)} examples), {len(runs)} model(s): "
           f"{format_summary(summary)} → {out / 'eval.json'}")
 

@@ -39,6 +39,13 @@ PRESETS = {
 # A preset's changes for one task, each chosen on held-out training data (results/sweeps/README.md). MRPC:
 # under the cpu preset with soft labels every model answers the majority class; with hard labels it does not.
 TASK_PRESETS = {("cpu", "mrpc"): dict(label_type="hard")}
+
+
+def task_preset(preset: str, task: Optional[str]) -> dict:
+    """What `preset` changes for `task` (TASK_PRESETS), or nothing."""
+    return TASK_PRESETS.get((preset, task), {})
+
+
 DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
                 inner_lr=1e-2, init="random", attn_init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
@@ -140,8 +147,8 @@ def from_flags(flags: argparse.Namespace) -> "Settings":
     if "preset" not in given:
         given["preset"], given["preset_reason"] = default_preset(flags.device)
     given.update({k: str(Path(given[k]).resolve()) for k in ("train_file", "eval_file") if k in given})
-    task_preset = TASK_PRESETS.get((given["preset"], given.get("task")), {})
-    return Settings(**{**DEFAULTS, **PRESETS[given["preset"]], **task_preset, **given})
+    preset = given["preset"]
+    return Settings(**{**DEFAULTS, **PRESETS[preset], **task_preset(preset, given.get("task")), **given})
 
 
 def default_preset(device: Optional[str]) -> Tuple[str, str]:
@@ -173,7 +180,7 @@ def preset_summary(args) -> str:
     return (f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}{alpha_inner}, "
             f"λ = {args.attn_weight:g}, --init {args.init}, --attn-init {args.attn_init}, real examples cut at "
             f"{args.max_length} tokens" + "".join(f", --{k.replace('_', '-')} {v} for {args.task}"
-                                                  for k, v in TASK_PRESETS.get((args.preset, args.task), {}).items()))
+                                                  for k, v in task_preset(args.preset, args.task).items()))
 
 
 def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:

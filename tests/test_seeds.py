@@ -26,6 +26,7 @@ def test_streams_never_share_a_seed():
         assert len(values) == len(RUN_SEEDS) * len(indices), f"{stream}: two (seed, index) pairs collide"
     for a, b in itertools.combinations(by_stream, 2):
         assert not by_stream[a] & by_stream[b], f"streams {a} and {b} share a seed"
+    assert max(max(v) for v in by_stream.values()) < 2 ** 32     # all that torch's CPU generator keeps
 
 
 def test_streams_never_share_a_draw():
