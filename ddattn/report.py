@@ -11,11 +11,15 @@ results/tables.json.
 - Table 3 (SL + AL): rows (inner steps T, shots per class, same or different distilled data per step).
 
 Cells are mean ± std in % over the N evaluation models; MRPC's number is the mean of accuracy and F1 (the
-GLUE convention the paper follows), every other task's is accuracy. Where several runs fall in one cell
-(a learning-rate sweep, several seeds), the run with the lowest best *validation* loss (held-out training
-data, validation.jsonl) is shown, never the one with the best evaluation score.
+GLUE convention the paper follows), every other task's is accuracy. Runs whose settings differ only in
+--seed (or name) are one configuration: its cell pools the models of all of them, so a lucky seed is never
+picked out (each seed also holds out its own slice of training data, so the seeds' validation losses are
+not comparable). Where several configurations fall in one cell (a learning-rate sweep), the one with the
+lowest mean best *validation* loss (held-out training data, validation.jsonl) is shown, never the one
+with the best evaluation score. Runs with byte-identical distilled data count once.
 """
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -37,9 +41,14 @@ BASELINE_ROWS = {"Majority": "majority", "Random real": "random-real", "Full dat
 TABLE2_ROWS = ["Majority", "Random real", "HL", "SL", "HL + AL", "SL + AL", "Full dataset", FULL_ON_EVAL]
 TABLE3_ROWS = [(1, 1, "single"), (1, 3, "single"), (1, 5, "single"), (3, 1, "same"), (5, 1, "same"),
                (3, 3, "different"), (5, 5, "different")]                 # the paper's rows (steps, shots, mode)
-SELECTION = ("Where several runs fall in one cell, the one with the lowest best validation loss is shown "
-             "(min of validation.jsonl \"loss\".\"mean\", measured on a held-out slice of the training split), "
-             "never the one with the best evaluation score.")
+SELECTION = ("Runs that differ only in --seed are pooled: the cell is the mean ± std over all their models "
+             "(runs with byte-identical distilled data count once). Where several configurations fall in one cell, "
+             "the one with the lowest mean best validation loss is shown (min of validation.jsonl \"loss\".\"mean\", "
+             "measured on a held-out slice of the training split that depends on --seed), never the one with the "
+             "best evaluation score.")
+# Settings that name a run or say how it was carried out, not what it computes: runs differing only in
+# these are repeats of one configuration.
+RUN_ONLY = {"name", "seed", "resume", "device", "data_dir", "checkpoint_every", "micro_batch_size", "preset_reason"}
 MISSING = "—"
 
 
@@ -54,6 +63,7 @@ class Result:
     n_models: int
     checkpoint: str
     val_loss: float               # best validation loss of a distilled run; inf when it has none
+    distilled_sha256: Optional[str] = None   # of the evaluated distilled file, when it is there
     best_on_eval: Optional[dict] = None   # full fine-tuning: the paper's pick, the best on the eval split
 
     @property
@@ -64,11 +74,31 @@ class Result:
     def metric(self) -> str:
         return headline_metric(self.summary)
 
+    @property
+    def name(self) -> str:
+        return f"{self.run.parent.name}/{self.run.name}"
+
+    @property
+    def configuration(self) -> str:
+        return json.dumps({k: v for k, v in self.settings.items() if k not in RUN_ONLY}, sort_keys=True)
+
     def cell(self, candidates: int) -> dict:
-        value = self.summary[self.metric]
-        return {"mean": value["mean"], "std": value["std"], "metric": self.metric, "n_models": self.n_models,
-                "run": f"{self.run.parent.name}/{self.run.name}", "checkpoint": self.checkpoint, "candidates": candidates,
-                "val_loss": self.val_loss if math.isfinite(self.val_loss) else None}
+        return pooled_cell([self], candidates)
+
+
+def pooled_cell(repeats: Sequence[Result], candidates: int) -> dict:
+    """One configuration's cell: mean and population std over the models of all its repeats (from each
+    run's mean and std: E[x²] = std² + mean²), and the mean of their best validation losses."""
+    metric, n = repeats[0].metric, sum(r.n_models for r in repeats)
+    stats = [(r.n_models, r.summary[metric]["mean"], r.summary[metric]["std"]) for r in repeats]
+    mean = sum(k * m for k, m, _ in stats) / n
+    std = math.sqrt(max(sum(k * (s * s + m * m) for k, m, s in stats) / n - mean * mean, 0.0))
+    if len(repeats) == 1:
+        _, mean, std = stats[0]
+    val_loss = sum(r.val_loss for r in repeats) / len(repeats)
+    return {"mean": mean, "std": std, "metric": metric, "n_models": n, "run": ", ".join(r.name for r in repeats),
+            "seeds": sorted({r.settings.get("seed", 0) for r in repeats}), "checkpoint": repeats[0].checkpoint,
+            "candidates": candidates, "val_loss": val_loss if math.isfinite(val_loss) else None}
 
 
 # --- reading runs ----------------------------------------------------------------------------------
@@ -81,6 +111,10 @@ def best_validation_loss(run: Path) -> float:
     return min((l for l in losses if not math.isnan(l)), default=math.inf)
 
 
+def file_sha256(path: Path) -> Optional[str]:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def read_result(path: Path) -> Result:
     try:
         record = json.loads(path.read_text())
@@ -90,7 +124,7 @@ def read_result(path: Path) -> Result:
         return Result(path.parent, record["task"], record.get("split", "eval"), settings, record["summary"],
                       record.get("n_models", len(record["runs"])), str(record["checkpoint"]),
                       math.inf if "baseline" in settings else best_validation_loss(path.parent),
-                      record.get("best_on_eval"))
+                      file_sha256(path.parent / str(record.get("distilled", ""))), record.get("best_on_eval"))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an eval.json of ddattn.evaluate or ddattn.baselines ({e!r})") from None
 
@@ -134,10 +168,17 @@ def task_columns(results: Sequence[Result]) -> List[str]:
 
 # --- building the tables -------------------------------------------------------------------------------
 def pick(candidates: List[Result]) -> Optional[dict]:
-    """The cell of the run with the lowest best validation loss (ties: by path), never by eval score."""
-    if not candidates:
+    """The cell of one configuration, all its seeds pooled: of several configurations, the one with the lowest
+    mean best validation loss (ties: by path), never by eval score. Identical distilled data counts once."""
+    configurations, seen = {}, set()
+    for r in sorted(candidates, key=lambda r: str(r.run)):
+        if r.distilled_sha256 is None or r.distilled_sha256 not in seen:
+            configurations.setdefault(r.configuration, []).append(r)
+        seen.add(r.distilled_sha256)
+    if not configurations:
         return None
-    return min(candidates, key=lambda r: (r.val_loss, str(r.run))).cell(len(candidates))
+    chosen = min(configurations.values(), key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run)))
+    return pooled_cell(chosen, len(configurations))
 
 
 def is_distilled(r: Result, label_type: str, attention_type: str) -> bool:
@@ -252,7 +293,8 @@ def notes(table: dict) -> List[str]:
              "(the paper: 100, each with a fresh random head)."]
     lines.append("Runs shown:" + "".join(
         f"\n  - {row} / {TITLES.get(t, t)}: {c['run']}"
-        + (f" (best validation loss {c['val_loss']:.4f}; {c['candidates']} evaluated run(s) in the cell)"
+        + (f" (best validation loss {c['val_loss']:.4f}{' (mean)' if ', ' in c['run'] else ''}; "
+           f"{c['candidates']} evaluated configuration(s) in the cell)"
            if c["val_loss"] is not None else "")
         for row, t, c in cells) if cells else "Runs shown: none.")
     return lines
