@@ -8,7 +8,8 @@ results/tables.json.
   per task. HL/SL = hard/soft class labels (Sec. 2.2), AL = attention labels on the [CLS] query (Sec. 2.3).
   Each distilled row also gets its share of the full-dataset score (the paper's "% performance of the
   full dataset", Sec. 3.2).
-- Table 3 (SL + AL): rows (inner steps T, shots per class, same or different distilled data per step).
+- Table 3 (SL + AL, and HL + AL where runs exist): rows (inner steps T, shots per class, same or different
+  distilled data per step).
 
 Cells are mean ± std in % over the N evaluation models; MRPC's number is the mean of accuracy and F1 (the
 GLUE convention the paper follows), every other task's is accuracy. Runs whose settings differ only in
@@ -242,16 +243,19 @@ def build_table2(results: Sequence[Result], task_names: Sequence[str]) -> dict:
 
 
 def build_table3(results: Sequence[Result], task_names: Sequence[str]) -> dict:
-    sl_al = [r for r in results if is_distilled(r, "soft", "cls")]
-    keys = {(r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings)) for r in sl_al}
+    """Rows (labels, T, shots, data per step): the paper's SL + AL rows always, HL + AL rows where runs exist
+    (a preset may choose hard labels for a task, as the cpu preset does for MRPC)."""
     order = {"single": 0, "same": 1, "different": 2}
-    keys = sorted(set(TABLE3_ROWS) | keys, key=lambda k: (order.get(k[2], 3), k[0], k[1]))
+    def key(r: Result) -> tuple:
+        return r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings)
     rows = []
-    for steps, shots, mode in keys:
-        members = [r for r in sl_al if (r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings))
-                   == (steps, shots, mode)]
-        rows.append({"steps": steps, "shots": shots, "data_per_step": mode,
-                     "cells": {t: pick([r for r in members if r.task == t]) for t in task_names}})
+    for labels in ("SL + AL", "HL + AL"):
+        runs = [r for r in results if is_distilled(r, *DISTILLED_ROWS[labels])]
+        keys = {key(r) for r in runs} | (set(TABLE3_ROWS) if labels == "SL + AL" else set())
+        for steps, shots, mode in sorted(keys, key=lambda k: (order.get(k[2], 3), k[0], k[1])):
+            members = [r for r in runs if key(r) == (steps, shots, mode)]
+            rows.append({"labels": labels, "steps": steps, "shots": shots, "data_per_step": mode,
+                         "cells": {t: pick([r for r in members if r.task == t]) for t in task_names}})
     majority = {t: pick([r for r in row_members(results, "Majority") if r.task == t]) for t in task_names}
     return {"tasks": list(task_names), "rows": rows, "majority": majority}
 
@@ -275,7 +279,7 @@ def cells_of(table: dict) -> List[Tuple[str, str, dict]]:
     """(row label, task, cell) of every filled cell."""
     if "percent_of_full" in table:
         return [(row, t, c) for row, cells in table["rows"].items() for t, c in cells.items() if c]
-    return [(f"T={r['steps']}, {r['shots']} shot(s), {r['data_per_step']}", t, c)
+    return [(f"{r['labels']}, T={r['steps']}, {r['shots']} shot(s), {r['data_per_step']}", t, c)
             for r in table["rows"] for t, c in r["cells"].items() if c]
 
 
@@ -341,13 +345,13 @@ def render_table2(table: dict) -> str:
 
 def render_table3(table: dict) -> str:
     task_names = table["tasks"]
-    header = ["# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in task_names)]
+    header = ["labels", "# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in task_names)]
     mode_names = {"single": "single step", "same": "same", "different": "different"}
     def shown(cell: Optional[dict], task: str) -> str:
         return ("= majority: " if equals_majority(cell, table["majority"][task]) else "") + fmt(cell)
-    rows = [[str(r["steps"]), str(r["shots"]), mode_names.get(r["data_per_step"], r["data_per_step"]),
+    rows = [[r["labels"], str(r["steps"]), str(r["shots"]), mode_names.get(r["data_per_step"], r["data_per_step"]),
              *(shown(r["cells"][t], t) for t in task_names)] for r in table["rows"]]
-    return ("# Table 3: SL + AL with several shots and steps\n\n" + markdown(header, rows) + "\n"
+    return ("# Table 3: attention labels with several shots and steps\n\n" + markdown(header, rows) + "\n"
             + "\n".join(f"- {line}" for line in notes(table)) + "\n")
 
 

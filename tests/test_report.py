@@ -151,13 +151,16 @@ def test_seeds_of_one_configuration_are_pooled_and_identical_data_counts_once(ru
 
 def test_table3_rows(runs, tmp_path):
     fake_run(runs, "mrpc", "steps-5", 0.748, 0.0, val_losses=[0.6], steps=5)             # every model: the majority
+    fake_run(runs, "mrpc", "hl-al-3shots", 0.771, 0.004, val_losses=[0.5], shots=3, label_type="hard")
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
     lines = (tmp_path / "results" / "table3.md").read_text().splitlines()
-    rows = [l for l in lines if l.startswith("| ") and l[2].isdigit()]
-    assert rows == ["| 1 | 1 | single step | — | 65.0 ± 1.0 |", "| 1 | 3 | single step | — | 79.3 ± 0.5 |",
-                    "| 1 | 5 | single step | — | — |", "| 3 | 1 | same | — | — |", "| 5 | 1 | same | — | = majority: 74.8 ± 0.0 |",
-                    "| 2 | 2 | different | — | 79.0 ± 0.8 |",          # a row the paper lacks, in its group
-                    "| 3 | 3 | different | — | 80.3 ± 0.8 |", "| 5 | 5 | different | — | — |"]
+    rows = [l for l in lines if l.startswith(("| SL", "| HL"))]
+    assert rows == ["| SL + AL | 1 | 1 | single step | — | 65.0 ± 1.0 |", "| SL + AL | 1 | 3 | single step | — | 79.3 ± 0.5 |",
+                    "| SL + AL | 1 | 5 | single step | — | — |", "| SL + AL | 3 | 1 | same | — | — |",
+                    "| SL + AL | 5 | 1 | same | — | = majority: 74.8 ± 0.0 |",
+                    "| SL + AL | 2 | 2 | different | — | 79.0 ± 0.8 |",          # a row the paper lacks, in its group
+                    "| SL + AL | 3 | 3 | different | — | 80.3 ± 0.8 |", "| SL + AL | 5 | 5 | different | — | — |",
+                    "| HL + AL | 1 | 3 | single step | — | 77.1 ± 0.4 |"]      # hard labels: only the rows that ran
 
 
 def test_mixed_checkpoints_are_named_and_can_be_filtered(runs, tmp_path):
