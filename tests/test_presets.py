@@ -18,13 +18,15 @@ def test_no_gpu_means_the_cpu_preset(monkeypatch):
     json.dumps(settings.saved_settings(args))
 
 
-def test_the_cpu_preset_uses_hard_labels_on_mrpc_only(monkeypatch):
-    """MRPC's entry in TASK_PRESETS (chosen on held-out training data): hard labels; a flag still wins."""
+def test_the_cpu_preset_uses_hard_labels_and_3_shots_on_mrpc_only(monkeypatch):
+    """MRPC's entry in TASK_PRESETS (chosen on held-out training data): hard labels, 3 shots; a flag still wins."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     mrpc = settings.parse_args(["--task", "mrpc"])
-    assert mrpc.label_type == "hard" and "--label-type hard for mrpc" in settings.preset_summary(mrpc)
+    assert (mrpc.label_type, mrpc.shots) == ("hard", 3)
+    assert "--label-type hard for mrpc, --shots 3 for mrpc" in settings.preset_summary(mrpc)
     assert settings.parse_args(["--task", "mrpc", "--label-type", "soft"]).label_type == "soft"
-    assert settings.parse_args(["--task", "sst2"]).label_type == "soft"
+    assert settings.parse_args(["--task", "mrpc", "--shots", "1"]).shots == 1
+    assert (settings.parse_args(["--task", "sst2"]).label_type, settings.parse_args(["--task", "sst2"]).shots) == ("soft", 1)
     assert settings.parse_args(["--task", "mrpc", "--preset", "paper"]).label_type == "soft"
 
 
