@@ -92,14 +92,16 @@ def pooled_cell(repeats: Sequence[Result], candidates: int) -> dict:
     run's mean and std: E[x²] = std² + mean²), and the mean of their best validation losses."""
     metric, n = repeats[0].metric, sum(r.n_models for r in repeats)
     stats = [(r.n_models, r.summary[metric]["mean"], r.summary[metric]["std"]) for r in repeats]
-    mean = sum(k * m for k, m, _ in stats) / n
-    std = math.sqrt(max(sum(k * (s * s + m * m) for k, m, s in stats) / n - mean * mean, 0.0))
-    if len(repeats) == 1:
-        _, mean, std = stats[0]
+    if len(stats) == 1:
+        _, mean, std = stats[0]                      # one run: its own numbers, untouched
+    else:
+        mean = sum(k * m for k, m, _ in stats) / n
+        std = math.sqrt(max(sum(k * (s * s + m * m) for k, m, s in stats) / n - mean * mean, 0.0))
     val_loss = sum(r.val_loss for r in repeats) / len(repeats)
     return {"mean": mean, "std": std, "metric": metric, "n_models": n, "run": ", ".join(r.name for r in repeats),
-            "seeds": sorted({r.settings.get("seed", 0) for r in repeats}), "checkpoint": repeats[0].checkpoint,
-            "candidates": candidates, "val_loss": val_loss if math.isfinite(val_loss) else None}
+            "repeats": len(repeats), "seeds": sorted({r.settings.get("seed", 0) for r in repeats}),
+            "checkpoint": repeats[0].checkpoint, "candidates": candidates,
+            "val_loss": val_loss if math.isfinite(val_loss) else None}
 
 
 # --- reading runs ----------------------------------------------------------------------------------
@@ -173,9 +175,11 @@ def pick(candidates: List[Result]) -> Optional[dict]:
     mean best validation loss (ties: by path), never by eval score. Identical distilled data counts once."""
     configurations, seen = {}, set()
     for r in sorted(candidates, key=lambda r: str(r.run)):
-        if r.distilled_sha256 is None or r.distilled_sha256 not in seen:
-            configurations.setdefault(r.configuration, []).append(r)
-        seen.add(r.distilled_sha256)
+        if r.distilled_sha256 in seen:
+            continue
+        configurations.setdefault(r.configuration, []).append(r)
+        if r.distilled_sha256 is not None:
+            seen.add(r.distilled_sha256)
     if not configurations:
         return None
     chosen = min(configurations.values(), key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run)))
@@ -297,7 +301,7 @@ def notes(table: dict) -> List[str]:
              "(the paper: 100, each with a fresh random head)."]
     lines.append("Runs shown:" + "".join(
         f"\n  - {row} / {TITLES.get(t, t)}: {c['run']}"
-        + (f" (best validation loss {c['val_loss']:.4f}{' (mean)' if ', ' in c['run'] else ''}; "
+        + (f" (best validation loss {c['val_loss']:.4f}{' (mean)' if c['repeats'] > 1 else ''}; "
            f"{c['candidates']} evaluated configuration(s) in the cell)"
            if c["val_loss"] is not None else "")
         for row, t, c in cells) if cells else "Runs shown: none.")

@@ -26,7 +26,8 @@ def test_the_cpu_preset_uses_hard_labels_and_3_shots_on_mrpc_only(monkeypatch):
     assert "--label-type hard for mrpc, --shots 3 for mrpc" in settings.preset_summary(mrpc)
     assert settings.parse_args(["--task", "mrpc", "--label-type", "soft"]).label_type == "soft"
     assert settings.parse_args(["--task", "mrpc", "--shots", "1"]).shots == 1
-    assert (settings.parse_args(["--task", "sst2"]).label_type, settings.parse_args(["--task", "sst2"]).shots) == ("soft", 1)
+    sst2 = settings.parse_args(["--task", "sst2"])
+    assert (sst2.label_type, sst2.shots) == ("soft", 1)
     assert settings.parse_args(["--task", "mrpc", "--preset", "paper"]).label_type == "soft"
 
 
