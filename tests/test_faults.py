@@ -23,7 +23,7 @@ from tests.conftest import REPO
 from tests.test_baselines import cli_error, small_mrpc
 
 TINY = ["--task", "mrpc", "--max-steps", "2", "--seq-len", "8", "--train-limit", "64", "--val-size", "16",
-        "--real-batch-size", "8", "--max-length", "16", "--val-models", "1"]
+        "--real-batch-size", "8", "--max-length", "16", "--val-models", "1", "--shots", "1"]   # D̃: (2, 8, 384)
 
 
 # --- fixtures and helpers --------------------------------------------------------------------------------
