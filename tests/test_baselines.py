@@ -20,7 +20,7 @@ from tests.conftest import REPO
 TRAIN_ROWS, DEV_ROWS = 200, 32
 TINY_DISTILL = ["--task", "mrpc", "--train-limit", "64", "--val-size", "16", "--real-batch-size", "16",
                 "--seq-len", "8", "--max-length", "32", "--epochs", "1", "--val-models", "1", "--name", "tiny",
-                "--label-type", "soft"]          # the paper's soft labels (the cpu preset uses hard ones on MRPC)
+                "--label-type", "soft", "--shots", "1"]   # the paper's soft labels, 1 shot (the cpu preset: hard, 3 on MRPC)
 
 
 # --- shared helpers (also imported by test_inspect.py and test_report.py) --------------------------------
