@@ -55,7 +55,8 @@ def test_sharded_hypergradient_equals_single_process(tmp_path):
 def test_two_process_distillation_and_evaluation_match_one(tmp_path, mrpc_data):
     use(tmp_path, mrpc_data)
     # The same two micro-batches in one process and in two: the float32 sums are the same, bit for bit.
-    flags = [*SMALL, "--max-steps", "3", "--val-every", "3", "--val-models", "2", "--micro-batch-size", "8"]
+    flags = [*SMALL, "--max-steps", "3", "--val-every", "3", "--val-models", "2", "--micro-batch-size", "8",
+             "--shots", "1"]      # as before the MRPC cpu preset took 3 shots (with 3, see the issue note)
     assert distill(tmp_path, *flags, "--name", "one").returncode == 0
     env_runs = {"DDATTN_RUNS_DIR": str(tmp_path / "runs"), "DDATTN_DATA_DIR": str(tmp_path / "data")}
     os.environ.update(env_runs)
