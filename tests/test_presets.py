@@ -18,8 +18,9 @@ def test_no_gpu_means_the_cpu_preset(monkeypatch):
     json.dumps(settings.saved_settings(args))
 
 
-def test_the_cpu_preset_uses_hard_labels_and_3_shots_on_mrpc_only(monkeypatch):
-    """MRPC's entry in TASK_PRESETS (chosen on held-out training data): hard labels, 3 shots; a flag still wins."""
+def test_the_cpu_preset_changes_only_what_task_presets_says(monkeypatch):
+    """TASK_PRESETS (each entry chosen on held-out training data): MRPC hard labels and 3 shots, SST-2
+    α = 3e-2; other tasks keep the preset as it is; a flag still wins."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     mrpc = settings.parse_args(["--task", "mrpc"])
     assert (mrpc.label_type, mrpc.shots) == ("hard", 3)
@@ -27,7 +28,12 @@ def test_the_cpu_preset_uses_hard_labels_and_3_shots_on_mrpc_only(monkeypatch):
     assert settings.parse_args(["--task", "mrpc", "--label-type", "soft"]).label_type == "soft"
     assert settings.parse_args(["--task", "mrpc", "--shots", "1"]).shots == 1
     sst2 = settings.parse_args(["--task", "sst2"])
-    assert (sst2.label_type, sst2.shots) == ("soft", 1)
+    assert (sst2.label_type, sst2.shots, sst2.lr, sst2.lr_inner) == ("soft", 1, 3e-2, 0.1)
+    assert "--lr 0.03 for sst2" in settings.preset_summary(sst2)
+    assert settings.parse_args(["--task", "sst2", "--lr", "0.01"]).lr == 0.01
+    for task in ("ag_news", "rte"):
+        other = settings.parse_args(["--task", task])
+        assert (other.label_type, other.shots, other.lr) == ("soft", 1, 1e-2)
     assert settings.parse_args(["--task", "mrpc", "--preset", "paper"]).label_type == "soft"
 
 
