@@ -4,7 +4,8 @@ results/runs/<task>/<name>/, where they are committed (runs/ itself is not).
 What is copied lets anyone check the number: the settings (config.json), the distilled data
 (distilled_best.safetensors, a few hundred KB; re-evaluate with `python -m ddattn.evaluate`), the
 evaluation summary (eval.json: settings, per-model metrics, seconds, commit), the validation and
-training curves (validation.jsonl, metrics.jsonl), the log and the run's card (README.md, attention_labels.png, validation.png) where present.
+training curves (validation.jsonl, metrics.jsonl), the log, the run's card (README.md, attention_labels.png,
+validation.png) and its wall time and peak memory (resources.tsv, written by results/table3_queue.sh) where present.
 A baseline directory (runs/<task>/majority, full, random-real) has only its eval.json.
 """
 
@@ -16,7 +17,7 @@ from .errors import ArgumentParser, UserError, run_cli
 from .paths import REPO_ROOT, atomic_path
 
 FILES = ("config.json", "distilled_best.safetensors", "eval.json", "validation.jsonl", "metrics.jsonl", "run.log",
-         "README.md", "attention_labels.png", "validation.png")
+         "README.md", "attention_labels.png", "validation.png", "resources.tsv")
 
 
 def publish(run_dir: Path, results: Path) -> Path:
