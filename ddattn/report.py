@@ -9,7 +9,10 @@ results/tables.json.
   Each distilled row also gets its share of the full-dataset score (the paper's "% performance of the
   full dataset", Sec. 3.2).
 - Table 3 (SL + AL, and HL + AL where runs exist): rows (inner steps T, shots per class, same or different
-  distilled data per step).
+  distilled data per step), and "Table 3, extended": every filled cell of it with its distillation's wall
+  time and peak memory (resources.tsv, which results/table3_queue.sh writes with GNU time), so the rows
+  beyond the paper's T ≤ 5 show what memory flat in T costs; results/table3_T.png plots accuracy and peak
+  memory against T for different data per step, 1 shot per class per step.
 
 Cells are mean ± std in % over the N evaluation models; MRPC's number is the mean of accuracy and F1 (the
 GLUE convention the paper follows), every other task's is accuracy. Runs whose settings differ only in
@@ -66,6 +69,7 @@ class Result:
     val_loss: float               # best validation loss of a distilled run; inf when it has none
     distilled_sha256: Optional[str] = None   # of the evaluated distilled file, when it is there
     best_on_eval: Optional[dict] = None   # full fine-tuning: the paper's pick, the best on the eval split
+    resources: Optional[dict] = None      # the distillation's wall time and peak memory (resources.tsv)
 
     @property
     def baseline(self) -> Optional[str]:
@@ -98,10 +102,13 @@ def pooled_cell(repeats: Sequence[Result], candidates: int) -> dict:
         mean = sum(k * m for k, m, _ in stats) / n
         std = math.sqrt(max(sum(k * (s * s + m * m) for k, m, s in stats) / n - mean * mean, 0.0))
     val_loss = sum(r.val_loss for r in repeats) / len(repeats)
+    measured = [r.resources for r in repeats if r.resources]
     return {"mean": mean, "std": std, "metric": metric, "n_models": n, "run": ", ".join(r.name for r in repeats),
             "repeats": len(repeats), "seeds": sorted({r.settings.get("seed", 0) for r in repeats}),
             "checkpoint": repeats[0].checkpoint, "candidates": candidates,
-            "val_loss": val_loss if math.isfinite(val_loss) else None}
+            "val_loss": val_loss if math.isfinite(val_loss) else None,
+            "distill_seconds": max((m["distill_seconds"] for m in measured), default=None),
+            "peak_mb": max((m["peak_mb"] for m in measured), default=None)}
 
 
 # --- reading runs ----------------------------------------------------------------------------------
@@ -112,6 +119,22 @@ def best_validation_loss(run: Path) -> float:
         return math.inf
     losses = [record["loss"]["mean"] for record in checks.read_jsonl(path)]
     return min((l for l in losses if not math.isnan(l)), default=math.inf)
+
+
+def read_resources(run: Path) -> Optional[dict]:
+    """The distillation's wall time (its invocations summed: a resumed run has several) and peak resident
+    memory (the largest), from resources.tsv lines "distill WALL_SECONDS PEAK_KB"; None without one."""
+    path = run / "resources.tsv"
+    if not path.is_file():
+        return None
+    rows = [line.split() for line in path.read_text().splitlines()]
+    try:
+        distill = [(float(wall), int(kb)) for what, wall, kb in rows if what == "distill"]
+    except ValueError:
+        raise UserError(f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M')") from None
+    if not distill:
+        return None
+    return {"distill_seconds": sum(w for w, _ in distill), "peak_mb": max(kb for _, kb in distill) / 1024}
 
 
 def file_sha256(path: Path) -> Optional[str]:
@@ -127,7 +150,8 @@ def read_result(path: Path) -> Result:
         return Result(path.parent, record["task"], record.get("split", "eval"), settings, record["summary"],
                       record.get("n_models", len(record["runs"])), str(record["checkpoint"]),
                       math.inf if "baseline" in settings else best_validation_loss(path.parent),
-                      file_sha256(path.parent / str(record.get("distilled", ""))), record.get("best_on_eval"))
+                      file_sha256(path.parent / str(record.get("distilled", ""))), record.get("best_on_eval"),
+                      read_resources(path.parent))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an eval.json of ddattn.evaluate or ddattn.baselines ({e!r})") from None
 
@@ -359,6 +383,69 @@ def render_table3(table: dict) -> str:
             + "\n".join(f"- {line}" for line in notes(table)) + "\n")
 
 
+def render_table3_extended(table: dict) -> str:
+    """Every filled Table 3 cell, one line each, with its distillation's wall time and peak memory."""
+    header = ["labels", "# steps", "# shots", "data per step", "task", "score", "distillation wall time",
+              "peak memory (MB)", "run"]
+    rows = []
+    for r in table["rows"]:
+        for task, cell in r["cells"].items():
+            if cell:
+                wall = cell["distill_seconds"]
+                rows.append([r["labels"], str(r["steps"]), str(r["shots"]), r["data_per_step"], TITLES.get(task, task),
+                             fmt(cell), MISSING if wall is None else f"{wall / 60:.0f} min",
+                             MISSING if cell["peak_mb"] is None else f"{cell['peak_mb']:.0f}", cell["run"]])
+    return ("## Table 3, extended: cost beside accuracy, T beyond the paper's 5\n\n" + markdown(header, rows) + "\n"
+            "- Wall time: the distillation alone (outer steps and validation, not the evaluation), summed over its "
+            "invocations; peak memory: the largest resident set of the distillation process (GNU time %M), model "
+            "and data included. Both from the run's resources.tsv (results/table3_queue.sh: one CPU core, one "
+            f"thread); {MISSING}: the run predates that record.\n")
+
+
+def steps_series(table: dict) -> dict:
+    """{task: [(T, cell)]} of SL + AL with 1 shot per class per step: T = 1, and different data per step."""
+    series = {}
+    for r in table["rows"]:
+        if r["labels"] == "SL + AL" and r["shots"] == r["steps"] and r["data_per_step"] in ("single", "different"):
+            for task, cell in r["cells"].items():
+                if cell:
+                    series.setdefault(task, []).append((r["steps"], cell))
+    return {task: sorted(points, key=lambda p: p[0]) for task, points in series.items()}
+
+
+def plot_steps(table: dict, path: Path) -> Optional[Path]:
+    """results/table3_T.png: score and peak memory against T, one line per task (None without matplotlib
+    or without such runs)."""
+    series = steps_series(table)
+    if not series:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax_score, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for task, points in series.items():
+        label = TITLES.get(task, task)
+        ax_score.errorbar([t for t, _ in points], [c["mean"] * 100 for _, c in points],
+                          yerr=[c["std"] * 100 for _, c in points], marker="o", capsize=3, label=label)
+        measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
+        ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label)
+    for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("inner steps T (1 shot per class per step, different data per step)")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    ax_mem.set_ylim(bottom=0)
+    fig.suptitle("SL + AL: what more inner steps buy, and what they cost in memory (recompute mode)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --- command line ---------------------------------------------------------------------------------------
 def _shown(path: Path) -> str:
     """`path` relative to the repository when it lies inside it (results/ is committed), else absolute."""
@@ -380,12 +467,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     tables = {"table2": build_table2(results, task_names), "table3": build_table3(results, task_names),
               "selection": SELECTION, "runs_dir": _shown(root)}
     checks.writable_dir(args.out, "--out")
-    for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", render_table3(tables["table3"]))):
+    table3 = render_table3(tables["table3"]) + "\n" + render_table3_extended(tables["table3"])
+    for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", table3)):
         with atomic_path(args.out / name) as tmp:
             tmp.write_text(text)
     write_json_atomic(args.out / "tables.json", tables)
+    plotted = plot_steps(tables["table3"], args.out / "table3_T.png")
     print(table2_markdown(tables["table2"]))
-    print(f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json")
+    print(f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json"
+          + (f", {plotted.name}" if plotted else ""))
 
 
 if __name__ == "__main__":

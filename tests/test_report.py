@@ -153,7 +153,8 @@ def test_table3_rows(runs, tmp_path):
     fake_run(runs, "mrpc", "steps-5", 0.748, 0.0, val_losses=[0.6], steps=5)             # every model: the majority
     fake_run(runs, "mrpc", "hl-al-3shots", 0.771, 0.004, val_losses=[0.5], shots=3, label_type="hard")
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
-    lines = (tmp_path / "results" / "table3.md").read_text().splitlines()
+    text = (tmp_path / "results" / "table3.md").read_text()
+    lines = text[:text.index("## Table 3, extended")].splitlines()
     rows = [l for l in lines if l.startswith(("| SL", "| HL"))]
     assert rows == ["| SL + AL | 1 | 1 | single step | — | 65.0 ± 1.0 |", "| SL + AL | 1 | 3 | single step | — | 79.3 ± 0.5 |",
                     "| SL + AL | 1 | 5 | single step | — | — |", "| SL + AL | 3 | 1 | same | — | — |",
@@ -161,6 +162,31 @@ def test_table3_rows(runs, tmp_path):
                     "| SL + AL | 2 | 2 | different | — | 79.0 ± 0.8 |",          # a row the paper lacks, in its group
                     "| SL + AL | 3 | 3 | different | — | 80.3 ± 0.8 |", "| SL + AL | 5 | 5 | different | — | — |",
                     "| HL + AL | 1 | 3 | single step | — | 77.1 ± 0.4 |"]      # hard labels: only the rows that ran
+
+
+def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_path):
+    # a resumed run: two distill invocations (wall times add, the peak is the larger) and one evaluate (ignored)
+    (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text("distill 600.0 409600\ndistill 300.5 512000\n"
+                                                              "evaluate 99.0 999999\n")
+    (runs / "mrpc" / "diff-2-2" / "resources.tsv").write_text("distill 120 307200\n")
+    fake_run(runs, "mrpc", "diff-8-8", 0.81, 0.01, val_losses=[0.3], shots=8, steps=8, data_per_step="different")
+    (runs / "mrpc" / "diff-8-8" / "resources.tsv").write_text("distill 2400 614400\n")
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    text = (tmp_path / "results" / "table3.md").read_text()
+    extended = text[text.index("## Table 3, extended"):].splitlines()
+    assert "| SL + AL | 3 | 3 | different | MRPC | 80.3 ± 0.8 | 15 min | 500 | mrpc/diff-3-3 |" in extended
+    assert "| SL + AL | 8 | 8 | different | MRPC | 81.0 ± 1.0 | 40 min | 600 | mrpc/diff-8-8 |" in extended
+    assert "| SL + AL | 1 | 3 | single | MRPC | 79.3 ± 0.5 | — | — | mrpc/sl-al-3shots |" in extended   # no record
+    series = report.steps_series(json.loads((tmp_path / "results" / "tables.json").read_text())["table3"])
+    assert [(t, c["run"]) for t, c in series["mrpc"]] == [(1, "mrpc/sl-al-b"), (2, "mrpc/diff-2-2"),
+                                                         (3, "mrpc/diff-3-3"), (8, "mrpc/diff-8-8")]
+    assert (tmp_path / "results" / "table3_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_malformed_resources_file_is_one_error_line(runs, tmp_path, capsys):
+    (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text("distill ten minutes\n")
+    line = cli_error(report.main, ["--runs-dir", str(runs), "--out", str(tmp_path / "results")], capsys)
+    assert "resources.tsv" in line and "WALL_SECONDS" in line
 
 
 def test_mixed_checkpoints_are_named_and_can_be_filtered(runs, tmp_path):
