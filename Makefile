@@ -1,6 +1,6 @@
 # ddattn — every target installs what it needs first, so each works on a fresh clone.
-#   make distill TASK=mrpc [PRESET=cpu|paper|quick] [MODEL=minilm-l6] [ARGS=...]  the main job (no PRESET:
-#                                                                                  cpu without a GPU, else paper)
+#   make distill TASK=mrpc [PRESET=cpu|gpu|paper|quick] [MODEL=minilm-l6] [ARGS=...]  the main job (no PRESET:
+#                                                                                  cpu without a GPU, else gpu)
 #   make sweep TASK=mrpc [PRESET=quick] [ARGS=...]                                 the paper's α × η̃_0 grid, then evaluate
 #   make table [RUNS=results/runs]                                                 results/table2.md, table3.md
 #   make test                                                                      the test suite

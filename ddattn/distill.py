@@ -159,7 +159,7 @@ class Distillation:
                 run.write_config(saved_settings(args))
             if args.preset_reason:
                 self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
-                         f"--preset {'paper' if args.preset == 'cpu' else 'cpu'} for the other one")
+                         f"--preset {'gpu' if args.preset == 'cpu' else 'cpu'} for the other one")
             self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
                      f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
                      f"checkpoint {self.model_dir}")

@@ -37,10 +37,16 @@ def test_the_cpu_preset_changes_only_what_task_presets_says(monkeypatch):
     assert settings.parse_args(["--task", "mrpc", "--preset", "paper"]).label_type == "soft"
 
 
-def test_a_gpu_means_the_paper_preset(monkeypatch):
+def test_a_gpu_means_the_gpu_preset_the_cpu_choices_with_the_papers_budget(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = settings.parse_args(["--task", "mrpc"])
-    assert args.preset == "paper" and (args.seq_len, args.epochs, args.init, args.attn_init) == (512, 30, "random", "random")
+    assert args.preset == "gpu" and args.preset_reason == "a GPU is visible"
+    cpu = settings.parse_args(["--task", "mrpc", "--preset", "cpu"])
+    differ = {k for k, v in vars(args).items() if vars(cpu)[k] != v}
+    assert differ == {"preset", "preset_reason", "epochs", "max_steps"}, differ     # MRPC's hard labels, 3 shots too
+    assert (args.epochs, args.max_steps, cpu.epochs, cpu.max_steps) == (30, 0, 3, 450)
+    paper = settings.parse_args(["--task", "mrpc", "--preset", "paper"])             # only when asked for
+    assert (paper.seq_len, paper.epochs, paper.init, paper.attn_init) == (512, 30, "random", "random")
     assert settings.parse_args(["--task", "mrpc", "--device", "cpu"]).preset == "cpu"    # a GPU, but not used
 
 
