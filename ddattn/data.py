@@ -86,8 +86,7 @@ def _cache_file(task: Task, split: str, source: Path, tokenizer_path: Path, max_
     key = hashlib.sha256(repr((CACHE_VERSION, max_length, task.format, task.text_columns, task.label_column,
                                task.label_values)).encode())
     for path in (source, tokenizer_path):
-        with open(path, "rb") as f:
-            key.update(hashlib.file_digest(f, "sha256").digest())
+        key.update(hashlib.sha256(Path(path).read_bytes()).digest())     # (hashlib.file_digest needs 3.11)
     folder = Path(data_dir or paths.data_dir()) / task.name / "cache"
     return folder / f"{split}-{source.stem}-{key.hexdigest()[:16]}.safetensors"
 
