@@ -15,8 +15,14 @@ How it measures (bench/README.md has the details):
   reset at that point by writing 5 to /proc/self/clear_refs (ru_maxrss cannot be reset, so it would
   report the model-load peak whenever that is the larger);
 - FLOPs: torch.utils.flop_counter on one extra, untimed outer step counts the matmul and attention FLOPs
-  that are actually dispatched, double backward included; achieved GFLOP/s is compared with a large
-  dense matmul timed in the same process.
+  that are actually dispatched, double backward included; achieved GFLOP/s is compared with the run's
+  one matmul peak: a large dense matmul, best of PEAK_REPEATS, timed in a worker of its own (same device,
+  dtype and threads) before and after the sweep, the best reading used for every row.
+
+With no flags it runs the T sweep that shows Limitation (i) of the paper: S = DEFAULT_SEQ_LEN,
+T ∈ DEFAULT_STEPS, graph and recompute, and prints each mode's memory per inner step (the slope of a
+least-squares line through peak MB over T). `--model-shape bert-base` times the paper's model shape with
+random weights, so no checkpoint is needed.
 """
 
 import argparse
@@ -35,18 +41,31 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import reference
-from .bert import BertConfig, fresh_model, load_pretrained
+from .bert import BertConfig, Params, fresh_model, load_pretrained, param_shapes
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
-from .options import AUTOCAST, DTYPES, option_problem
+from .options import (ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability,
+                      option_problem)
 from .unroll import MODES, hypergradient
 
 EXACT_MODES = ("graph", "recompute")
 REFERENCE = "reference"   # reference.hypergradient: the same step written the straightforward way
 NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
 MB = 2 ** 20
+DEFAULT_MODEL = "minilm-l6"
+# The default sweep (no flags): T = 1, 2, 4, 8 in both exact modes at S = 64, the cpu preset's S. The whole
+# run is 8 workers of 5 outer steps each (warm-up, 3 timed, 1 counted) and two peak readings: 1.6 TFLOP
+# per round of the 8 rows (counted), about two minutes on 2 idle cores at the ~110 GFLOP/s a step reaches
+# there; S = 128 (2.4 TFLOP per round) would come close to three. The paper's S = 512 is a flag away
+# (--seq-len 512), as is one configuration (--steps 1).
+DEFAULT_SEQ_LEN = 64
+DEFAULT_STEPS = (1, 2, 4, 8)
+MATMUL_PEAK = "matmul-peak"     # a worker spec's "measure": the run's matmul peak, not an outer step
+PEAK_REPEATS = 10               # each peak reading: the best of this many n×n matmuls, after one warm-up
+PEAK_TOLERANCE = 0.10           # readings before and after the sweep further apart than this: say so
+MODEL_SHAPES = {"bert-base": BertConfig()}     # --model-shape: bert-base-uncased's published config
 
 
 # --- measuring instruments (used inside the worker subprocess) -----------------------------------
@@ -97,11 +116,12 @@ class PeakMemory:
         return max(0, peak - self.base), peak
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    """What this device does at its best: GFLOP/s of an n×n matmul (2n³ FLOPs), best of 4."""
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = PEAK_REPEATS) -> float:
+    """What this device does at its best: GFLOP/s of an n×n matmul (2n³ FLOPs), best of `repeats` after one warm-up."""
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    a @ b
     best = float("inf")
-    for _ in range(4):
+    for _ in range(repeats):
         _sync(device)
         started = time.perf_counter()
         a @ b
@@ -170,14 +190,50 @@ def device_name(device: torch.device) -> str:
 
 
 # --- one configuration, in its own process ---------------------------------------------------------
-def worker(spec: dict) -> dict:
-    """Load the model, build θ_0, D̃ and a real batch, then time, measure and count `hypergradient`."""
-    device, dtype = torch.device(spec["device"]), DTYPES[spec["dtype"]]
+def random_weights(config: BertConfig, seed: int, dtype: torch.dtype = torch.float32, device="cpu") -> Params:
+    """Encoder and pooler weights of `config`'s shape as BERT initialises them (Devlin et al. 2019):
+    N(0, 0.02²) matrices and embeddings, zero biases, LayerNorm weight 1 and bias 0. A step's time and
+    memory depend on the shapes, not on the values (--model-shape)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith("norm.weight"):
+            value = torch.ones(shape, dtype=dtype)
+        elif name.endswith("bias"):
+            value = torch.zeros(shape, dtype=dtype)
+        else:
+            value = torch.randn(shape, generator=g, dtype=dtype) * 0.02
+        theta[name] = value.to(device)
+    return theta
+
+
+def load_model(spec: dict, dtype: torch.dtype, device: torch.device):
+    """(config, encoder + pooler θ): the checkpoint spec["model"], or random weights of spec["model_shape"]."""
+    if spec.get("model_shape"):
+        config = MODEL_SHAPES[spec["model_shape"]]
+        return config, random_weights(config, spec["seed"], dtype, device)
+    return load_pretrained(Path(spec["model"]), dtype=dtype, device=device)
+
+
+def _worker_setup(spec: dict):
+    """(device, dtype) of a worker spec, with its CPU thread count applied."""
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    return torch.device(spec["device"]), DTYPES[spec["dtype"]]
+
+
+def matmul_peak_worker(spec: dict) -> dict:
+    """One reading of the run's matmul peak, in a worker like the configurations' (same device, dtype, threads)."""
+    device, dtype = _worker_setup(spec)
+    return {**spec, "matmul_gflops": matmul_gflops(device, dtype, spec["matmul_size"]), "threads": torch.get_num_threads()}
+
+
+def worker(spec: dict) -> dict:
+    """Load the model, build θ_0, D̃ and a real batch, then time, measure and count `hypergradient`."""
+    device, dtype = _worker_setup(spec)
     torch.manual_seed(spec["seed"])
     started = time.perf_counter()
-    config, pretrained = load_pretrained(Path(spec["model"]), dtype=dtype, device=device)
+    config, pretrained = load_model(spec, dtype, device)
     theta0 = fresh_model(pretrained, config, NUM_CLASSES, spec["seed"])
     distilled_config = DistilledConfig(
         num_classes=NUM_CLASSES, seq_len=spec["seq_len"], hidden_size=config.hidden_size,
@@ -194,7 +250,6 @@ def worker(spec: dict) -> dict:
     whole_batch = {k: v.to(device) for k, v in batch.items()}
     micro_batches = [{k: v[rows].to(device) for k, v in batch.items()}
                      for rows in torch.arange(B).split(spec["micro_batch"])]
-    peak_gflops = matmul_gflops(device, dtype, spec["matmul_size"])     # before the baseline: not counted
     load_s = time.perf_counter() - started
 
     def outer_step(mode=spec["mode"], autocast=spec["autocast"]):
@@ -230,19 +285,18 @@ def worker(spec: dict) -> dict:
             "cpu_times_s": cpu_times, "median_cpu_s": statistics.median(cpu_times),
             "peak_mb": peak / MB, "process_peak_mb": process_peak / MB, "memory_method": memory.method,
             "flops": flops, "gflop_per_step": flops / 1e9, "gflops_per_s": flops / median / 1e9,
-            "matmul_size": spec["matmul_size"], "matmul_gflops": peak_gflops,
-            "pct_of_matmul_peak": 100 * flops / median / 1e9 / peak_gflops,
             **({"op_seconds": ops, "profiled_s": sum(ops.values()),
                 "matmul_s": sum(t for op, t in ops.items() if op in MATMUL_OPS)} if ops else {}),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
-            "device_name": device_name(device)}
+            "cpu_capability": cpu_capability(), "device_name": device_name(device)}
 
 
 def worker_main(spec_json: str) -> None:
     """`--worker SPEC`: run one configuration and print its result as one JSON line (exit 1 on failure)."""
     spec = json.loads(spec_json)
+    measure = matmul_peak_worker if spec.get("measure") == MATMUL_PEAK else worker
     try:
-        result = worker(spec)
+        result = measure(spec)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         result = {**spec, "error": "out of memory: " + (str(e).splitlines() or [""])[0]}
     except UserError as e:
@@ -273,6 +327,84 @@ def run_in_subprocess(spec: dict) -> dict:
     return {**spec, "error": why}
 
 
+# --- the run's matmul peak and memory slopes ------------------------------------------------------
+def peak_summary(readings: List[float]) -> dict:
+    """The run's one matmul peak from its readings (before and after the sweep): the best of them, and how
+    far they moved apart ((best − worst) ÷ best; above PEAK_TOLERANCE the machine's speed changed)."""
+    best = max(readings)
+    spread = (best - min(readings)) / best
+    return {"readings_gflops": readings, "gflops": best, "spread": spread, "tolerance": PEAK_TOLERANCE,
+            "moved": spread > PEAK_TOLERANCE}
+
+
+def apply_peak(results: List[dict], peak: Optional[dict]) -> None:
+    """Every row's "% of matmul peak" against the run's one peak, so that at equal FLOPs a faster row
+    never shows a lower share than a slower one."""
+    for r in results:
+        if "error" not in r and peak:
+            r["matmul_gflops"] = peak["gflops"]
+            r["pct_of_matmul_peak"] = 100 * r["gflops_per_s"] / peak["gflops"]
+
+
+def peak_text(peak: Optional[dict], settings: dict) -> str:
+    """The peak's readings, spread and tolerance, in one sentence (with a warning when they moved)."""
+    if not peak:
+        return "No matmul peak could be measured: the % of peak column is empty."
+    readings = " and ".join(f"{g:.1f}" for g in peak["readings_gflops"])
+    text = (f"Matmul peak: {settings['matmul_size']}² {settings['dtype']} matmuls, best of {PEAK_REPEATS}, in a worker "
+            f"with the rows' threads, before and after the sweep: {readings} GFLOP/s (spread "
+            f"{100 * peak['spread']:.1f} %, tolerance {100 * peak['tolerance']:.0f} %); every row's % of peak "
+            f"uses {peak['gflops']:.1f}.")
+    if peak["moved"]:
+        text += (f" **Warning: the readings moved by more than {100 * peak['tolerance']:.0f} %: the machine's "
+                 "speed changed during the run (other work?), so its times are suspect.**")
+    return text
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]):
+    """(slope, intercept) of the least-squares line y ≈ intercept + slope · x (needs two distinct x)."""
+    n = len(xs)
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("a line needs at least two distinct x")
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sxx
+    return slope, mean_y - slope * mean_x
+
+
+def series(results: List[dict]) -> Dict[tuple, List[dict]]:
+    """The measured rows as lines over T: (mode label, S, attn) → rows sorted by T. The mode label carries
+    the autocast type when there is one ("graph + bf16")."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        if "error" not in r:
+            mode = r["mode"] + ("" if r.get("autocast", "none") == "none" else f" + {r['autocast']}")
+            groups.setdefault((mode, r["seq_len"], r["attn"]), []).append(r)
+    return {key: sorted(rows, key=lambda r: r["steps"]) for key, rows in groups.items()}
+
+
+def memory_slopes(results: List[dict]) -> Dict[tuple, float]:
+    """Peak memory per inner step, MB: the slope of the least-squares line through (T, peak MB) of each
+    line of `series` measured at two or more T."""
+    return {key: fit_line([r["steps"] for r in rows], [r["peak_mb"] for r in rows])[0]
+            for key, rows in series(results).items() if len({r["steps"] for r in rows}) > 1}
+
+
+def slope_text(results: List[dict]) -> List[str]:
+    """One line per (S, attn): each mode's MB per inner step, and graph ÷ recompute where both were run."""
+    slopes = memory_slopes(results)
+    lines = []
+    for S, attn in sorted({key[1:] for key in slopes}):
+        modes = {mode: slope for (mode, s, a), slope in slopes.items() if (s, a) == (S, attn)}
+        line = f"- S = {S}, attn = {attn}: " + ", ".join(f"{mode} {slope:.1f} MB/step" for mode, slope in modes.items())
+        if {"graph", "recompute"} <= set(modes) and modes["recompute"] > 0:
+            line += f"; graph ÷ recompute = {modes['graph'] / modes['recompute']:.1f}"
+        lines.append(line)
+    if lines:
+        lines.insert(0, "Peak memory per inner step (slope of the least-squares line through peak MB over T):")
+    return lines
+
+
 # --- reporting -----------------------------------------------------------------------------------
 COLUMNS = ["S", "T", "mode", "autocast", "attn", "median s", "min s", "peak MB", "process MB", "GFLOP/step",
            "GFLOP/s", "% of matmul peak", "rel. error vs exact"]
@@ -283,24 +415,33 @@ def table_row(r: dict) -> List[str]:
     if "error" in r:
         return cells + ["—"] * (len(COLUMNS) - 5) + [r["error"].replace("|", "/")]
     error = f"{r['max_relative_error']:.1e}" if r.get("relative_error") else "exact"
+    share = f"{r['pct_of_matmul_peak']:.0f} %" if "pct_of_matmul_peak" in r else "—"
     return cells + [f"{r['median_s']:.3g}", f"{r['min_s']:.3g}", f"{r['peak_mb']:.0f}", f"{r['process_peak_mb']:.0f}",
-                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", f"{r['pct_of_matmul_peak']:.0f} %", error, ""]
+                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", share, error, ""]
+
+
+def model_label(settings: dict) -> str:
+    if settings.get("model_shape"):
+        return f"{settings['model_shape']} shape with random weights"
+    return Path(settings["model"]).name
 
 
 def markdown(results: List[dict], env: dict) -> str:
     s = env["settings"]
     lines = [f"# ddattn benchmark: {env['device']} ({env['device_name']})", "",
-             f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, {s['dtype']}, "
-             f"model {Path(s['model']).name}, "
+             f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, "
+             f"torch {env['torch']}, {s['dtype']}, model {model_label(s)}, "
              f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']} "
              f"in micro-batches of {min(s.get('micro_batch', s['real_batch']), s['real_batch'])}, "
              f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
              "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes). "
              "Rel. error: the largest ‖g − g_exact‖ / ‖g_exact‖ over the distilled tensors, against an fp32 "
-             "`recompute` step on the same inputs.", "",
+             "`recompute` step on the same inputs. " + peak_text(env.get("matmul_peak"), s), "",
              "| " + " | ".join(COLUMNS + ["error"]) + " |",
              "|" + "---:|" * 2 + "---|" * 3 + "---:|" * (len(COLUMNS) - 6) + "---|" * 2]
     lines += ["| " + " | ".join(table_row(r)) + " |" for r in results]
+    slopes = slope_text(results)
+    lines += [""] + slopes if slopes else []
     return "\n".join(lines) + "\n"
 
 
@@ -370,22 +511,19 @@ def plot(results: List[dict], path: Path) -> None:
     except ImportError:
         print("no plot: matplotlib is not installed (pip install matplotlib)")
         return
-    groups: Dict[tuple, List[dict]] = {}
-    for r in results:
-        if "error" not in r:
-            mode = r["mode"] + ("" if r.get("autocast", "none") == "none" else f" + {r['autocast']}")
-            groups.setdefault((mode, r["seq_len"], r["attn"]), []).append(r)
+    groups, slopes = series(results), memory_slopes(results)
     if not groups:
         print("no plot: every configuration failed")
         return
     several = len({key[1:] for key in groups}) > 1
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (mode, S, attn), rows in sorted(groups.items()):
-        rows.sort(key=lambda r: r["steps"])
+    for key, rows in sorted(groups.items()):
+        mode, S, attn = key
         label = f"{mode}, S={S}, attn={attn}" if several else mode
         steps = [r["steps"] for r in rows]
         ax_time.plot(steps, [r["median_s"] for r in rows], marker="o", label=label)
-        ax_mem.plot(steps, [r["peak_mb"] for r in rows], marker="o", label=label)
+        slope = f" ({slopes[key]:.0f} MB/step)" if key in slopes else ""
+        ax_mem.plot(steps, [r["peak_mb"] for r in rows], marker="o", label=label + slope)
     ax_time.set(xlabel="T (inner steps)", ylabel="seconds per outer step (median)", title="time")
     ax_mem.set(xlabel="T (inner steps)", ylabel="peak MB above the loaded model", title="memory")
     all_steps = sorted({r["steps"] for rows in groups.values() for r in rows})
@@ -422,13 +560,16 @@ def _flat(values: Sequence[str], convert, flag: str) -> list:
 def parse_args(argv: Optional[Sequence[str]]):
     p = ArgumentParser(prog="python -m ddattn.bench",
                        description="Time, peak memory and FLOPs of one distillation outer step, per configuration.",
-                       epilog="example: python -m ddattn.bench --seq-len 128 --steps 1 2 4 8 --no-plot")
-    p.add_argument("--model", default="minilm-l6", help="converted checkpoint: a name under weights/ or a directory")
+                       epilog="example: python -m ddattn.bench --seq-len 512 --steps 1 --no-plot")
+    p.add_argument("--model", help=f"converted checkpoint: a name under weights/ or a directory (default {DEFAULT_MODEL})")
+    p.add_argument("--model-shape", choices=sorted(MODEL_SHAPES),
+                   help="instead of --model: random weights of this published shape (bert-base: bert-base-uncased's "
+                        "12 layers, hidden 768, 12 heads, 30,522 tokens), so the paper's step is timed without its weights")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--seq-len", nargs="+", default=["512"], metavar="S",
-                   help="S, tokens per distilled sample (list; default 512)")
-    p.add_argument("--steps", nargs="+", default=["1"], metavar="T",
-                   help="T, inner SGD steps (list, e.g. 1 2 4 8; default 1)")
+    p.add_argument("--seq-len", nargs="+", default=[str(DEFAULT_SEQ_LEN)], metavar="S",
+                   help=f"S, tokens per distilled sample (list; default {DEFAULT_SEQ_LEN}; the paper's is 512)")
+    p.add_argument("--steps", nargs="+", default=[str(t) for t in DEFAULT_STEPS], metavar="T",
+                   help=f"T, inner SGD steps (list; default {' '.join(map(str, DEFAULT_STEPS))}; one configuration: --steps 1)")
     p.add_argument("--mode", nargs="+", default=list(EXACT_MODES), metavar="MODE",
                    help="hypergradient modes: graph, recompute (exact; default both), finite-difference (approximate)")
     p.add_argument("--reference", action="store_true",
@@ -438,6 +579,9 @@ def parse_args(argv: Optional[Sequence[str]]):
                    help="run one more step under torch.profiler and report the matmul share of its time")
     p.add_argument("--autocast", nargs="+", default=["none"], metavar="DTYPE",
                    help="matmul precision: none (default), bf16, fp16 (torch.autocast; approximate)")
+    p.add_argument(ALLOW_SLOW_BF16, action="store_true",
+                   help="run bf16 (--autocast bf16, the --eval bf16 evaluator) even where this CPU or GPU has no fast "
+                        "bf16, which is refused (--autocast) or left out (--eval) otherwise (ddattn/options.py)")
     p.add_argument("--attn", nargs="+", default=["cls"], metavar="ATTN",
                    help="attention-label types: none, cls, all (default cls)")
     p.add_argument("--shots", type=int, default=1, help="distilled samples per class (2 classes)")
@@ -446,7 +590,9 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--micro-batch", type=int, default=16, help="real examples per forward/backward (distill's default)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--repeat", type=int, default=3, help="timed outer steps after one warm-up")
-    p.add_argument("--matmul-size", type=int, help="n of the n×n reference matmul (default 2048, 8192 on CUDA)")
+    p.add_argument("--matmul-size", type=int,
+                   help=f"n of the n×n matmul whose best rate (of {PEAK_REPEATS}, before and after the sweep) is the "
+                        "run's peak (default 2048, 8192 on CUDA)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (default 0: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path,
@@ -461,12 +607,19 @@ def parse_args(argv: Optional[Sequence[str]]):
     evaluation.add_argument("--eval-limit", type=int, default=0, help="only the split's first N rows (default: all)")
     evaluation.add_argument("--eval-batch-size", type=int, default=64, help="ddattn's evaluation batch size")
     p.add_argument("--worker", help=argparse.SUPPRESS)   # --worker SPEC: how the parent runs one configuration
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.model_shape and args.model:
+        raise UserError("--model-shape replaces --model's checkpoint with random weights: give one of them")
+    if args.model_shape and args.eval:
+        raise UserError("--model-shape is for the outer step; --eval needs a real checkpoint (--model)")
+    args.model = args.model or (None if args.model_shape else DEFAULT_MODEL)
+    return args
 
 
 def environment(argv: Optional[Sequence[str]], threads: int) -> dict:
     """Where and when this was measured, and with which command."""
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "cpu_count": os.cpu_count(),
+            "threads": threads or torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)])}
@@ -487,26 +640,36 @@ def eval_main(args, argv: Optional[Sequence[str]]) -> None:
     print("\n" + table + f"\nwrote {json_path} and {json_path.with_suffix('.md')}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
-    if args.worker is not None:
-        return worker_main(args.worker)
-    if args.eval:
-        return eval_main(args, argv)
-    device = local_device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device.type}: only cpu and cuda are benchmarked")
+def model_config(args):
+    """(BertConfig, checkpoint directory or None): --model-shape's published config, or --model's."""
+    if args.model_shape:
+        return MODEL_SHAPES[args.model_shape], None
     model_dir = resolve_checkpoint(args.model)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"checkpoint {model_dir} not found: run `make weights` (python -m ddattn.convert) "
-                        "or pass --model DIR")
-    config = BertConfig.from_json(model_dir / "config.json")
-    seq_lens = _flat(args.seq_len, int, "--seq-len")
-    steps = _flat(args.steps, int, "--steps")
-    modes, attns = _flat(args.mode, str, "--mode"), _flat(args.attn, str, "--attn")
-    autocasts = _flat(args.autocast, str, "--autocast")
+                        "or pass --model DIR (or --model-shape bert-base for random weights)")
+    return BertConfig.from_json(model_dir / "config.json"), model_dir
+
+
+def sweep_axes(args) -> Dict[str, list]:
+    """The lists the flags give, by spec key: S, T, modes, autocast types, attention types."""
+    return {"seq_len": _flat(args.seq_len, int, "--seq-len"), "steps": _flat(args.steps, int, "--steps"),
+            "mode": _flat(args.mode, str, "--mode"), "autocast": _flat(args.autocast, str, "--autocast"),
+            "attn": _flat(args.attn, str, "--attn")}
+
+
+def configurations(axes: Dict[str, list], reference: bool) -> List[dict]:
+    """Every configuration of the sweep, in the order it runs: for each S, attn and T, the reference first
+    (with --reference: just before the rows it is compared with), then every mode × autocast."""
+    variants = [(REFERENCE, "none")] if reference else []
+    variants += [(mode, autocast) for mode in axes["mode"] for autocast in axes["autocast"]]
+    return [dict(seq_len=S, steps=T, mode=mode, autocast=autocast, attn=attn)
+            for S in axes["seq_len"] for attn in axes["attn"] for T in axes["steps"] for mode, autocast in variants]
+
+
+def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.device) -> None:
+    """Every flag of the outer-step bench, before anything runs (one `error:` line for the first bad one)."""
+    seq_lens, steps, modes, autocasts, attns = (axes[k] for k in ("seq_len", "steps", "mode", "autocast", "attn"))
     problems = sorted(filter(None, (option_problem(m, a, device.type) for m in modes for a in autocasts)))
     checks = [
         (all(1 <= s <= config.max_positions for s in seq_lens),
@@ -528,20 +691,47 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if "bf16" in autocasts:
+        check_bf16("--autocast bf16", device, args.allow_slow_bf16)
+
+
+def read_peak(settings: dict, when: str) -> Optional[float]:
+    """One reading of the matmul peak in its own worker, printed; None (and the reason) if it failed."""
+    r = run_in_subprocess({**settings, "measure": MATMUL_PEAK})
+    if "error" in r:
+        print(f"matmul peak {when}: error: {r['error']}", flush=True)
+        return None
+    print(f"matmul peak {when}: {r['matmul_gflops']:.1f} GFLOP/s", flush=True)
+    return r["matmul_gflops"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker_main(args.worker)
+    if args.eval:
+        return eval_main(args, argv)
+    device = local_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device.type}: only cpu and cuda are benchmarked")
+    config, model_dir = model_config(args)
+    axes = sweep_axes(args)
+    check_flags(args, axes, config, device)
 
     json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    settings = dict(model=str(model_dir), device=str(device), dtype=args.dtype, shots=args.shots,
+    settings = dict(model=str(model_dir) if model_dir else None, model_shape=args.model_shape, device=str(device),
+                    dtype=args.dtype, shots=args.shots,
                     real_batch=args.real_batch, real_len=args.real_len, micro_batch=args.micro_batch,
                     repeat=args.repeat, seed=args.seed, profile=args.profile,
                     threads=args.threads,
                     matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
     env = {"device": device.type, "device_name": device_name(device), **environment(argv, args.threads),
            "settings": settings}
-    variants = [(REFERENCE, "none")] if args.reference else []       # run just before the rows it is compared with
-    variants += [(mode, autocast) for mode in modes for autocast in autocasts]
-    specs = [dict(settings, seq_len=S, steps=T, mode=mode, autocast=autocast, attn=attn)
-             for S in seq_lens for attn in attns for T in steps for mode, autocast in variants]
+    specs = [dict(settings, **c) for c in configurations(axes, args.reference)]
+    readings = [read_peak(settings, "before the sweep")]
     results = []
     for i, spec in enumerate(specs, 1):
         print(f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} autocast={spec['autocast']} "
@@ -553,11 +743,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"{r['median_s']:.3g} s/step, peak {r['peak_mb']:.0f} MB, {r['gflop_per_step']:.4g} GFLOP, "
               f"{r['gflops_per_s']:.3g} GFLOP/s", flush=True)
         write_json_atomic(json_path, {"environment": env, "results": results})   # a sweep cut short keeps its rows
+    readings = [g for g in readings + [read_peak(settings, "after the sweep")] if g is not None]
+    env["matmul_peak"] = peak_summary(readings) if readings else None
+    apply_peak(results, env["matmul_peak"])
+    write_json_atomic(json_path, {"environment": env, "results": results})
     table = (markdown(results, env) + (ratio_table(results) if args.reference else "")
              + (profile_table(results) if args.profile else ""))
     md_path = json_path.with_suffix(".md")
     md_path.write_text(table)
     print("\n" + table)
+    if env["matmul_peak"] and env["matmul_peak"]["moved"]:
+        print(f"warning: the matmul peak moved by {100 * env['matmul_peak']['spread']:.0f} % during the run "
+              f"(tolerance {100 * PEAK_TOLERANCE:.0f} %): the machine's speed changed, so the times are suspect")
     print(f"wrote {json_path} and {md_path}")
     if not args.no_plot:
         plot(results, json_path.with_suffix(".png"))

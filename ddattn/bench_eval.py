@@ -8,7 +8,8 @@ the same process, so that whatever else the machine does falls on all three alik
   (S, S) probabilities, every row of the last layer, the split in file order in batches of 128;
 - fp32 — `evaluate.predict`, what `python -m ddattn.evaluate` runs: fused attention, the last layer for
   [CLS] only, no autograd state, rows sorted by length in batches exactly as wide as their longest row;
-- bf16 — the same with `--precision bf16`: linear layers in bfloat16.
+- bf16 — the same with `--precision bf16`: linear layers in bfloat16; timed only where the CPU has fast
+  bf16 (options.py's rule), or with --allow-slow-bf16, and left out with a notice otherwise.
 
 It reports seconds per model (wall clock and this process's CPU time), models per hour, each as a
 ratio of the reference, the share of examples on which fp32 predicts what the reference predicts,
@@ -28,6 +29,7 @@ from .bert import BertConfig, fresh_model, load_pretrained
 from .distilled import DistilledConfig, DistilledData
 from .errors import UserError
 from .evaluate import compute_metrics, eval_batches, headline_metric, load_run, predict
+from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
 from .unroll import train_on_distilled
 
@@ -50,6 +52,18 @@ def load_setting(args):
     return task, 128, None, model_dir, DistilledData.initial(dconfig, torch.Generator().manual_seed(args.seed))
 
 
+def evaluator_names(allow_slow_bf16: bool):
+    """(evaluators to time, why bf16 is left out or None): bf16 only where it is fast, unless allowed."""
+    cpu = torch.device("cpu")
+    why = slow_bf16_reason(cpu)
+    if why and not allow_slow_bf16:
+        print(f"notice: the bf16 evaluator is left out: {why}, so it would be slower than fp32 here "
+              f"({ALLOW_SLOW_BF16} times it anyway)", flush=True)
+        return EVALUATORS[:2], why
+    check_bf16("the bf16 evaluator", cpu, allowed=True)        # where bf16 is slow: the notice, once
+    return EVALUATORS, None
+
+
 def timed(fn):
     """(fn(), wall seconds, CPU seconds of this process)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -68,6 +82,7 @@ def run(args) -> dict:
     order = rows[split.lengths[rows].argsort(stable=True)]                     # eval_batches' order
     eval_set = eval_batches(split, args.eval_batch_size, indices=rows)         # built once for all models
     labels = split.labels[rows]
+    names, bf16_left_out = evaluator_names(args.allow_slow_bf16)
 
     def fast(theta0, precision):
         theta = train_on_distilled(theta0, config, distilled)[0][-1]
@@ -76,19 +91,20 @@ def run(args) -> dict:
 
     evaluators = {"reference": lambda theta0: reference.predictions(theta0, config, distilled, split, rows),
                   "fp32": lambda theta0: fast(theta0, "fp32"), "bf16": lambda theta0: fast(theta0, "bf16")}
-    per_model: Dict[str, List[dict]] = {name: [] for name in EVALUATORS}
-    agreement = {"fp32 = reference": [], "bf16 = fp32": []}
+    per_model: Dict[str, List[dict]] = {name: [] for name in names}
+    agreement = {"fp32 = reference": [], **({"bf16 = fp32": []} if "bf16" in names else {})}
     for seed in range(args.n_models):
         theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
         predictions = {}
-        for name in EVALUATORS:
+        for name in names:
             predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0))
             per_model[name].append({"seed": seed, "wall_s": wall, "cpu_s": cpu,
                                     **compute_metrics(task.metrics, predictions[name], labels)})
             print(f"model {seed} {name}: {wall:.1f} s ({cpu:.1f} s CPU)", flush=True)
         agreement["fp32 = reference"].append((predictions["fp32"] == predictions["reference"]).double().mean().item())
-        agreement["bf16 = fp32"].append((predictions["bf16"] == predictions["fp32"]).double().mean().item())
-    return summarise(per_model, agreement, task, len(rows), args)
+        if "bf16" in names:
+            agreement["bf16 = fp32"].append((predictions["bf16"] == predictions["fp32"]).double().mean().item())
+    return {**summarise(per_model, agreement, task, len(rows), args), "bf16_left_out": bf16_left_out}
 
 
 def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args) -> dict:
@@ -112,8 +128,10 @@ def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]
 
 def markdown(result: dict, env: dict) -> str:
     lines = [f"# ddattn evaluation throughput: {result['task']} {result['split']} ({result['examples']} examples)", "",
-             f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}; {result['n_models']} models, each timed "
-             f"by all three evaluators in turn; {env['date']}; `{env['command']}`.", "",
+             f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, torch "
+             f"{env['torch']}; {result['n_models']} models, each timed by every evaluator in turn; {env['date']}; "
+             f"`{env['command']}`." + (f" bf16 left out: {result['bf16_left_out']} ({ALLOW_SLOW_BF16} times it)."
+                                     if result.get("bf16_left_out") else ""), "",
              f"| evaluator | s / model (wall) | s / model (CPU) | models / hour | speed vs reference (wall) "
              f"| (CPU) | {result['summary']['fp32']['metric']} | minus fp32 (points) | largest per model |",
              "|---|" + "---:|" * 8]

@@ -37,7 +37,7 @@ from .card import write_card
 from .distilled import DistilledData
 from .errors import UserError, first_line, run_cli
 from .evaluate import eval_batches, evaluate_distilled, mean_std
-from .options import AUTOCAST, DTYPES, option_problem
+from .options import AUTOCAST, DTYPES
 from .paths import atomic_path, resolve_checkpoint
 from .rundir import RunDirectory
 from .settings import distilled_config, load_or_start, preset_summary, saved_settings
@@ -113,9 +113,6 @@ class Distillation:
         device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
-        problem = option_problem(args.mode, args.autocast, device.type)
-        if problem:
-            raise UserError(problem)
         self.task = tasks.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
         dtype = DTYPES[args.dtype]

@@ -22,6 +22,7 @@ from . import seeds
 from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
+from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .unroll import train_on_distilled
 
@@ -170,13 +171,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed: model i gets head i of the evaluation stream (ddattn/seeds.py)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: inference matmuls in bfloat16, about 2x faster on CPUs with AVX512-BF16, approximate")
+                   help="bf16: inference matmuls in bfloat16, about 2x faster on CPUs with AVX512-BF16 or AMX, "
+                   "approximate; refused where bf16 is slow (ddattn/options.py)")
+    p.add_argument(ALLOW_SLOW_BF16, action="store_true", help="run --precision bf16 even where it is slower than fp32")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
     p.add_argument("--out", type=Path, help="default RUN_DIR/eval.json")
     args = p.parse_args(argv)
     if args.n_models < 1 or args.batch_size < 1:
         raise UserError("--n-models and --batch-size must be ≥ 1")
     seeds.check_seed(args.seed)
+    if args.precision == "bf16":
+        check_bf16("--precision bf16", distributed.local_device(args.device), args.allow_slow_bf16)
     settings, distilled = load_run(args.run_dir, args.which)
     out = args.out or args.run_dir / "eval.json"
     checks.writable_file(out, "--out")          # now, not after N models of work

@@ -19,8 +19,9 @@ from . import tasks
 from . import seeds
 from .bert import BertConfig
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
+from .distributed import local_device
 from .errors import ArgumentParser, UserError
-from .options import AUTOCAST, DTYPES
+from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, option_problem
 from .paths import resolve_checkpoint, runs_dir
 from .rundir import RunDirectory
 from .unroll import MODES
@@ -75,6 +76,7 @@ def parse_args(argv: Optional[Sequence[str]]):
     given (resumed_settings reads the rest from the run)."""
     flags = parse_flags(argv)
     vars(flags).pop("overwrite", None)
+    vars(flags).pop("allow_slow_bf16", None)
     return flags if flags.resume else from_flags(flags)
 
 
@@ -129,7 +131,10 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--mode", choices=list(MODES), help="hypergradient: whole graph (paper), per-step recompute (memory "
                    "flat in T), or finite-difference (approximate vector–Hessian products, bench/README.md)")
     g.add_argument("--autocast", choices=sorted(AUTOCAST), help="matmul precision (approximate; bf16 is faster on CPUs "
-                   "with AVX512-BF16, fp16 is for CUDA; errors in bench/README.md)")
+                   "with AVX512-BF16 or AMX, fp16 is for CUDA; errors in bench/README.md)")
+    g.add_argument(ALLOW_SLOW_BF16, action="store_true", default=argparse.SUPPRESS,   # how to run, not a setting
+                   help="run --autocast bf16 even where this CPU or GPU has no fast bf16 (refused otherwise: it "
+                   "would be slower than fp32; ddattn/options.py)")
     g.add_argument("--max-steps", type=int, help="stop after this many outer steps (0: all epochs)")
     g.add_argument("--train-limit", type=int, help="use only the first N training examples (0: all)")
     g = p.add_argument_group("validation and checkpoints")
@@ -242,6 +247,17 @@ def check_fits_model(args) -> None:
         raise UserError(f"--max-length {args.max_length} exceeds the {positions} positions of checkpoint {args.model}")
 
 
+def check_options(args, allow_slow_bf16: bool) -> None:
+    """--mode and --autocast on the run's device: no impossible combination (options.option_problem), and
+    bf16 only where it is fast or with --allow-slow-bf16 (options.check_bf16)."""
+    device = local_device(args.device)
+    problem = option_problem(args.mode, args.autocast, device.type)
+    if problem:
+        raise UserError(problem)
+    if args.autocast == "bf16":
+        check_bf16("--autocast bf16", device, allow_slow_bf16)
+
+
 def settings_name(s) -> str:
     """What a run is, as a name: labels, attention labels, shots, steps, data per step, S, seed."""
     return f"{s.label_type}-{s.attention_type}-s{s.shots}-t{s.steps}-{s.data_per_step}-S{s.seq_len}-seed{s.seed}"
@@ -256,13 +272,16 @@ def load_or_start(argv):
     """(settings, run directory, checkpoint or None) for a new run or for `--resume RUN_DIR`."""
     flags = parse_flags(argv)
     overwrite = vars(flags).pop("overwrite", False)
+    allow_slow_bf16 = vars(flags).pop("allow_slow_bf16", False)
     if flags.resume:
         if overwrite:
             raise UserError("--overwrite starts a run afresh; it cannot be combined with --resume")
         run = RunDirectory(Path(flags.resume))
         if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
             raise UserError(f"{flags.resume} has no config.json/checkpoint.pt to resume from")
-        return resumed_settings(flags), run, checks.load_checkpoint(run.checkpoint)
+        args = resumed_settings(flags)
+        check_options(args, allow_slow_bf16)
+        return args, run, checks.load_checkpoint(run.checkpoint)
     args = from_flags(flags)
     if not args.task:
         raise UserError(f"--task is required: one of {', '.join(tasks.TASK_NAMES)}")
@@ -271,6 +290,7 @@ def load_or_start(argv):
         tasks.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
     check_fits_model(args)
+    check_options(args, allow_slow_bf16)
     args = replace(args, name=args.name or run_name(settings_name(args), args.lr, args.inner_lr),
                    batch_size=step_batch_size(args, task.num_classes))
     run = RunDirectory(runs_dir() / args.task / args.name, overwrite)

@@ -1,14 +1,17 @@
-"""python -m ddattn.bench on a tiny random checkpoint: result fields, memory reading, tables, bad flags."""
+"""python -m ddattn.bench on a tiny random checkpoint: result fields, memory reading, tables, bad flags; the
+default sweep, the memory slope fit, the run's one matmul peak, and the bf16 capability check."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from ddattn import bench
+from ddattn import bench, bench_eval, evaluate, options, settings
 from ddattn.bert import BertConfig, param_shapes
 from ddattn.errors import UserError
 
@@ -28,7 +31,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def spec(tiny_dir, steps, mode):
-    return dict(model=str(tiny_dir), device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, micro_batch=1, repeat=2,
+    return dict(model=str(tiny_dir), model_shape=None, device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, micro_batch=1, repeat=2,
                 seed=0, threads=1, matmul_size=64, seq_len=8, steps=steps, mode=mode, autocast="none", attn="cls")
 
 
@@ -38,8 +41,9 @@ def test_worker_reports_sane_numbers(tiny_dir):
         assert (r["steps"], r["mode"], r["seq_len"], r["attn"], r["num_samples"]) == (T, mode, 8, "cls", 2)
         assert len(r["times_s"]) == 2 and 0 < r["min_s"] <= r["median_s"]
         assert 0 <= r["peak_mb"] <= r["process_peak_mb"] and r["memory_method"]
-        assert r["flops"] > 0 and r["gflops_per_s"] > 0 and r["matmul_gflops"] > 0 and r["pct_of_matmul_peak"] > 0
+        assert r["flops"] > 0 and r["gflops_per_s"] > 0 and "pct_of_matmul_peak" not in r   # the parent's job
         assert r["threads"] == 1 and r["torch"] == torch.__version__ and r["cpu"] and r["device_name"]
+        assert set(r["cpu_capability"]) == {"isa", "amx", "avx512_bf16", "mkldnn_bf16", "fast_bf16"}
         assert torch.isfinite(torch.tensor(r["outer_loss"]))
     for T in (1, 2):   # recompute rebuilds each inner step: never less work than keeping the graph
         assert results[T, "recompute"]["flops"] >= results[T, "graph"]["flops"]
@@ -75,21 +79,30 @@ def test_peak_memory_sees_an_allocation():
 
 def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
     out = tmp_path / "cpu.json"
-    bench.main(["--model", str(tiny_dir), "--steps", "2", "--mode", "graph", "--json", str(out), *FAST])
+    bench.main(["--model", str(tiny_dir), "--steps", "1", "2", "--mode", "graph", "--json", str(out), *FAST])
     saved = json.loads(out.read_text())
-    assert [(r["steps"], r["mode"]) for r in saved["results"]] == [(2, "graph")]
+    assert [(r["steps"], r["mode"]) for r in saved["results"]] == [(1, "graph"), (2, "graph")]
     assert all("error" not in r for r in saved["results"])
     env = saved["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1 and env["cpu"]
+    assert env["cpu_capability"] == options.cpu_capability()
+    peak = env["matmul_peak"]                 # two readings, before and after; every row uses their best
+    assert len(peak["readings_gflops"]) == 2 and peak["gflops"] == max(peak["readings_gflops"]) > 0
+    assert all(r["matmul_gflops"] == peak["gflops"] for r in saved["results"])
     table = (tmp_path / "cpu.md").read_text()
-    assert "| S | T | mode | autocast | attn | median s |" in table and table.count("| 8 | ") == 1
-    assert "| 8 | 2 | graph | none | cls |" in capsys.readouterr().out
+    assert "| S | T | mode | autocast | attn | median s |" in table and table.count("| 8 | ") == 2
+    assert options.describe_capability(options.cpu_capability()) in table and "Matmul peak: 64² float32" in table
+    assert re.search(r"- S = 8, attn = cls: graph -?[0-9.]+ MB/step", table)
+    printed = capsys.readouterr().out
+    assert "| 8 | 2 | graph | none | cls |" in printed
+    assert "matmul peak before the sweep: " in printed and "matmul peak after the sweep: " in printed
     assert (tmp_path / "cpu.png").stat().st_size > 0
 
 
 def test_profile_splits_the_step_into_matmuls_and_the_rest(tiny_dir, tmp_path):
     out = tmp_path / "cpu.json"
-    bench.main(["--model", str(tiny_dir), "--mode", "graph", "--reference", "--profile", "--no-plot", "--json", str(out), *FAST])
+    bench.main(["--model", str(tiny_dir), "--steps", "1", "--mode", "graph", "--reference", "--profile", "--no-plot",
+                "--json", str(out), *FAST])
     reference, graph = json.loads(out.read_text())["results"]
     for r in (reference, graph):
         assert 0 < r["matmul_s"] < r["profiled_s"] == pytest.approx(sum(r["op_seconds"].values()))
@@ -106,11 +119,164 @@ def test_failed_configuration_is_a_row_not_a_crash(tiny_dir, tmp_path):
     (broken / "config.json").write_text((tiny_dir / "config.json").read_text())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     out = tmp_path / "cpu.json"
-    bench.main(["--model", str(broken), "--mode", "graph", "--no-plot", "--json", str(out), *FAST])
+    bench.main(["--model", str(broken), "--steps", "1", "--mode", "graph", "--no-plot", "--json", str(out), *FAST])
     (row,) = json.loads(out.read_text())["results"]
     assert "model.safetensors" in row["error"] and row["steps"] == 1
     assert "| 8 | 1 | graph | none | cls | — |" in (tmp_path / "cpu.md").read_text()
     assert not (tmp_path / "cpu.png").exists()
+
+
+def test_default_is_the_documented_t_sweep():
+    """No flags: S = DEFAULT_SEQ_LEN, T = 1, 2, 4, 8 in both exact modes, as bench/README.md's flag table says."""
+    args = bench.parse_args([])
+    configs = bench.configurations(bench.sweep_axes(args), args.reference)
+    assert [(c["seq_len"], c["steps"], c["mode"], c["autocast"], c["attn"]) for c in configs] == [
+        (bench.DEFAULT_SEQ_LEN, T, mode, "none", "cls") for T in (1, 2, 4, 8) for mode in ("graph", "recompute")]
+    assert args.model == bench.DEFAULT_MODEL and args.model_shape is None and args.repeat == 3
+    doc = (Path(bench.__file__).parent.parent / "bench" / "README.md").read_text()
+    assert f"| `--seq-len S …` | {bench.DEFAULT_SEQ_LEN} |" in doc
+    assert "| `--steps T …` | 1 2 4 8 |" in doc and "| `--mode …` | graph recompute |" in doc
+    assert f"python -m ddattn.bench                                 # S={bench.DEFAULT_SEQ_LEN}, T=1 2 4 8" in doc
+
+
+def test_reference_runs_just_before_its_rows():
+    configs = bench.configurations({"seq_len": [64], "steps": [1, 4], "mode": ["graph"], "autocast": ["none"],
+                                    "attn": ["cls"]}, reference=True)
+    assert [(c["steps"], c["mode"]) for c in configs] == [(1, "reference"), (1, "graph"), (4, "reference"), (4, "graph")]
+
+
+def test_fit_line_is_least_squares():
+    assert bench.fit_line([1, 2, 4, 8], [3 + 2 * t for t in (1, 2, 4, 8)]) == pytest.approx((2, 3))
+    slope, intercept = bench.fit_line([0, 1, 2], [0, 2, 1])       # normal equations by hand: slope 1/2, 1/2
+    assert (slope, intercept) == pytest.approx((0.5, 0.5))
+    with pytest.raises(ValueError):
+        bench.fit_line([4, 4], [1, 2])
+
+
+def row(T, mode, peak_mb, median_s=1.0, flops=1e9, **extra):
+    return {"seq_len": 64, "steps": T, "mode": mode, "autocast": "none", "attn": "cls", "peak_mb": peak_mb,
+            "median_s": median_s, "flops": flops, "gflops_per_s": flops / median_s / 1e9, **extra}
+
+
+def test_memory_slopes_per_mode_and_their_ratio():
+    rows = [row(T, "graph", 400 + 100 * T) for T in (1, 2, 4, 8)] + [row(T, "recompute", 400 + 20 * T) for T in (1, 2, 4, 8)]
+    rows += [row(1, "finite-difference", 300), {**row(16, "graph", 0), "error": "out of memory"}]
+    slopes = bench.memory_slopes(rows)       # the failed row is no point of the line; one T is no line
+    assert slopes == pytest.approx({("graph", 64, "cls"): 100, ("recompute", 64, "cls"): 20})
+    text = bench.slope_text(rows)
+    assert text[1] == "- S = 64, attn = cls: graph 100.0 MB/step, recompute 20.0 MB/step; graph ÷ recompute = 5.0"
+    assert bench.slope_text([row(1, "graph", 400)]) == []
+
+
+def test_one_peak_for_every_row():
+    """Rows of equal FLOPs: the faster one always shows the higher share of the run's one peak."""
+    rows = [row(1, "graph", 0, median_s=2.0), row(1, "recompute", 0, median_s=3.0), row(2, "graph", 0, median_s=2.5),
+            {**row(4, "graph", 0), "error": "out of memory"}]
+    peak = bench.peak_summary([151.0, 107.0])   # issue 28's two readings, minutes apart on one machine
+    assert peak["gflops"] == 151.0 and peak["spread"] == pytest.approx(44 / 151) and peak["moved"]
+    bench.apply_peak(rows, peak)
+    assert [r.get("matmul_gflops") for r in rows] == [151.0, 151.0, 151.0, None]
+    shares = [r["pct_of_matmul_peak"] for r in rows[:3]]
+    assert shares == pytest.approx([100 * 0.5 / 151, 100 / 3 / 151, 100 * 0.4 / 151])
+    order = sorted(rows[:3], key=lambda r: r["median_s"])
+    assert [r["pct_of_matmul_peak"] for r in order] == sorted(shares, reverse=True)
+    assert "pct_of_matmul_peak" not in rows[3]
+
+
+def test_peak_readings_that_moved_are_flagged():
+    steady = bench.peak_summary([150.0, 140.0])
+    assert not steady["moved"] and steady["tolerance"] == bench.PEAK_TOLERANCE
+    settings = {"matmul_size": 2048, "dtype": "float32"}
+    assert "Warning" not in bench.peak_text(steady, settings) and "150.0 and 140.0 GFLOP/s" in bench.peak_text(steady, settings)
+    assert "**Warning: the readings moved by more than 10 %" in bench.peak_text(bench.peak_summary([151.0, 107.0]), settings)
+
+
+def test_matmul_peak_worker_uses_the_rows_threads(tiny_dir):
+    reading = bench.matmul_peak_worker({**spec(tiny_dir, 1, "graph"), "measure": bench.MATMUL_PEAK})
+    assert reading["matmul_gflops"] > 0 and reading["threads"] == 1
+
+
+def test_model_shape_bert_base_is_the_published_config(monkeypatch, tiny_dir):
+    base = bench.MODEL_SHAPES["bert-base"]
+    assert (base.num_layers, base.hidden_size, base.num_heads, base.vocab_size, base.intermediate_size,
+            base.max_positions) == (12, 768, 12, 30522, 3072, 512)
+    theta = bench.random_weights(TINY, seed=0)
+    assert {k: tuple(v.shape) for k, v in theta.items()} == param_shapes(TINY)
+    assert torch.equal(theta["layers.0.ffn.norm.weight"], torch.ones(16)) and not theta["pooler.bias"].any()
+    assert 0.015 < theta["embeddings.word"].std() < 0.025
+    monkeypatch.setitem(bench.MODEL_SHAPES, "bert-base", TINY)      # the worker's path, at a tiny size
+    r = bench.worker({**spec(tiny_dir, 1, "graph"), "model": None, "model_shape": "bert-base"})
+    assert r["flops"] > 0 and torch.isfinite(torch.tensor(r["outer_loss"]))
+
+
+@pytest.mark.parametrize("flags,message", [(["--model-shape", "bert-base", "--model", "minilm-l6"], "one of them"),
+                                           (["--model-shape", "bert-base", "--eval"], "--eval needs a real checkpoint"),
+                                           (["--model-shape", "bert-large"], "invalid choice")])
+def test_model_shape_conflicts_are_user_errors(flags, message):
+    with pytest.raises(UserError, match=message):
+        bench.parse_args(flags)
+
+
+# --- bf16 only where the hardware has it (options.py) ------------------------------------------------------
+AVX2 = {"isa": "AVX2", "amx": False, "avx512_bf16": False, "mkldnn_bf16": False, "fast_bf16": False}
+AVX512_BF16 = {"isa": "AVX512", "amx": False, "avx512_bf16": True, "mkldnn_bf16": True, "fast_bf16": True}
+
+
+@pytest.fixture(params=[AVX2, AVX512_BF16], ids=["no-bf16", "bf16"])
+def fake_cpu(request, monkeypatch):
+    monkeypatch.setattr(options, "cpu_capability", lambda: dict(request.param))
+    return request.param
+
+
+def test_capability_rule_and_description(monkeypatch):
+    assert options.describe_capability(AVX2) == "AVX2, no AMX, bf16: no"
+    assert options.describe_capability(AVX512_BF16) == "AVX512, AVX512-BF16, no AMX, bf16: yes"
+    real = options.cpu_capability()
+    assert real["fast_bf16"] == (real["mkldnn_bf16"] and (real["avx512_bf16"] or real["amx"]))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert "compute capability 7.5" in options.slow_bf16_reason(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert options.slow_bf16_reason(torch.device("cuda")) is None
+
+
+def test_bf16_options_need_the_hardware_or_the_flag(fake_cpu, tiny_dir, tmp_path, capsys):
+    """bench --autocast bf16, distill --autocast bf16, evaluate --precision bf16: refused in one line naming
+    --allow-slow-bf16 on a CPU without bf16, run after one notice with it; accepted silently with bf16."""
+    cpu = torch.device("cpu")
+    args = bench.parse_args(["--model", str(tiny_dir), "--autocast", "bf16", *FAST])
+    config = BertConfig.from_json(tiny_dir / "config.json")
+    distill_args = settings.parse_args(["--task", "mrpc", "--autocast", "bf16", "--device", "cpu"])
+
+    def bench_check(allow: bool):
+        args.allow_slow_bf16 = allow
+        bench.check_flags(args, bench.sweep_axes(args), config, cpu)
+
+    for check in (bench_check, lambda allow: settings.check_options(distill_args, allow)):
+        if fake_cpu["fast_bf16"]:
+            check(False)
+            assert capsys.readouterr().err == ""
+        else:
+            with pytest.raises(UserError, match="has no bf16 instructions.*--allow-slow-bf16 to run it anyway"):
+                check(False)
+            check(True)
+            assert capsys.readouterr().err.count("notice: --autocast bf16 runs slower than fp32 here") == 1
+    missing_run = [str(tmp_path / "no-run"), "--precision", "bf16", "--device", "cpu"]
+    expected = "is missing" if fake_cpu["fast_bf16"] else "--precision bf16: this CPU .* --allow-slow-bf16"
+    with pytest.raises(UserError, match=expected):         # refused before the run is even read
+        evaluate.main(missing_run)
+    with pytest.raises(UserError, match="is missing"):
+        evaluate.main(missing_run + ["--allow-slow-bf16"])
+
+
+def test_eval_bench_times_bf16_only_where_it_is_fast(fake_cpu, capsys):
+    names, left_out = bench_eval.evaluator_names(allow_slow_bf16=False)
+    if fake_cpu["fast_bf16"]:
+        assert names == ("reference", "fp32", "bf16") and left_out is None and capsys.readouterr().out == ""
+    else:
+        assert names == ("reference", "fp32") and "no bf16 instructions" in left_out
+        assert capsys.readouterr().out.startswith("notice: the bf16 evaluator is left out")
+        assert bench_eval.evaluator_names(allow_slow_bf16=True) == (bench_eval.EVALUATORS, None)
+        assert "notice: the bf16 evaluator runs slower than fp32" in capsys.readouterr().err
 
 
 def test_lists_take_spaces_or_commas():
@@ -143,7 +309,8 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch):
     assert done.returncode == 0, done.stderr
     monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "eval.json"
-    bench.main(["--eval", "--task", "mrpc", "--n-models", "1", "--eval-limit", "24", "--threads", "1", "--json", str(out)])
+    bench.main(["--eval", "--task", "mrpc", "--n-models", "1", "--eval-limit", "24", "--threads", "1", "--allow-slow-bf16",
+                "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["examples"] == 24 and set(saved["summary"]) == {"reference", "fp32", "bf16"}
     assert saved["agreement"]["fp32 = reference"] == 1.0

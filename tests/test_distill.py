@@ -69,7 +69,7 @@ def test_run_directory_is_complete(tmp_path, mrpc_data):
     assert config["seq_len"] == 8 and config["attention_type"] == "cls"
 
 
-@pytest.mark.parametrize("flags", [["--mode", "finite-difference"], ["--autocast", "bf16"]])
+@pytest.mark.parametrize("flags", [["--mode", "finite-difference"], ["--autocast", "bf16", "--allow-slow-bf16"]])
 def test_approximate_options_run(tmp_path, mrpc_data, flags):
     use(tmp_path, mrpc_data)
     done = distill(tmp_path, *SMALL, "--max-steps", "2", "--name", "approx", *flags)

@@ -16,7 +16,7 @@ export DDATTN_WEIGHTS_DIR=/tmp/weights DDATTN_DATA_DIR=/tmp/data DDATTN_RUNS_DIR
 nvidia-smi --query-gpu=name,memory.used --format=csv
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 # 1. bench --profile on CUDA (alone on the GPU; kernel time per operator)
-timeout 80 python3 -m ddattn.bench --device cuda --steps 1 --reference --profile --repeat 3 --no-plot \
+timeout 80 python3 -m ddattn.bench --device cuda --seq-len 512 --steps 1 --reference --profile --repeat 3 --no-plot \
   --json $OUT/bench-cuda-profile.json > $OUT/bench-cuda-profile.md 2>&1; echo "bench rc=$?"
 cat $OUT/bench-cuda-profile.md | tail -30
 # 2. SST-2 full fine-tuning (the tuned baseline), in the background
