@@ -23,6 +23,7 @@ from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import code_version, resolve_checkpoint, write_json_atomic
+from .rundir import claim
 from .unroll import train_on_distilled
 
 
@@ -182,6 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     checks.writable_file(out, "--out")          # now, not after N models of work
     device = distributed.local_device(args.device)
     distributed.setup(device)
+    lock = claim(args.run_dir) if distributed.is_main() else None    # one process per run: no result replaces another's
     try:
         task = tasks.task_from_settings(settings)
         model_dir = resolve_checkpoint(settings["model"])
@@ -213,6 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             from .card import write_card   # imported here: card.py reads runs through this module
             print(f"card: {write_card(args.run_dir)}")
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown()
 
 
