@@ -428,7 +428,7 @@ class Distillation:
         local = self.stop.name or ("the time limit" if self.deadline.too_close(self.validates(self.step + 1)) else None)
         if not distributed.any_rank(local is not None):
             return False
-        self.stop_reason = local or "a stop signal to another process"
+        self.stop_reason = local or "a signal or the time limit in another process"
         return True
 
     def after_validation(self, summary: dict) -> None:

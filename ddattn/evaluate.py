@@ -162,7 +162,10 @@ def distilled_path(run_dir: Path, which: str) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(prog="python -m ddattn.evaluate",
-                       description="Train N fresh models on a run's distilled data and score them (paper Sec. 3.1).")
+                       description="Train N fresh models on a run's distilled data and score them (paper Sec. 3.1).",
+                       epilog="One process at a time works on a run (its lock): an evaluation while another, or a "
+                       "distillation, works on it is refused with one line. SIGTERM or SIGUSR1: one line, exit "
+                       "status 143, no file half-written.")
     p.add_argument("run_dir", type=Path, help="runs/<task>/<name>/ of python -m ddattn.distill")
     p.add_argument("--n-models", type=int, default=100, help="N models, each with its own random head (paper: 100)")
     p.add_argument("--split", choices=["eval", "train"], default="eval",
