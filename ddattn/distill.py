@@ -307,7 +307,8 @@ class Distillation:
     def outer_step(self) -> dict:
         """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃. Its record
         (a metrics.jsonl line) holds device tensors, read later by `read_metrics`: nothing here waits for the
-        device. `finite`: is each of loss, inner losses, gradients (by name) and D̃ after the update finite."""
+        device. `finite`: is each of loss, inner losses, gradients (by name) and D̃ after the update finite.
+        `seconds` is the host's time (on a GPU the device's backlog is waited for at the reads)."""
         started = time.perf_counter()
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,      # line 4: θ_0 ~ p(θ_0)
                              seed=seeds.stream_seed("training-head", self.args.seed, self.step))
