@@ -146,12 +146,13 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="float32, or float64 for exactness checks")
+    defaults = {**DEFAULTS, **PROCESS}
     for action in p._actions:    # show the effective defaults: the preset's, else the paper's
         presets = {name: values[action.dest] for name, values in PRESETS.items() if action.dest in values}
         if presets:
             action.help = (action.help or "") + " [" + ", ".join(f"{name} preset: {value}" for name, value in presets.items()) + "]"
-        elif {**DEFAULTS, **PROCESS}.get(action.dest) not in (None, ""):
-            action.help = (action.help or "") + f" [default: {({**DEFAULTS, **PROCESS})[action.dest]}]"
+        elif defaults.get(action.dest) not in (None, ""):
+            action.help = (action.help or "") + f" [default: {defaults[action.dest]}]"
     return p.parse_args(argv)
 
 
