@@ -41,6 +41,7 @@ from .distill import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import compute_metrics, eval_batches, format_summary, headline_metric, mean_std, score
 from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
+from .rundir import claim
 from .unroll import outer_loss
 
 Batch = Dict[str, torch.Tensor]
@@ -354,18 +355,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     s = load_setting(args)
     out = s.out
     checks.writable_dir(out, "DDATTN_RUNS_DIR")     # now, not after the work
-    started = time.perf_counter()
-    commit = code_version()          # the code that runs, read before HEAD can move
-    settings, runs, extra = BASELINES[args.baseline](s)
-    summary = mean_std(runs)
-    write_json_atomic(out / "eval.json", {
-        "task": s.task.name, "split": "eval", "examples": len(s.evaluation), "checkpoint": str(args.model),
-        "n_models": len(runs),
-        "settings": {"baseline": args.baseline, **settings, "model": str(args.model), "max_length": args.max_length,
-                     "seed": args.seed, "train_examples": s.n_train, "train_limit": args.train_limit,
-                     "data_dir": args.data_dir},
-        "summary": summary, "runs": runs, **extra, "seconds": time.perf_counter() - started,
-        "device": str(s.device), "commit": commit})
+    lock = claim(out)                                # one process per baseline folder: no result replaces another's
+    try:
+        started = time.perf_counter()
+        commit = code_version()          # the code that runs, read before HEAD can move
+        settings, runs, extra = BASELINES[args.baseline](s)
+        summary = mean_std(runs)
+        write_json_atomic(out / "eval.json", {
+            "task": s.task.name, "split": "eval", "examples": len(s.evaluation), "checkpoint": str(args.model),
+            "n_models": len(runs),
+            "settings": {"baseline": args.baseline, **settings, "model": str(args.model), "max_length": args.max_length,
+                         "seed": args.seed, "train_examples": s.n_train, "train_limit": args.train_limit,
+                         "data_dir": args.data_dir},
+            "summary": summary, "runs": runs, **extra, "seconds": time.perf_counter() - started,
+            "device": str(s.device), "commit": commit})
+    finally:
+        lock.release()
     print(f"{args.baseline} {s.task.name} eval ({len(s.evaluation)} examples), {len(runs)} model(s): "
           f"{format_summary(summary)} → {out / 'eval.json'}")
 

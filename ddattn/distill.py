@@ -18,11 +18,22 @@ used directory begins with no files of the old one.
 Validation trains K fresh models on D̃ and scores them on a held-out slice of the *training* split,
 never on the evaluation split that results are reported on (the authors' code selects on the GLUE dev
 set; we do not). The best D̃ by validation loss is kept.
+
+An outer step never waits for the device: its metrics and finite checks stay there, and the loop reads
+them (one copy for all the steps since the last read) every --log-every steps and before each validation
+and checkpoint, so a non-finite step still ends the run within one interval and nothing non-finite is
+validated or saved. SIGTERM or SIGUSR1 (a scheduler's preemption), or a time limit about to pass, stop
+the loop between outer steps (all processes at the same one): checkpoint, one line, exit status 143.
 """
 
 import math
+import os
+import signal
+import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -35,7 +46,7 @@ from . import seeds
 from .bert import bert_forward, fresh_model, load_pretrained
 from .card import write_card
 from .distilled import DistilledData
-from .errors import UserError, first_line, run_cli
+from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
 from .evaluate import eval_batches, evaluate_distilled, mean_std
 from .options import AUTOCAST, DTYPES
 from .paths import atomic_path, resolve_checkpoint
@@ -104,12 +115,74 @@ def linear_schedule(optimizer, total_steps: int, warmup: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def to_host(records: List[dict]) -> List[dict]:
+    """`records` with every tensor read as Python numbers (nested lists as `.tolist()` gives, exactly the
+    same values): one device-to-host copy for all of them, the only wait for the device."""
+    tensors = [v for r in records for v in r.values() if isinstance(v, torch.Tensor)]
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors]).cpu()       # (Σ numel,)
+    values = iter([part.view(t.shape).tolist() for t, part in zip(tensors, flat.split([t.numel() for t in tensors]))])
+    return [{k: next(values) if isinstance(v, torch.Tensor) else v for k, v in r.items()} for r in records]
+
+
+class StopSignal:
+    """The handler of SIGTERM and SIGUSR1 during the loop: it only notes the signal, which the loop reads
+    between outer steps (`Distillation.should_stop`)."""
+
+    def __init__(self):
+        self.name: Optional[str] = None
+
+    def __call__(self, signum: int, frame) -> None:
+        self.name = signal.Signals(signum).name
+
+
+class Deadline:
+    """The time to be done by: --time-limit seconds after the command started, or SLURM_JOB_END_TIME (a Unix
+    time) where SLURM sets it, whichever comes first. Before each outer step the loop asks whether that step
+    (with its validation, if it has one) and a checkpoint would still end in time, from the mean durations
+    of this process's steps, validations and checkpoints so far."""
+
+    def __init__(self, time_limit: Optional[float], started: float):
+        ends = [started + time_limit] if time_limit else []
+        if os.environ.get("SLURM_JOB_END_TIME"):
+            ends.append(slurm_end_time(os.environ["SLURM_JOB_END_TIME"]))
+        self.at = min(ends, default=None)
+        self.total, self.count = defaultdict(float), defaultdict(int)
+
+    @contextmanager
+    def timing(self, part: str) -> Iterator[None]:
+        started = time.time()
+        yield
+        self.total[part] += time.time() - started
+        self.count[part] += 1
+
+    def mean(self, part: str) -> float:
+        return self.total[part] / self.count[part] if self.count[part] else 0.0
+
+    def too_close(self, validates: bool) -> bool:
+        if self.at is None:
+            return False
+        needed = self.mean("step") + (self.mean("validation") if validates else 0.0) + self.mean("save")
+        return time.time() + needed > self.at
+
+
+def slurm_end_time(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"SLURM_JOB_END_TIME is {value!r}, not a Unix time") from None
+
+
 # --- the loop ------------------------------------------------------------------------------------
 class Distillation:
     """Algorithm 1 with its state: model, data, D̃, optimiser, schedule, step counter, best validation."""
 
-    def __init__(self, args, run: RunDirectory, checkpoint: Optional[dict]):
+    def __init__(self, args, run: RunDirectory, checkpoint: Optional[dict], started: Optional[float] = None):
+        """`started`: when the command started (time.time()), from which --time-limit counts (default: now)."""
         self.args, self.run = args, run
+        self.stop, self.stop_reason = StopSignal(), None
+        self.deadline = Deadline(args.time_limit, time.time() if started is None else started)
+        self.pending: List[dict] = []          # records of the outer steps not yet read (`read_metrics`)
+        self.progress = None                   # the progress bar, during `run_to_end`
         device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
@@ -162,6 +235,7 @@ class Distillation:
                      f"checkpoint {self.model_dir}")
         else:
             self.restore(checkpoint)
+        self.eta = self.inner_lrs().tolist()   # η̃ on the host: that of the next step, for an error line
 
     def log(self, message: str) -> None:
         if distributed.is_main():
@@ -203,7 +277,9 @@ class Distillation:
         checks.check_optimizer_state(checkpoint["optimizer"], list(self.distilled.learnable().values()), str(where))
 
     def save(self) -> None:
-        """distilled_last + checkpoint.pt, each written atomically (rank 0 only)."""
+        """distilled_last + checkpoint.pt, each written atomically (rank 0 only), once the steps so far are
+        read and known to be finite."""
+        self.read_metrics()
         if not distributed.is_main():
             return
         self.distilled.save(self.run.path / "distilled_last.safetensors", extra=self.provenance())
@@ -226,7 +302,10 @@ class Distillation:
         return [taskdata.collate(self.train, micro, self.device) for micro in distributed.shard(micro_batches)]
 
     def outer_step(self) -> dict:
-        """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃."""
+        """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃. Its record
+        (a metrics.jsonl line) holds device tensors, read later by `read_metrics`: nothing here waits for the
+        device. `finite`: is each of loss, inner losses, gradients (by name) and D̃ after the update finite.
+        `seconds` is the host's time (on a GPU the device's backlog is waited for at the reads)."""
         started = time.perf_counter()
         theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,      # line 4: θ_0 ~ p(θ_0)
                              seed=seeds.stream_seed("training-head", self.args.seed, self.step))
@@ -234,36 +313,50 @@ class Distillation:
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
                                real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast],
                                all_reduce=distributed.all_reduce_sum)
-        self.check_finite(result.loss, result.inner_losses, result.grads)
+        finite = [torch.isfinite(x).all() for x in (result.loss, result.inner_losses, *result.grads.values())]
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]
         grad_norm = clip_grad_norm(list(self.distilled.learnable().values()), self.args.clip)
         self.optimizer.step()                         # lines 14–15: D̃ ← D̃ − α ∇_D̃ L (Adam, Appendix B)
-        self.check_finite_data()
+        finite += [torch.isfinite(v).all() for v in self.distilled.learnable().values()]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, "loss": result.loss.item(),
-                "inner_losses": result.inner_losses.tolist(), "inner_lr": self.inner_lrs(),
-                "grad_norm": grad_norm.item(), "alpha": self.scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - started}
+        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, "loss": result.loss,
+                "inner_losses": result.inner_losses, "inner_lr": self.inner_lrs(), "grad_norm": grad_norm,
+                "alpha": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+                "finite": torch.stack(finite)}
 
-    def inner_lrs(self) -> List[float]:
-        return [self.distilled.inner_lr(t).item() for t in range(self.distilled.config.steps)]
+    def inner_lrs(self) -> torch.Tensor:
+        """(T,) η̃_t of the current D̃, detached."""
+        return torch.stack([self.distilled.inner_lr(t) for t in range(self.distilled.config.steps)]).detach()
 
-    def check_finite(self, loss, inner_losses, grads) -> None:
-        bad = [k for k, g in grads.items() if not torch.isfinite(g).all()]
-        if torch.isfinite(loss) and torch.isfinite(inner_losses).all() and not bad:
+    def read_metrics(self) -> None:
+        """The steps since the last read, read from the device in one copy: each one's metrics.jsonl line (the
+        last one on the progress bar); the first non-finite step ends the run with one line instead, before
+        anything after it is written, validated or saved."""
+        if not self.pending:
             return
-        what = f"gradient of {', '.join(bad)}" if bad else "loss"
-        raise UserError(f"non-finite {what} at outer step {self.step + 1}: the learning rates are probably too high "
-                        f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.inner_lrs()]}); {self.kept()}")
+        records, self.pending = to_host(self.pending), []
+        for record in records:
+            self.check_finite(record.pop("finite"), record["step"])
+            self.eta = record["inner_lr"]
+            if distributed.is_main():
+                self.run.append("metrics.jsonl", record)
+        self.progress.set_postfix(loss=f"{record['loss']:.4f}", eta=f"{record['inner_lr'][0]:.4f}")
 
-    def check_finite_data(self) -> None:
-        """D̃ after the Adam update: a non-finite value is never validated or saved."""
-        bad = [k for k, v in self.distilled.learnable().items() if not torch.isfinite(v).all()]
+    def check_finite(self, finite: List[float], step: int) -> None:
+        """`finite` of outer step `step` (see `outer_step`); self.eta is still the η̃ that step trained with."""
+        names = list(self.distilled.learnable())
+        losses, grads, data = finite[:2], finite[2:2 + len(names)], finite[2 + len(names):]
+        if not all(losses + grads):
+            bad = [k for k, ok in zip(names, grads) if not ok]
+            what = f"gradient of {', '.join(bad)}" if bad else "loss"
+            raise UserError(f"non-finite {what} at outer step {step}: the learning rates are probably too high "
+                            f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.eta]}); {self.kept()}")
+        bad = [k for k, ok in zip(names, data) if not ok]
         if bad:
-            raise UserError(f"non-finite {', '.join(bad)} after the update of outer step {self.step + 1}: the "
+            raise UserError(f"non-finite {', '.join(bad)} after the update of outer step {step}: the "
                             f"learning rates are probably too high (--lr {self.args.lr:g}); {self.kept()}")
 
     def kept(self) -> str:
@@ -272,36 +365,69 @@ class Distillation:
         return "nothing was saved yet"
 
     def validate(self) -> dict:
-        """K fresh models trained on D̃, scored on the held-out slice of the training split."""
+        """K fresh models trained on D̃ (once the steps so far are read and known to be finite), scored on the
+        held-out slice of the training split."""
+        self.read_metrics()
         head_seeds = [seeds.stream_seed("validation-head", self.args.seed, k) for k in range(self.args.val_models)]
         head_seeds = head_seeds[distributed.rank()::distributed.world_size()]
         runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled, lambda: self.val_batches,
                                   seeds=head_seeds, metric_names=self.task.metrics)
         return mean_std(distributed.gather(runs))
 
-    def run_to_end(self) -> None:
-        progress = tqdm(total=self.total_steps, initial=self.step, desc=f"distil {self.task.name}", unit="step",
-                        dynamic_ncols=True, disable=not distributed.is_main())
-        with progress:   # closed (its line ended) before any error message
-            self.loop(progress)
+    def run_to_end(self) -> bool:
+        """The outer steps, then the best D̃ and the card; False when stopped early (checkpointed)."""
+        self.progress = tqdm(total=self.total_steps, initial=self.step, desc=f"distil {self.task.name}", unit="step",
+                             dynamic_ncols=True, disable=not distributed.is_main())
+        with self.progress:   # closed (its line ended) before any error message
+            finished = self.loop()
+        if not finished:
+            self.log(f"preempted ({self.stop_reason}): checkpoint at outer step {self.step} in {self.run.path}; "
+                     f"resume with {resume_command()} --resume {self.run.path}")
+            return False
         if not math.isfinite(self.best_val):     # never validated, or every validation loss was NaN
             raise UserError(f"no validation of {self.run.path} had a finite loss, so there is no distilled_best; "
                             "the learning rates are probably too high")
         self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
         if distributed.is_main():
             self.log(f"card: {write_card(self.run.path)}")
+        return True
 
-    def loop(self, progress) -> None:
+    def loop(self) -> bool:
+        """Outer steps until the last (True) or until `should_stop` (False, after a checkpoint)."""
         while self.step < self.total_steps:                         # Algorithm 1, line 3: outer steps s = 1..S
-            record = self.outer_step()
-            if distributed.is_main():
-                self.run.append("metrics.jsonl", record)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", eta=f"{record['inner_lr'][0]:.4f}")
-            progress.update(1)
-            if self.step % self.val_every == 0 or self.step == self.total_steps:
-                self.after_validation(self.validate())
-            if self.step % self.args.checkpoint_every == 0 or self.step % self.val_every == 0 or self.step == self.total_steps:
+            if self.should_stop():
                 self.save()
+                return False
+            self.advance()
+        return True
+
+    def advance(self) -> None:
+        """One outer step and what follows it: a read of the metrics every --log-every steps, validation and
+        checkpoint when due (each reads the metrics first). Between reads nothing waits for the device."""
+        with self.deadline.timing("step"):
+            self.pending.append(self.outer_step())
+            self.progress.update(1)
+            if self.step % self.args.log_every == 0:
+                self.read_metrics()
+        if self.validates(self.step):
+            with self.deadline.timing("validation"):
+                self.after_validation(self.validate())
+        if self.validates(self.step) or self.step % self.args.checkpoint_every == 0:
+            with self.deadline.timing("save"):
+                self.save()
+
+    def validates(self, step: int) -> bool:
+        return step % self.val_every == 0 or step == self.total_steps
+
+    def should_stop(self) -> bool:
+        """Stop before the next outer step? On a stop signal, or when that step and a checkpoint would pass
+        the deadline, in any process: all of them get the same answer (a host-side all-reduce; no device
+        sync), so all stop after the same step."""
+        local = self.stop.name or ("the time limit" if self.deadline.too_close(self.validates(self.step + 1)) else None)
+        if not distributed.any_rank(local is not None):
+            return False
+        self.stop_reason = local or "a signal or the time limit in another process"
+        return True
 
     def after_validation(self, summary: dict) -> None:
         val_loss = summary["loss"]["mean"]
@@ -316,13 +442,25 @@ class Distillation:
                  f"{' (best)' if improved else ''}")
 
 
+def resume_command() -> str:
+    """How this run was launched, for the line that says how to resume it."""
+    processes = distributed.world_size()
+    launcher = f"torchrun --nproc_per_node {processes}" if processes > 1 else "python"
+    return f"{launcher} -m ddattn.distill"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    started = time.time()
     args, run, checkpoint = load_or_start(argv)
     try:
-        Distillation(args, run, checkpoint).run_to_end()
+        distillation = Distillation(args, run, checkpoint, started)
+        with on_stop_signals(distillation.stop):    # from here on a stop signal ends the run after its step
+            finished = distillation.run_to_end()
     finally:
         run.release()
         distributed.teardown()
+    if not finished:
+        sys.exit(STOPPED)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,21 @@ Every command-line entry point runs its `main` through `run_cli`. Code anywhere 
 `UserError("what is wrong; how to fix it")` for bad input (unknown task, missing file, malformed row,
 wrong checkpoint, impossible hyperparameter, divergence); `run_cli` prints it as `error: ...` on stderr
 and exits with status 2. Anything else is a bug and keeps its traceback.
+
+A scheduler's SIGTERM (or SIGUSR1, its notice ahead of the deadline) becomes the `Terminated` exception,
+so that `finally` blocks and atomic writes clean up (no half-written file, no stale lock), then one line
+and exit status 143 (128 + SIGTERM, as a shell reports a process SIGTERM ended). `python -m ddattn.distill`
+catches the signals itself: it finishes the outer step in flight and checkpoints first (distill.py).
 """
 
 import argparse
+import signal
 import sys
-from typing import Callable, Optional, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOPPED = 128 + signal.SIGTERM     # 143: the exit status of a run stopped by a stop signal
 
 
 class UserError(Exception):
@@ -22,6 +32,29 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+class Terminated(BaseException):
+    """A stop signal arrived (a BaseException, like KeyboardInterrupt, so that no `except Exception` keeps going)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for SIGTERM and SIGUSR1 inside the block; the previous handlers afterwards."""
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def first_line(error: Exception) -> str:
     """The first line of a library's error message (some span many), for quoting inside a UserError."""
     text = str(error).strip().splitlines()
@@ -29,9 +62,13 @@ def first_line(error: Exception) -> str:
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], None], argv: Optional[Sequence[str]] = None) -> None:
-    """Run `main(argv)`; turn a UserError or Ctrl-C into one line on stderr and a non-zero exit."""
+    """Run `main(argv)`; turn a UserError, Ctrl-C or a stop signal into one line on stderr and a non-zero exit."""
     try:
-        main(argv)
+        with on_stop_signals(raise_terminated):
+            main(argv)
+    except Terminated as e:
+        print(f"terminated by {e}: every file written before is intact, none is half-written", file=sys.stderr)
+        sys.exit(STOPPED)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -24,6 +24,7 @@ from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
+from .rundir import claim
 from .unroll import train_on_distilled
 
 
@@ -162,7 +163,10 @@ def distilled_path(run_dir: Path, which: str) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(prog="python -m ddattn.evaluate",
-                       description="Train N fresh models on a run's distilled data and score them (paper Sec. 3.1).")
+                       description="Train N fresh models on a run's distilled data and score them (paper Sec. 3.1).",
+                       epilog="One process at a time works on a run (its lock): an evaluation while another, or a "
+                       "distillation, works on it is refused with one line. SIGTERM or SIGUSR1: one line, exit "
+                       "status 143, no file half-written.")
     p.add_argument("run_dir", type=Path, help="runs/<task>/<name>/ of python -m ddattn.distill")
     p.add_argument("--n-models", type=int, default=100, help="N models, each with its own random head (paper: 100)")
     p.add_argument("--split", choices=["eval", "train"], default="eval",
@@ -187,6 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     checks.writable_file(out, "--out")          # now, not after N models of work
     device = distributed.local_device(args.device)
     distributed.setup(device)
+    lock = claim(args.run_dir) if distributed.is_main() else None    # one process per run: no result replaces another's
     try:
         task = tasks.task_from_settings(settings)
         model_dir = resolve_checkpoint(settings["model"])
@@ -218,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             from .card import write_card   # imported here: card.py reads runs through this module
             print(f"card: {write_card(args.run_dir)}")
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown()
 
 

@@ -2,7 +2,9 @@
 
 The lock is `RUN_DIR/.lock`, held with flock(2) and holding the owner's pid. The kernel drops an flock
 when its process dies, however it dies, so a lock file left by a killed run (kill -9) is simply taken
-over by the next one; a live owner makes the next run refuse with one line naming its pid.
+over by the next one; a live owner makes the next run refuse with one line naming its pid. Distillation
+and evaluation both take it (an evaluation writes the run's eval.json and card), so no result of one
+silently replaces another's.
 """
 
 import fcntl
@@ -28,8 +30,9 @@ RUN_FILES = ("config.json", "checkpoint.pt", "distilled_last.safetensors", "dist
 class RunLock:
     """flock on RUN_DIR/.lock for as long as this process works on the run."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, advice: str = "wait for it to finish or stop it"):
         self.path = Path(folder) / LOCK_NAME
+        self.advice = advice               # how to get past a live owner, for the error line
         self.fd: Optional[int] = None
 
     def acquire(self) -> None:
@@ -40,7 +43,7 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise UserError(f"{self.path.parent} is in use by process {self.owner()} (lock {self.path}); "
-                                "wait for it to finish or stop it, or pick another --name") from None
+                                f"{self.advice}") from None
             if self.unlinked(fd):      # its last owner removed it between our open and our lock: try again
                 os.close(fd)
                 continue
@@ -72,10 +75,10 @@ class RunLock:
             self.fd = None
 
 
-def claim(folder: Path) -> RunLock:
+def claim(folder: Path, advice: str = "wait for it to finish or stop it") -> RunLock:
     """Create `folder` if need be and lock it; an unwritable place is one line, before any work is lost."""
     folder = Path(folder)
-    lock = RunLock(folder)
+    lock = RunLock(folder, advice)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire()
@@ -108,7 +111,7 @@ class RunDirectory:
         self.lock: Optional[RunLock] = None
 
     def claim(self) -> None:
-        self.lock = claim(self.path)
+        self.lock = claim(self.path, "wait for it to finish or stop it, or pick another --name")
 
     def release(self) -> None:
         if self.lock is not None:

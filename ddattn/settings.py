@@ -2,8 +2,9 @@
 
 `python -m ddattn.distill` reads its command line here: a preset (paper, cpu, quick) fills what the
 flags leave open, every value is checked before anything is written, and `--resume RUN_DIR` reads the
-run's config.json back (checked) and lets only --max-steps, --epochs and --device change. Either way the
-result is one frozen `Settings`, built once and never changed afterwards; config.json is `saved_settings`.
+run's config.json back (checked) and lets only --max-steps, --epochs and --device change (and the flags
+of how this process runs, PROCESS, which are never saved). Either way the result is one frozen
+`Settings`, built once and never changed afterwards; config.json is `saved_settings`.
 """
 
 import argparse
@@ -27,6 +28,9 @@ from .rundir import RunDirectory
 from .unroll import MODES
 
 DESCRIPTION = "Learn a distilled dataset with attention labels (paper Algorithm 1)."
+STOPPING = ("SIGTERM or SIGUSR1 (a scheduler's preemption), or --time-limit: the outer step in flight is finished, "
+            "checkpoint.pt written, one line says how to resume, and the exit status is 143. Ctrl-C stops at once "
+            "(exit 130) and keeps the last checkpoint.")
 
 # paper: the paper's settings (Sec. 3.1, Appendix B), for bert-base-uncased on a GPU; on the default
 # checkpoint its random init and η̃_0 = 1e-2 stay at chance for 150+ outer steps (results/sweeps/README.md).
@@ -64,9 +68,14 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 text_columns=None, label_column=None, labels=None, seq_len=None, epochs=None, val_size=None,
                 val_models=None)
 
-# Every setting of one run, as an immutable record: the fields of DEFAULTS (a preset fills the None ones),
-# `resume` (always None once a run is open) and `preset_reason` (how the preset was chosen; not saved).
-Settings = make_dataclass("Settings", [(name, object, field(default=value)) for name, value in DEFAULTS.items()]
+# How this process runs, not what the run computes: never saved in config.json, free to change on --resume.
+PROCESS = dict(log_every=10, time_limit=None)
+
+# Every setting of one run, as an immutable record: the fields of DEFAULTS (a preset fills the None ones)
+# and of PROCESS, `resume` (always None once a run is open) and `preset_reason` (how the preset was
+# chosen; not saved).
+Settings = make_dataclass("Settings", [(name, object, field(default=value))
+                                       for name, value in {**DEFAULTS, **PROCESS}.items()]
                           + [("resume", object, field(default=None)), ("preset_reason", object, field(default=None))],
                           frozen=True)
 
@@ -82,7 +91,7 @@ def parse_args(argv: Optional[Sequence[str]]):
 
 def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line as given: None for every flag left out."""
-    p = ArgumentParser(prog="python -m ddattn.distill", description=DESCRIPTION)
+    p = ArgumentParser(prog="python -m ddattn.distill", description=DESCRIPTION, epilog=STOPPING)
     p.add_argument("--task", help=f"task to distil: {', '.join(tasks.TASK_NAMES)}")
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
@@ -142,15 +151,20 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--val-models", type=int, help="K fresh models trained on D̃ per validation")
     g.add_argument("--val-every", type=int, help="validate every N outer steps (0: once per epoch)")
     g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
+    g.add_argument("--log-every", type=int, help="append to metrics.jsonl and update the progress bar every N outer "
+                   "steps (and at each validation and checkpoint): the only times the loop waits to read the device")
+    g.add_argument("--time-limit", type=float, metavar="SECONDS", help="checkpoint and stop (exit 143) before this "
+                   "many seconds from the start have passed, as on a stop signal (also before SLURM_JOB_END_TIME)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="float32, or float64 for exactness checks")
+    defaults = {**DEFAULTS, **PROCESS}
     for action in p._actions:    # show the effective defaults: the preset's, else the paper's
         presets = {name: values[action.dest] for name, values in PRESETS.items() if action.dest in values}
         if presets:
             action.help = (action.help or "") + " [" + ", ".join(f"{name} preset: {value}" for name, value in presets.items()) + "]"
-        elif DEFAULTS.get(action.dest) not in (None, ""):
-            action.help = (action.help or "") + f" [default: {DEFAULTS[action.dest]}]"
+        elif defaults.get(action.dest) not in (None, ""):
+            action.help = (action.help or "") + f" [default: {defaults[action.dest]}]"
     return p.parse_args(argv)
 
 
@@ -175,8 +189,8 @@ def default_preset(device: Optional[str]) -> Tuple[str, str]:
 
 
 def saved_settings(args) -> dict:
-    """What config.json records: every setting, less how this invocation came to them."""
-    return {k: v for k, v in vars(args).items() if k != "preset_reason"}
+    """What config.json records: every setting, less how this invocation came to them and runs."""
+    return {k: v for k, v in vars(args).items() if k != "preset_reason" and k not in PROCESS}
 
 
 def step_batch_size(args, num_classes: int) -> int:
@@ -235,6 +249,14 @@ def check_settings(args) -> None:
         raise UserError(f"--weight-decay must be ≥ 0, not {args.weight_decay}")
 
 
+def check_process(args) -> None:
+    """The PROCESS flags of a new or a resumed run."""
+    if args.log_every < 1:
+        raise UserError(f"--log-every must be ≥ 1, not {args.log_every}")
+    if args.time_limit is not None and not (args.time_limit > 0 and math.isfinite(args.time_limit)):
+        raise UserError(f"--time-limit must be a positive number of seconds, not {args.time_limit}")
+
+
 ZERO_MEANS = {"max_steps": "all epochs", "train_limit": "all examples", "val_every": "once per epoch"}
 
 
@@ -280,6 +302,7 @@ def load_or_start(argv):
         if not (run.path / "config.json").is_file() or not run.checkpoint.is_file():
             raise UserError(f"{flags.resume} has no config.json/checkpoint.pt to resume from")
         args = resumed_settings(flags)
+        check_process(args)
         check_options(args, allow_slow_bf16)
         return args, run, checks.load_checkpoint(run.checkpoint)
     args = from_flags(flags)
@@ -289,6 +312,7 @@ def load_or_start(argv):
     if task.name == "custom":
         tasks.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
+    check_process(args)
     check_fits_model(args)
     check_options(args, allow_slow_bf16)
     args = replace(args, name=args.name or run_name(settings_name(args), args.lr, args.inner_lr),
@@ -320,7 +344,7 @@ def resumed_settings(args) -> "Settings":
         raise UserError(f"{path}: {e}") from None
     given = {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
     given.update({k: str(Path(given[k]).resolve()) for k in ("train_file", "eval_file") if k in given})
-    conflicts = [k for k, v in given.items() if k not in RESUME_CHANGES and v != saved.get(k)]
+    conflicts = [k for k, v in given.items() if k not in (*RESUME_CHANGES, *PROCESS) and v != saved.get(k)]
     if conflicts:
         flag = conflicts[0]
         raise UserError(f"--{flag.replace('_', '-')} {given[flag]} conflicts with the run's {saved.get(flag)!r} "
@@ -329,7 +353,7 @@ def resumed_settings(args) -> "Settings":
     if "epochs" in given and "max_steps" not in given and saved["max_steps"]:
         raise UserError(f"the run stops at --max-steps {saved['max_steps']} ({path}), so --epochs alone cannot extend "
                         "it; give a larger --max-steps too (0: all epochs)")
-    known = {k: v for k, v in {**saved, **given}.items() if k in DEFAULTS}     # a stray key in config.json is ignored
+    known = {k: v for k, v in {**saved, **given}.items() if k in DEFAULTS or k in PROCESS}   # a stray key is ignored
     settings = Settings(**known)
     check_settings(settings)
     return settings

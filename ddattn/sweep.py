@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 from . import checks
 from . import settings as run_settings
 from . import evaluate
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import STOPPED, ArgumentParser, Terminated, UserError, run_cli
 from .paths import runs_dir, write_json_atomic
 from .report import best_validation_loss
 
@@ -93,10 +93,23 @@ def run_cell(cell: dict, run: Path) -> str:
         return "finished"
     argv = ["--resume", str(run)] if before == "unfinished" else cell["argv"]
     print(f"sweep: {'resuming' if before == 'unfinished' else 'starting'} {cell['name']}", flush=True)
-    code = subprocess.run([sys.executable, "-m", "ddattn.distill", *argv]).returncode
+    code = distill(argv)
     if code == 130:
         raise KeyboardInterrupt
+    if code == STOPPED:                  # stopped by a signal or its time limit, checkpointed: so is the sweep
+        sys.exit(STOPPED)
     return "finished" if code == 0 and state(run) == "finished" else f"failed (exit {code})"
+
+
+def distill(argv: List[str]) -> int:
+    """`python -m ddattn.distill ARGV`'s exit status. A stop signal to the sweep is passed on to it, and the sweep
+    waits while it checkpoints (then stops too: run the sweep again to resume)."""
+    with subprocess.Popen([sys.executable, "-m", "ddattn.distill", *argv]) as child:
+        try:
+            return child.wait()
+        except Terminated as stop:
+            child.send_signal(stop.signum)     # leaving the block waits for it
+            raise
 
 
 # --- the sweep -------------------------------------------------------------------------------------------

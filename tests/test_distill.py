@@ -50,17 +50,54 @@ def use(tmp_path, data_root):
     (tmp_path / "data").symlink_to(data_root / "data")
 
 
-def test_run_directory_is_complete(tmp_path, mrpc_data):
-    use(tmp_path, mrpc_data)
-    done = distill(tmp_path, *SMALL, "--name", "smoke")
-    assert done.returncode == 0, done.stderr
-    run = tmp_path / "runs" / "mrpc" / "smoke"
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, mrpc_data):
+    """The SMALL run, never interrupted."""
+    base = tmp_path_factory.mktemp("straight")
+    use(base, mrpc_data)
+    assert distill(base, *SMALL, "--name", "straight").returncode == 0
+    return base / "runs" / "mrpc" / "straight"
+
+
+def wait_for_lines(process, path, lines: int, timeout=240):
+    """Wait until `path` has `lines` lines; the process must still be running."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be stopped"
+
+
+def metrics(run) -> list:
+    """metrics.jsonl without the timings."""
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def assert_same_run(run, straight) -> None:
+    """The same distilled data (last and best, bit for bit), metrics and validations as `straight`."""
+    for name in ("distilled_last", "distilled_best"):
+        a, b = (load_file(r / f"{name}.safetensors") for r in (straight, run))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert metrics(run) == metrics(straight) and [m["step"] for m in metrics(run)] == list(range(1, 9))
+    assert (run / "validation.jsonl").read_text() == (straight / "validation.jsonl").read_text()
+
+
+def resumed_at(run) -> str:
+    """Where the last resume of `run` started, as its run.log says ("3/8": outer step 3 of 8)."""
+    lines = [l for l in (run / "run.log").read_text().splitlines() if l.startswith(f"resumed {run} at")]
+    return lines[-1].split(" at outer step ")[1]
+
+
+def test_run_directory_is_complete(straight):
+    run = straight
     for name in ["config.json", "checkpoint.pt", "distilled_best.safetensors", "distilled_last.safetensors",
                  "metrics.jsonl", "validation.jsonl", "run.log"]:
         assert (run / name).is_file(), name
-    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, 9))             # 2 epochs × 4 full batches of 16
-    assert all(m["loss"] > 0 and m["grad_norm"] > 0 and len(m["inner_lr"]) == 1 for m in metrics)
+    records = metrics(run)
+    assert [m["step"] for m in records] == list(range(1, 9))             # 2 epochs × 4 full batches of 16
+    assert all(m["loss"] > 0 and m["grad_norm"] > 0 and len(m["inner_lr"]) == 1 for m in records)
     with safe_open(str(run / "distilled_best.safetensors"), "pt") as f:   # plain safetensors can read it
         info = json.loads(f.metadata()["ddattn_distilled"])
         assert info["task"] == "mrpc" and info["config"]["label_type"] == "hard"     # the cpu preset on MRPC:
@@ -78,28 +115,38 @@ def test_approximate_options_run(tmp_path, mrpc_data, flags):
     assert len(metrics) == 2 and all(m["grad_norm"] > 0 for m in metrics)
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data):
+def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data, straight):
     use(tmp_path, mrpc_data)
-    assert distill(tmp_path, *SMALL, "--name", "straight").returncode == 0
     run = tmp_path / "runs" / "mrpc" / "killed"
     process = distill(tmp_path, *SMALL, "--name", "killed", wait=False)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:     # kill -9 once a few steps are checkpointed
-        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
+    wait_for_lines(process, run / "metrics.jsonl", 3)             # kill -9 once a few steps are checkpointed
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] < 8
+    step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert step < 8
     resumed = distill(tmp_path, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
-    straight = load_file(tmp_path / "runs" / "mrpc" / "straight" / "distilled_last.safetensors")
-    again = load_file(run / "distilled_last.safetensors")
-    assert straight.keys() == again.keys()
-    assert all(torch.equal(straight[k], again[k]) for k in straight)
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+    assert resumed_at(run) == f"{step}/8"
+    assert_same_run(run, straight)
+
+
+def test_sigterm_checkpoints_the_step_in_flight_and_resumes_there(tmp_path, mrpc_data, straight):
+    use(tmp_path, mrpc_data)
+    run = tmp_path / "runs" / "mrpc" / "stopped"       # checkpoints only at validations (3, 6, 8); a line per step
+    process = distill(tmp_path, *SMALL, "--checkpoint-every", "100", "--log-every", "1", "--name", "stopped", wait=False)
+    wait_for_lines(process, run / "metrics.jsonl", 4)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in err, err
+    step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert 4 <= step < 8 and len((run / "metrics.jsonl").read_text().splitlines()) == step
+    assert [l for l in out.splitlines() if l.startswith("preempted")] == [
+        f"preempted (SIGTERM): checkpoint at outer step {step} in {run}; "
+        f"resume with python -m ddattn.distill --resume {run}"]
+    resumed = distill(tmp_path, "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed_at(run) == f"{step}/8"
+    assert_same_run(run, straight)
 
 
 def test_divergence_stops_with_one_line(tmp_path, mrpc_data):

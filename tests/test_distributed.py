@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO
 from tests.test_baselines import heads
-from tests.test_distill import SMALL, distill, mrpc_data, use  # noqa: F401  (mrpc_data is a fixture)
+from tests.test_distill import SMALL, distill, metrics, mrpc_data, resumed_at, use, wait_for_lines  # noqa: F401
+#                                                                  (mrpc_data is a fixture)
 
 WORKER = r'''
 import sys, torch
@@ -30,10 +33,25 @@ distributed.teardown()
 '''
 
 
-def torchrun(*args, timeout=600):
+def torchrun(*args, timeout=600, wait=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def worker(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker process of `rank` (its child whose environment holds RANK=rank)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environment = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue                                   # gone, or not ours to read
+        if parent == launcher.pid and f"RANK={rank}".encode() in environment:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker of rank {rank} under process {launcher.pid}")
 
 
 def test_sharded_hypergradient_equals_single_process(tmp_path):
@@ -81,3 +99,32 @@ def test_two_process_distillation_and_evaluation_match_one(tmp_path, mrpc_data, 
     for ra, rb in zip(a["runs"], b["runs"]):
         assert ra["accuracy"] == rb["accuracy"] and ra["f1"] == rb["f1"]
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path, mrpc_data, monkeypatch):
+    """SIGTERM to rank 1 only: both ranks agree to stop after the same step, rank 0 checkpoints it and says so
+    in one line, and the resumed run ends bit-identical to one process's uninterrupted run."""
+    use(tmp_path, mrpc_data)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")      # as in the test above: one thread, the same bits
+    flags = [*SMALL, "--max-steps", "6", "--micro-batch-size", "8", "--checkpoint-every", "100", "--log-every", "1"]
+    assert distill(tmp_path, *flags, "--name", "one").returncode == 0
+    monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))
+    run, one = (tmp_path / "runs" / "mrpc" / name for name in ("two", "one"))
+    launcher = torchrun("-m", "ddattn.distill", *flags, "--name", "two", wait=False)
+    try:
+        wait_for_lines(launcher, run / "metrics.jsonl", 2)
+        os.kill(worker(launcher, 1), signal.SIGTERM)
+        out, err = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+    step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert 2 <= step < 6 and len((run / "metrics.jsonl").read_text().splitlines()) == step, err[-3000:]
+    assert [line for line in out.splitlines() if line.startswith("preempted")] == [
+        f"preempted (a signal or the time limit in another process): checkpoint at outer step {step} in {run}; "
+        f"resume with torchrun --nproc_per_node 2 -m ddattn.distill --resume {run}"]
+    resumed = torchrun("-m", "ddattn.distill", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed_at(run) == f"{step}/6" and metrics(run) == metrics(one)
+    a, b = (load_file(r / "distilled_last.safetensors") for r in (one, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -5,6 +5,7 @@ subprocesses only where a second process or kill -9 is the point."""
 
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from ddattn import baselines, data, distill, evaluate, inspect, paths, report, tasks
 from ddattn.distilled import DistilledConfig, DistilledData
+from ddattn.errors import UserError, run_cli
+from ddattn.settings import load_or_start
 from tests.conftest import REPO
 from tests.test_baselines import cli_error, small_mrpc
 
@@ -62,6 +66,12 @@ def refused(main, argv, capsys, folder: Path = None) -> str:
     if folder:
         assert snapshot(folder) == before
     return line
+
+
+def resumed_at(run: Path) -> str:
+    """Where the last resume of `run` started, as its run.log says ("2/3": outer step 2 of 3)."""
+    lines = [line for line in (run / "run.log").read_text().splitlines() if line.startswith(f"resumed {run} at")]
+    return lines[-1].split(" at outer step ")[1]
 
 
 def provenance(path: Path) -> dict:
@@ -153,6 +163,8 @@ def test_resume_refuses_a_checkpoint_tensor_that_would_only_broadcast(finished, 
     (["--train-limit", "-5"], "--train-limit must be ≥ 0"),
     (["--max-length", "600"], "--max-length 600 exceeds the 512 positions"),
     (["--device", "cuda"], "--device cuda: this PyTorch"),
+    (["--log-every", "0"], "--log-every must be ≥ 1"),
+    (["--time-limit", "-3"], "--time-limit must be a positive number of seconds"),
 ])
 def test_impossible_settings_are_refused_before_anything_is_written(env, capsys, flags, expected):
     if flags[0] == "--device" and torch.cuda.is_available():
@@ -193,6 +205,7 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, c
     distill.main(["--resume", str(run), "--max-steps", str(step + 1)])       # takes the stale lock over
     err = capsys.readouterr().err
     assert f"taking over the lock of process {first.pid}" in err and not (run / ".lock").exists()
+    assert resumed_at(run) == f"{step}/{step + 1}"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, step + 2))
 
@@ -286,7 +299,7 @@ def test_resume_drops_a_torn_last_log_line_with_a_note(finished, env, capsys):
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "epoch": 0, "lo')                        # kill -9 in the middle of an append
     distill.main(["--resume", str(run), "--max-steps", "3"])
-    assert "dropped a half-written last line" in capsys.readouterr().err
+    assert "dropped a half-written last line" in capsys.readouterr().err and resumed_at(run) == "2/3"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
 
@@ -321,7 +334,7 @@ def test_resume_refuses_flags_that_conflict_with_the_run(finished, env, capsys, 
 def test_resume_with_more_steps_extends_the_run(finished, env, capsys):
     run = copy_run(finished, env)
     distill.main(["--resume", str(run), "--max-steps", "3", "--seq-len", "8"])    # a repeated setting is fine
-    assert json.loads((run / "config.json").read_text())["max_steps"] == 3
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 3 and resumed_at(run) == "2/3"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
@@ -441,6 +454,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(finished, env, capsys, monkeypatc
     assert (run / "checkpoint.pt").read_bytes() == before and not list(run.glob(".*.part"))
     monkeypatch.setattr(distill.torch, "save", torch_save)                 # space freed: resume redoes step 3
     distill.main(["--resume", str(run), "--max-steps", "3"])
+    assert resumed_at(run) == "2/3"
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
@@ -468,3 +482,119 @@ def test_atomic_files_follow_the_umask(tmp_path, mask):
         os.umask(old)
     for name in ("a.json", "d.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+# --- 7. an outer step never waits for the device; stopping on time (issues 25, 29) -----------------------------
+def read_from(event) -> str:
+    """Where a profiled scalar read comes from: Adam's step counter (torch keeps it on the host unless
+    `capturable`, so even on a GPU it is no device sync), the real batch's width (read from the split's
+    lengths, host memory), or anything else (which would wait for the device on a GPU)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("Optimizer.step#"):
+            return "adam step counter"
+        if parent.name.endswith(": collate"):
+            return "batch width"
+        parent = parent.cpu_parent
+    return "device"
+
+
+def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch):
+    args, run, checkpoint = load_or_start([*TINY, "--max-steps", "9", "--log-every", "9", "--val-every", "9",
+                                           "--checkpoint-every", "9", "--name", "quiet"])
+    loop = distill.Distillation(args, run, checkpoint)
+    try:
+        loop.progress = tqdm(disable=True)
+        loop.advance()                                    # the first step creates Adam's state
+        tolist = []                                       # .tolist() of a GPU tensor waits too, unseen by the profiler
+        monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist.append(t) or t.numpy().tolist())
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof:
+            loop.advance()
+            loop.advance()
+        monkeypatch.undo()
+    finally:
+        run.release()
+    reads = [read_from(e) for e in prof.events() if e.name == "aten::_local_scalar_dense"]
+    items = [read_from(e) for e in prof.events() if e.name == "aten::item"]
+    assert "device" not in reads + items and not tolist
+    assert reads.count("adam step counter") == 2 * len(loop.distilled.learnable())    # one per tensor and step
+    assert reads.count("batch width") == 2                                           # one micro-batch per step
+    assert loop.step == 3 and not (run.path / "metrics.jsonl").exists()             # nothing read yet
+    loop.read_metrics()
+    assert [json.loads(line)["step"] for line in (run.path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_non_finite_step_ends_the_run_at_the_next_read(env, capsys, monkeypatch):
+    calls, hypergradient = [], distill.hypergradient
+
+    def nan_loss_at_step_3(*args, **kwargs):
+        calls.append(1)
+        result = hypergradient(*args, **kwargs)
+        return replace(result, loss=result.loss * math.nan) if len(calls) == 3 else result
+    monkeypatch.setattr(distill, "hypergradient", nan_loss_at_step_3)
+    line = cli_error(distill.main, [*TINY, "--max-steps", "6", "--log-every", "4", "--name", "nan"], capsys)
+    assert "non-finite loss at outer step 3" in line and "nothing was saved yet" in line and len(calls) == 4
+    run = env / "runs" / "mrpc" / "nan"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not list(run.glob("*.pt")) and not list(run.glob("*.safetensors"))
+
+
+class FakeTime:
+    """distill.py's clock: time() moves 10 s on at every call; perf_counter is the real one."""
+    perf_counter = staticmethod(time.perf_counter)
+
+    def __init__(self):
+        self.now = time.time()
+
+    def time(self) -> float:
+        self.now += 10
+        return self.now
+
+
+def test_a_time_limit_checkpoints_and_stops_before_it(env, capsys, monkeypatch):
+    monkeypatch.setattr(distill, "time", FakeTime())
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(distill.main, [*TINY, "--max-steps", "6", "--time-limit", "100", "--name", "limited"])
+    run = env / "runs" / "mrpc" / "limited"
+    step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("preempted")]
+    assert stopped.value.code == 143 and 0 < step < 6 and lines == [
+        f"preempted (the time limit): checkpoint at outer step {step} in {run}; "
+        f"resume with python -m ddattn.distill --resume {run}"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == step
+    monkeypatch.setattr(distill, "time", time)
+    distill.main(["--resume", str(run), "--time-limit", "3600"])       # not a setting of the run: free to change
+    assert resumed_at(run) == f"{step}/6" and len((run / "metrics.jsonl").read_text().splitlines()) == 6
+    assert "time_limit" not in json.loads((run / "config.json").read_text())
+
+
+def test_slurm_end_time_is_a_deadline(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1000")
+    assert [distill.Deadline(limit, 0).at for limit in (None, 500, 2000)] == [1000, 500, 1000]
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "soon")
+    with pytest.raises(UserError, match="SLURM_JOB_END_TIME is 'soon', not a Unix time"):
+        distill.Deadline(None, 0)
+
+
+def test_a_second_evaluation_is_refused_and_sigterm_leaves_nothing_half_written(finished, env, capsys):
+    run = copy_run(finished, env)
+    first = subprocess.Popen([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "1000"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / ".lock").is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None and (run / ".lock").read_text().strip() == str(first.pid)
+        before = snapshot(run)
+        line = cli_error(evaluate.main, [str(run), "--n-models", "1"], capsys)
+        assert f"is in use by process {first.pid}" in line and snapshot(run) == before
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 143 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "terminated" in line] == [
+        "terminated by SIGTERM: every file written before is intact, none is half-written"]
+    assert not (run / "eval.json").exists() and not list(run.glob(".*"))       # no eval.json, .part or .lock
+    evaluate.main([str(run), "--n-models", "1"])                               # the lock is free again
+    assert json.loads((run / "eval.json").read_text())["n_models"] == 1
