@@ -148,7 +148,7 @@ def collate(split: EncodedSplit, rows, device="cpu", width: Optional[int] = None
     most max_length rounded up, so within the model's positions); a smaller `width` cuts longer rows."""
     rows = torch.as_tensor(rows)
     lengths = split.lengths[rows].long()
-    width = width or round_up(int(lengths.max()))
+    width = width or round_up(int(lengths.numpy().max()))     # numpy: no aten scalar read (host memory anyway)
     kept = min(width, split.input_ids.shape[1])
 
     def padded(values: torch.Tensor) -> torch.Tensor:
