@@ -71,7 +71,7 @@ def golden_hypergradient(minilm, golden, dtype=torch.float64, perturbation=None,
         result = hypergradient(theta, config, distilled, batch, **options)
     else:
         outer = lambda theta_T: outer_gradient(theta_T, config, [batch], len(batch["labels"]))   # noqa: E731
-        result = _hypergradient_finite_difference(theta, config, distilled, outer, perturbation)
+        result = _hypergradient_finite_difference(theta, config, distilled, outer, perturbation=perturbation)
     if golden["hypergrad.lr_raw"].numel() == 1:
         result.grads["lr_raw"] = result.grads["lr_raw"].sum().reshape(1)
     return result
