@@ -7,6 +7,8 @@ dispatches about 180 aten ops per call, 19 % of all the ops of a recompute outer
 backward transposes its weight three times and keeps a node per transpose (bench/README.md, "Ops per outer
 step by kernel policy"). Each class below is a Function whose backward is another Function, whose
 backward (the double backward) is written out with ordinary ops, as attention.py does for attention.
+Under torch.autocast, `linear` and `layer_norm` fall back to F.linear and F.layer_norm: autocast casts the
+operands of built-in ops, and their backwards keep those casts; a Function's backward would mix dtypes.
 
 Linear, y = x Wᵀ + b for rows x (N, I), W (O, I):
     dx = dy W,    dW = dyᵀ x,    db = Σ_rows dy;
@@ -24,6 +26,7 @@ against cotangents (gx, gw, gb), with u = J gx:
 """
 
 import torch
+import torch.nn.functional as F
 
 
 class Linear(torch.autograd.Function):
@@ -55,7 +58,9 @@ class LinearBackward(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x Wᵀ + b for rows x (N, I) (see `Linear`)."""
+    """x Wᵀ + b for rows x (N, I) (see `Linear`; F.linear under autocast)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias)
     return Linear.apply(x, weight, bias)
 
 
@@ -103,5 +108,7 @@ class LayerNormBackward(torch.autograd.Function):
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """LN(x) ⊙ w + b over the last axis (see `LayerNorm`)."""
+    """LN(x) ⊙ w + b over the last axis (see `LayerNorm`; F.layer_norm under autocast)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     return LayerNorm.apply(x, weight, bias, eps)
