@@ -166,9 +166,9 @@ def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, 
     scale = config.head_dim ** -0.5                    # scale the (Sq, Dh) queries, not the (Sq, S) scores
     q = q * (scale if kernels == "cpu" else q.new_full((), scale))   # gpu: a tensor, its backward is one op
     context, scores = attend(q, k, v, key_mask, kernel, kernels, H)    # (B, H, Sq, Dh), or (B·H, Sq, Dh) (gpu)
-    scores = None if scores is None else scores.view(B, H, Sq, S)
-    cls_scores = _cls_scores(q, k, key_mask, scores, kernels, H).view(B, H, S) if want != "none" else None
-    context = context.view(B, H, Sq, -1).transpose(1, 2).reshape((B, Sq, D) if kernels == "cpu" else (B * Sq, D))
+    scores = None if scores is None else _heads(scores, B, kernels)                    # (B, H, Sq, S)
+    cls_scores = _cls_scores(q, k, key_mask, scores, B, kernels) if want != "none" else None   # (B, H, S)
+    context = _heads(context, B, kernels).transpose(1, 2).reshape((B, Sq, D) if kernels == "cpu" else (B * Sq, D))
     return (_linear(theta, prefix + "out.", context, kernels), cls_scores,
             scores if want == "all" else None)
 
@@ -191,14 +191,19 @@ def _queries_keys_values(theta: Params, prefix: str, config: BertConfig, x: torc
     return F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
 
 
+def _heads(t: torch.Tensor, B: int, kernels: str) -> torch.Tensor:
+    """A tensor of the policy's attention layout as (B, H, ...): itself (cpu), a view of (B·H, ...) (gpu)."""
+    return t if kernels == "cpu" else t.view(B, -1, *t.shape[1:])
+
+
 def _cls_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
-                scores: Optional[torch.Tensor], kernels: str, heads: int) -> torch.Tensor:
-    """The pre-softmax scores of the [CLS] query, the only row the attention labels read (Eq. 6): row 0 of
-    the full scores (B, H, Sq, S) when the kernel made them, else the first query's scores (B, H, 1, S), or
-    (B·H, 1, S) under gpu."""
+                scores: Optional[torch.Tensor], B: int, kernels: str) -> torch.Tensor:
+    """(B, H, S) pre-softmax scores of the [CLS] query, the only row the attention labels read (Eq. 6):
+    row 0 of the full scores (B, H, Sq, S) when the kernel made them, else the first query's row."""
     if scores is not None:
         return scores[:, :, 0]
-    return masked_scores(q[..., :1, :], k, key_mask, kernels, heads)
+    first = q[:, :, :1] if kernels == "cpu" else q[:, :1]                          # (B, H, 1, Dh) or (B·H, 1, Dh)
+    return _heads(masked_scores(first, k, key_mask, kernels, q.shape[0] // B), B, kernels).squeeze(2)
 
 
 def _linear(theta: Params, prefix: str, x: torch.Tensor, kernels: str) -> torch.Tensor:
@@ -279,7 +284,7 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
         cls_scores.append(cls)
         all_scores.append(scores)
 
-    cls_hidden = x.view(B, -1, D)[:, 0]                                                 # (B, D)
+    cls_hidden = (x if kernels == "cpu" else x.view(B, -1, D))[:, 0]                   # (B, D)
     pooled = torch.tanh(_linear(theta, "pooler.", cls_hidden, kernels))                # (B, D)
     logits = (_linear(theta, "classifier.", pooled, kernels)
               if "classifier.weight" in theta else None)                                 # (B, C)
