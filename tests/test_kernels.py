@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ddattn import attention, distill, kernels, reference
+from ddattn.evaluate import predict
 from ddattn.attention import AttentionBackward, RecomputedAttention
 from ddattn.bert import bert_forward
 from ddattn.distilled import DistilledConfig, DistilledData
@@ -75,6 +76,16 @@ def test_hypergradient_agrees(steps, mode, label_type, attention_type):
     torch.testing.assert_close(gpu.loss, cpu.loss, rtol=0, atol=ATOL)
     torch.testing.assert_close(gpu.inner_losses, cpu.inner_losses, rtol=0, atol=ATOL)
     assert_agree(cpu.grads, gpu.grads, "hypergradient")
+
+
+def test_gpu_policy_sums_micro_batches_to_the_whole_batch():
+    """The gpu policy divides each micro-batch's loss by the batch size before its backward (unroll.py)."""
+    distilled, theta, batch = make_distilled(2), tiny_theta(), real_batch()
+    whole = hypergradient(theta, TINY, distilled, batch, kernels="cpu")
+    parts = hypergradient(theta, TINY, distilled, [{k: v[:1] for k, v in batch.items()},
+                                                   {k: v[1:] for k, v in batch.items()}], kernels="gpu")
+    torch.testing.assert_close(parts.loss, whole.loss, rtol=0, atol=ATOL)
+    assert_agree(whole.grads, parts.grads, "micro-batches")
 
 
 def test_hypergradient_agrees_on_minilm_with_different_data_per_step(minilm):
@@ -158,17 +169,17 @@ def test_count_ops_sees_host_syncs():
 
 
 def test_evaluation_agrees_under_both_policies(tiny):
-    """train_on_distilled + the fused forward of evaluation (padded batch), as `evaluate` runs them."""
+    """train_on_distilled and `evaluate.predict` (fused attention, a padded batch), in float64 and bf16."""
     config, theta = tiny
     distilled = make_distilled(2, 1, 0, "soft", "cls")
     ids, types, mask = tiny_inputs()
-    logits = {}
-    for k in ("cpu", "gpu"):
-        theta_T = train_on_distilled(theta, config, distilled, kernels=k)[0][-1]
-        with torch.inference_mode():
-            logits[k] = bert_forward(theta_T, config, ids, token_type_ids=types, attention_mask=mask, attention="none",
-                                     fused=True, kernels=k).logits
-    assert_agree({"logits": logits["cpu"]}, {"logits": logits["gpu"]}, "evaluation")
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+    theta_T = {k: train_on_distilled(theta, config, distilled, kernels=k)[0][-1] for k in ("cpu", "gpu")}
+    assert_agree(theta_T["cpu"] | {"embeddings.word": None}, theta_T["gpu"] | {"embeddings.word": None}, "θ_T")
+    for precision, dtype, atol in (("fp32", torch.float64, ATOL), ("bf16", torch.float32, 0.05)):   # bf16: autocast
+        losses = [predict({n: v.to(dtype) for n, v in theta_T[k].items()}, config, [batch], precision, kernels=k)[0]
+                  for k in ("cpu", "gpu")]
+        assert losses[1] == pytest.approx(losses[0], abs=atol), precision
 
 
 # --- the setting: saved with a run; a run from before it resumes as "auto" -------------------------------------
