@@ -1,4 +1,4 @@
-"""Attention passes one head at a time (what bert.py does) vs all heads at once, at the benchmark's size.
+"""Attention passes one head at a time (the cpu kernel policy) vs all heads at once (gpu), at the benchmark's size.
 
     python bench/attention_heads.py [--seq-len 512] [--batch 2] [--heads 12] [--head-dim 32]
 
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from ddattn.attention import _attention_backward, _attention_double_backward, _attention_probs_v, _per_head
+from ddattn.attention import _attention_backward, _attention_double_backward, _attention_probs_v, _by_heads
 
 
 def best_ms(fn, *args, repeat: int = 7) -> float:
@@ -37,7 +37,8 @@ def main() -> None:
     for name, fn, inputs in [("forward", _attention_probs_v, (q, k, v)),
                              ("backward", _attention_backward, (q, k, v, grad_context)),
                              ("double backward", _attention_double_backward, (q, k, v, grad_context, gq, gk, gv))]:
-        together, per_head = best_ms(fn, *inputs), best_ms(_per_head, fn, *inputs)
+        rows = [t.flatten(0, 1) for t in inputs]                          # the gpu policy's (B·H, S, Dh)
+        together, per_head = best_ms(_by_heads, "gpu", fn, *rows), best_ms(_by_heads, "cpu", fn, *inputs)
         print(f"{name:>16}: all heads {together:6.1f} ms, one head at a time {per_head:6.1f} ms")
 
 

@@ -45,6 +45,8 @@ from .bert import BertConfig, Params, fresh_model, load_pretrained, param_shapes
 from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
+from .kernels import KERNELS, resolve as resolve_kernels
+from .opcount import count_ops
 from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
 from .options import (ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability,
                       option_problem)
@@ -231,6 +233,7 @@ def matmul_peak_worker(spec: dict) -> dict:
 def worker(spec: dict) -> dict:
     """Load the model, build θ_0, D̃ and a real batch, then time, measure and count `hypergradient`."""
     device, dtype = _worker_setup(spec)
+    kernels = resolve_kernels(spec.get("kernels", "auto"), device)
     torch.manual_seed(spec["seed"])
     started = time.perf_counter()
     config, pretrained = load_model(spec, dtype, device)
@@ -257,7 +260,8 @@ def worker(spec: dict) -> dict:
         if mode == REFERENCE:
             loss, grads = reference.hypergradient(theta0, config, distilled, whole_batch)
         else:
-            result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=AUTOCAST[autocast])
+            result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=AUTOCAST[autocast],
+                                   kernels=kernels)
             loss, grads = result.loss, result.grads
         _sync(device)
         return loss, grads
@@ -274,12 +278,14 @@ def worker(spec: dict) -> dict:
     peak, process_peak = memory.stop()
     flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
     ops = op_seconds(outer_step, device) if spec.get("profile") else None      # and one more, profiled
+    op_count = count_ops(outer_step) if spec.get("ops") else {}                 # and one more, its ops counted
     median = statistics.median(times)
     errors = None
     if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate or reference: vs recompute
         _, exact = outer_step(mode="recompute", autocast="none")
         errors = {k: ((grads[k] - g).norm() / g.norm()).item() for k, g in exact.items()}
-    return {**spec, "num_samples": distilled_config.num_samples, "outer_loss": loss.item(), "load_s": load_s,
+    return {**spec, "kernels": kernels, **op_count,
+            "num_samples": distilled_config.num_samples, "outer_loss": loss.item(), "load_s": load_s,
             "relative_error": errors, "max_relative_error": max(errors.values()) if errors else 0.0,
             "times_s": times, "median_s": median, "min_s": min(times),
             "cpu_times_s": cpu_times, "median_cpu_s": statistics.median(cpu_times),
@@ -410,14 +416,19 @@ COLUMNS = ["S", "T", "mode", "autocast", "attn", "median s", "min s", "peak MB",
            "GFLOP/s", "% of matmul peak", "rel. error vs exact"]
 
 
-def table_row(r: dict) -> List[str]:
+OP_COLUMNS = ["aten ops", "host syncs"]      # with --ops (opcount.py)
+
+
+def table_row(r: dict, ops: bool = False) -> List[str]:
     cells = [str(r["seq_len"]), str(r["steps"]), r["mode"], r.get("autocast", "none"), r["attn"]]
+    width = len(COLUMNS) + ops * len(OP_COLUMNS)
     if "error" in r:
-        return cells + ["—"] * (len(COLUMNS) - 5) + [r["error"].replace("|", "/")]
+        return cells + ["—"] * (width - 5) + [r["error"].replace("|", "/")]
     error = f"{r['max_relative_error']:.1e}" if r.get("relative_error") else "exact"
     share = f"{r['pct_of_matmul_peak']:.0f} %" if "pct_of_matmul_peak" in r else "—"
+    counts = [f"{r['aten_ops']:,}", str(r["host_syncs"])] if ops else []
     return cells + [f"{r['median_s']:.3g}", f"{r['min_s']:.3g}", f"{r['peak_mb']:.0f}", f"{r['process_peak_mb']:.0f}",
-                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", share, error, ""]
+                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", share, error, *counts, ""]
 
 
 def model_label(settings: dict) -> str:
@@ -428,18 +439,22 @@ def model_label(settings: dict) -> str:
 
 def markdown(results: List[dict], env: dict) -> str:
     s = env["settings"]
+    ops = bool(s.get("ops"))
     lines = [f"# ddattn benchmark: {env['device']} ({env['device_name']})", "",
              f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, "
              f"torch {env['torch']}, {s['dtype']}, model {model_label(s)}, "
              f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']} "
-             f"in micro-batches of {min(s.get('micro_batch', s['real_batch']), s['real_batch'])}, "
+             f"in micro-batches of {min(s.get('micro_batch') or s['real_batch'], s['real_batch'])}, "
+             f"kernels {s.get('kernels', 'cpu')} (ddattn's rows), "
              f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
              "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes). "
              "Rel. error: the largest ‖g − g_exact‖ / ‖g_exact‖ over the distilled tensors, against an fp32 "
-             "`recompute` step on the same inputs. " + peak_text(env.get("matmul_peak"), s), "",
-             "| " + " | ".join(COLUMNS + ["error"]) + " |",
-             "|" + "---:|" * 2 + "---|" * 3 + "---:|" * (len(COLUMNS) - 6) + "---|" * 2]
-    lines += ["| " + " | ".join(table_row(r)) + " |" for r in results]
+             "`recompute` step on the same inputs. " + peak_text(env.get("matmul_peak"), s)
+             + (" Aten ops and host syncs: one more outer step under torch.profiler (ddattn/opcount.py)." if ops else ""),
+             "",
+             "| " + " | ".join(COLUMNS + OP_COLUMNS * ops + ["error"]) + " |",
+             "|" + "---:|" * 2 + "---|" * 3 + "---:|" * (len(COLUMNS) - 6) + "---|" + "---:|" * (2 * ops) + "---|"]
+    lines += ["| " + " | ".join(table_row(r, ops)) + " |" for r in results]
     slopes = slope_text(results)
     lines += [""] + slopes if slopes else []
     return "\n".join(lines) + "\n"
@@ -587,7 +602,12 @@ def parse_args(argv: Optional[Sequence[str]]):
     p.add_argument("--shots", type=int, default=1, help="distilled samples per class (2 classes)")
     p.add_argument("--real-batch", type=int, default=32, help="real examples in the outer loss")
     p.add_argument("--real-len", type=int, default=64, help="tokens per real example")
-    p.add_argument("--micro-batch", type=int, default=16, help="real examples per forward/backward (distill's default)")
+    p.add_argument("--micro-batch", type=int, help="real examples per forward/backward (distill's default: 16 under "
+                   "--kernels cpu, the whole real batch under gpu)")
+    p.add_argument("--kernels", choices=KERNELS, default="auto",
+                   help="kernel policy of ddattn's rows: cpu, gpu, auto (gpu on CUDA, else cpu; kernels.py)")
+    p.add_argument("--ops", action="store_true",
+                   help="count one more outer step's aten ops and host syncs (torch.profiler; ddattn/opcount.py)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--repeat", type=int, default=3, help="timed outer steps after one warm-up")
     p.add_argument("--matmul-size", type=int,
@@ -683,7 +703,7 @@ def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.d
          f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}"),
         (1 <= args.real_len <= config.max_positions,
          f"--real-len must be between 1 and the model's {config.max_positions} positions, not {args.real_len}"),
-        (min(args.shots, args.real_batch, args.micro_batch, args.repeat) >= 1,
+        (min(args.shots, args.real_batch, args.micro_batch or 1, args.repeat) >= 1,
          "--shots, --real-batch, --micro-batch and --repeat must be ≥ 1"),
         (args.threads >= 0, "--threads must be ≥ 0 (0: torch's default)"),
         (args.matmul_size is None or args.matmul_size >= 1, "--matmul-size must be ≥ 1"),
@@ -722,10 +742,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    kernels = resolve_kernels(args.kernels, device)
     settings = dict(model=str(model_dir) if model_dir else None, model_shape=args.model_shape, device=str(device),
-                    dtype=args.dtype, shots=args.shots,
-                    real_batch=args.real_batch, real_len=args.real_len, micro_batch=args.micro_batch,
-                    repeat=args.repeat, seed=args.seed, profile=args.profile,
+                    dtype=args.dtype, shots=args.shots, real_batch=args.real_batch, real_len=args.real_len,
+                    kernels=kernels, micro_batch=args.micro_batch or (16 if kernels == "cpu" else args.real_batch),
+                    repeat=args.repeat, seed=args.seed, profile=args.profile, ops=args.ops,
                     threads=args.threads,
                     matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
     env = {"device": device.type, "device_name": device_name(device), **environment(argv, args.threads),

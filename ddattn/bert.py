@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from . import kernels as policy
 from .attention import attend, choose_kernel, masked_scores
 from .errors import UserError
+from .layers import layer_norm, linear
 
 Params = Dict[str, torch.Tensor]
 
@@ -153,48 +155,85 @@ class BertOutput:
         return torch.softmax(self.scores, dim=-1)
 
 
-def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, cls_only: bool,
-               key_mask: Optional[torch.Tensor], want: str, kernel: str):
-    """Multi-head self-attention of one layer → (output (B, Sq, D), [CLS] scores (B, H, S) or None,
-    all scores (B, H, S, S) or None). cls_only: only the [CLS] query (Sq = 1), keys and values from all S
-    rows; else Sq = S. key_mask (B, S) bool, or None when every key is real (distilled data)."""
-    B, S, D = x.shape
-    H, Dh = config.num_heads, config.head_dim
-    weight, bias = theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"]           # [W_q; W_k; W_v]
-    if cls_only:
-        q = F.linear(x[:, :1], weight[:D], bias[:D]).view(B, 1, H, Dh).transpose(1, 2)  # (B, H, 1, Dh)
-        k, v = F.linear(x, weight[D:], bias[D:]).view(B, S, 2, H, Dh).permute(2, 0, 3, 1, 4)  # 2 × (B, H, S, Dh)
-    else:
-        q, k, v = F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
-    q = q * Dh ** -0.5                                 # scale the (Sq, Dh) queries, not the (Sq, S) scores
-    context, scores = attend(q, k, v, key_mask, kernel)                                # (B, H, Sq, Dh)
-    cls_scores = _cls_scores(q, k, key_mask, scores) if want != "none" else None       # (B, H, S)
-    context = context.transpose(1, 2).reshape(B, q.shape[2], D)                        # (B, Sq, D)
-    return (F.linear(context, theta[prefix + "out.weight"], theta[prefix + "out.bias"]), cls_scores,
+def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, B: int, S: int, cls_only: bool,
+               key_mask: Optional[torch.Tensor], want: str, kernel: str, kernels: str):
+    """Multi-head self-attention of one layer → (output, [CLS] scores (B, H, S) or None, all scores
+    (B, H, S, S) or None). x: the hidden states (B, S, D), as rows (B·S, D) under the gpu policy, and so
+    is the output (B, Sq, D) or (B·Sq, D). cls_only: only the [CLS] query (Sq = 1), keys and values from all
+    S rows; else Sq = S. key_mask (B, S) bool, or None when every key is real (distilled data)."""
+    H, D, Sq = config.num_heads, config.hidden_size, 1 if cls_only else S
+    q, k, v = _queries_keys_values(theta, prefix, config, x, B, S, cls_only, kernels)
+    scale = config.head_dim ** -0.5                    # scale the (Sq, Dh) queries, not the (Sq, S) scores
+    q = q * (scale if kernels == "cpu" else q.new_full((), scale))   # gpu: a tensor, its backward is one op
+    context, scores = attend(q, k, v, key_mask, kernel, kernels, H)    # (B, H, Sq, Dh), or (B·H, Sq, Dh) (gpu)
+    scores = None if scores is None else _heads(scores, B, kernels)                    # (B, H, Sq, S)
+    cls_scores = _cls_scores(q, k, key_mask, scores, B, kernels) if want != "none" else None   # (B, H, S)
+    context = _heads(context, B, kernels).transpose(1, 2).reshape((B, Sq, D) if kernels == "cpu" else (B * Sq, D))
+    return (_linear(theta, prefix + "out.", context, kernels), cls_scores,
             scores if want == "all" else None)
 
 
+def _queries_keys_values(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, B: int, S: int,
+                         cls_only: bool, kernels: str):
+    """q, k, v from [W_q; W_k; W_v], in the layout of the policy (attention.py): (B, H, Sq, Dh) and
+    (B, H, S, Dh), or (B·H, Sq, Dh) and (B·H, S, Dh) under gpu. The cpu policy projects the [CLS] row alone
+    for the query of a cls_only layer; the gpu policy makes one projection of every row (one matmul
+    instead of two, no slicing of the weights) and lays the heads out in one copy."""
+    D, H, Dh = config.hidden_size, config.num_heads, config.head_dim
+    weight, bias = theta[prefix + "qkv.weight"], theta[prefix + "qkv.bias"]
+    if kernels == "gpu":
+        q, k, v = linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4).reshape(3, B * H, S, Dh)
+        return (q[:, :1] if cls_only else q), k, v
+    if cls_only:
+        q = F.linear(x[:, :1], weight[:D], bias[:D]).view(B, 1, H, Dh).transpose(1, 2)  # (B, H, 1, Dh)
+        k, v = F.linear(x, weight[D:], bias[D:]).view(B, S, 2, H, Dh).permute(2, 0, 3, 1, 4)  # 2 × (B, H, S, Dh)
+        return q, k, v
+    return F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
+
+
+def _heads(t: torch.Tensor, B: int, kernels: str) -> torch.Tensor:
+    """A tensor of the policy's attention layout as (B, H, ...): itself (cpu), a view of (B·H, ...) (gpu)."""
+    return t if kernels == "cpu" else t.view(B, -1, *t.shape[1:])
+
+
 def _cls_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
-                scores: Optional[torch.Tensor]) -> torch.Tensor:
+                scores: Optional[torch.Tensor], B: int, kernels: str) -> torch.Tensor:
     """(B, H, S) pre-softmax scores of the [CLS] query, the only row the attention labels read (Eq. 6):
-    row 0 of the full scores when the kernel made them, else (B, H, 1, Dh) @ (B, H, Dh, S)."""
+    row 0 of the full scores (B, H, Sq, S) when the kernel made them, else the first query's row."""
     if scores is not None:
         return scores[:, :, 0]
-    return masked_scores(q[:, :, :1], k, key_mask).squeeze(2)
+    first = q[:, :, :1] if kernels == "cpu" else q[:, :1]                          # (B, H, 1, Dh) or (B·H, 1, Dh)
+    return _heads(masked_scores(first, k, key_mask, kernels, q.shape[0] // B), B, kernels).squeeze(2)
 
 
-def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm with its affine part written out: the fused kernel's weight/bias gradients change in the
-    last bits with the number of CPU threads, these column sums do not, so one process with 2 threads
-    and 2 torchrun ranks with 1 each get the same bits (distributed.py)."""
+def _linear(theta: Params, prefix: str, x: torch.Tensor, kernels: str) -> torch.Tensor:
+    """x Wᵀ + b with the parameters prefix + weight / bias: F.linear (cpu), or rows (N, I) through
+    layers.linear with its hand-written double backward (gpu)."""
+    return (F.linear if kernels == "cpu" else linear)(x, theta[prefix + "weight"], theta[prefix + "bias"])
+
+
+def _cls_rows(x: torch.Tensor, B: int, kernels: str) -> torch.Tensor:
+    """The [CLS] rows of hidden states x: (B, 1, D) of (B, S, D) under the cpu policy, (B, D) of the rows
+    (B·S, D) under the gpu one."""
+    return x[:, :1] if kernels == "cpu" else x.view(B, -1, x.shape[-1])[:, 0]
+
+
+def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, kernels: str) -> torch.Tensor:
+    """LayerNorm. The cpu policy writes its affine part out: the fused kernel's weight/bias gradients change
+    in the last bits with the number of CPU threads, these column sums do not, so one process with 2
+    threads and 2 torchrun ranks with 1 each get the same bits (distributed.py). The gpu policy takes the
+    fused kernel with its weight and bias, and a hand-written double backward (layers.py)."""
+    weight, bias = theta[prefix + "weight"], theta[prefix + "bias"]
+    if kernels == "gpu":
+        return layer_norm(x, weight, bias, config.layer_norm_eps)
     normed = F.layer_norm(x, (config.hidden_size,), eps=config.layer_norm_eps)
-    return torch.addcmul(theta[prefix + "bias"], normed, theta[prefix + "weight"])
+    return torch.addcmul(bias, normed, weight)
 
 
 def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Tensor] = None, *,
                  inputs_embeds: Optional[torch.Tensor] = None, token_type_ids: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, attention: str = "cls",
-                 fused: bool = False, plain: bool = False) -> BertOutput:
+                 fused: bool = False, plain: bool = False, kernels: str = "auto") -> BertOutput:
     """Run BERT at parameters `theta`.
 
     input_ids (B, S) or inputs_embeds (B, S, D): tokens, or embeddings that replace the word lookup.
@@ -205,6 +244,8 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
         its (S, S) probabilities and autograd differentiates the ops as written.
     Otherwise the last layer computes the [CLS] row only (its query, attention output and FFN): nothing
     else of it is read, unless attention="all" returns its full maps.
+    kernels: the kernel policy, "cpu", "gpu" or "auto" (by the inputs' device): the same numbers cut into
+        operators for a CPU's cache or for a GPU's launch overhead (kernels.py).
     """
     if attention not in ("none", "cls", "all"):
         raise ValueError(f"attention must be 'none', 'cls' or 'all', not {attention!r}")
@@ -218,29 +259,34 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     if S > config.max_positions:
         raise UserError(f"sequence length {S} exceeds the model's {config.max_positions} positions")
     device = inputs_embeds.device
+    kernels = policy.resolve(kernels, device)
     if token_type_ids is None:
         token_type_ids = torch.zeros(B, S, dtype=torch.long, device=device)
     key_mask = None if attention_mask is None else attention_mask.to(torch.bool)       # (B, S)
 
     x = (inputs_embeds + theta["embeddings.position"][:S]
          + F.embedding(token_type_ids, theta["embeddings.token_type"]))                 # (B, S, D)
-    x = _layer_norm(theta, "embeddings.norm.", config, x)
+    x = _layer_norm(theta, "embeddings.norm.", config, x, kernels)
+    if kernels == "gpu":
+        x = x.view(B * S, D)     # rows (B·S, D): each linear layer one matmul, without views around it
     cls_scores, all_scores = [], []
     for i in range(config.num_layers):
         p = f"layers.{i}."
         cls_only = i == config.num_layers - 1 and attention != "all" and not plain
         kernel = choose_kernel(fused, plain, cls_only, key_mask, attention)
-        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, cls_only, key_mask, attention, kernel)
-        x = _layer_norm(theta, p + "attention.norm.", config, (x[:, :1] if cls_only else x) + attn_out)  # (B, Sq, D)
-        h = F.gelu(F.linear(x, theta[p + "ffn.up.weight"], theta[p + "ffn.up.bias"]))   # (B, Sq, I), erf GELU
-        h = F.linear(h, theta[p + "ffn.down.weight"], theta[p + "ffn.down.bias"])       # (B, Sq, D)
-        x = _layer_norm(theta, p + "ffn.norm.", config, x + h)
+        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, B, S, cls_only, key_mask, attention,
+                                           kernel, kernels)
+        x = _layer_norm(theta, p + "attention.norm.", config, (_cls_rows(x, B, kernels) if cls_only else x) + attn_out,
+                        kernels)                                                         # (B, Sq, D)
+        h = F.gelu(_linear(theta, p + "ffn.up.", x, kernels))                          # (B, Sq, I), erf GELU
+        h = _linear(theta, p + "ffn.down.", h, kernels)                                  # (B, Sq, D)
+        x = _layer_norm(theta, p + "ffn.norm.", config, x + h, kernels)
         cls_scores.append(cls)
         all_scores.append(scores)
 
-    cls_hidden = x[:, 0]                                                                 # (B, D)
-    pooled = torch.tanh(F.linear(cls_hidden, theta["pooler.weight"], theta["pooler.bias"]))  # (B, D)
-    logits = (F.linear(pooled, theta["classifier.weight"], theta["classifier.bias"])
+    cls_hidden = (x if kernels == "cpu" else x.view(B, -1, D))[:, 0]                   # (B, D)
+    pooled = torch.tanh(_linear(theta, "pooler.", cls_hidden, kernels))                # (B, D)
+    logits = (_linear(theta, "classifier.", pooled, kernels)
               if "classifier.weight" in theta else None)                                 # (B, C)
     return BertOutput(
         logits=logits, pooled=pooled, cls_hidden=cls_hidden,

@@ -48,6 +48,7 @@ from .card import write_card
 from .distilled import DistilledData
 from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
 from .evaluate import eval_batches, evaluate_distilled, mean_std
+from .kernels import resolve as resolve_kernels
 from .options import AUTOCAST, DTYPES
 from .paths import atomic_path, resolve_checkpoint
 from .rundir import RunDirectory
@@ -74,7 +75,7 @@ def init_from_real(distilled: DistilledData, pretrained, train, seed: int) -> No
             distilled.x[i] = word[real["input_ids"]] + token_type[real["token_type_ids"]] - token_type[0]   # (S, D)
 
 
-def init_attention_from_model(distilled: DistilledData, pretrained, config) -> None:
+def init_attention_from_model(distilled: DistilledData, pretrained, config, kernels: str = "auto") -> None:
     """ã_i ← the pretrained model's own attention on x̃_i: the logits are its attention scores, so
     softmax(ã) equals its attention and the attention loss (Eq. 6) starts at 0 instead of at a random
     target's KL. (The head does not matter: attention is computed before it.)"""
@@ -82,7 +83,7 @@ def init_attention_from_model(distilled: DistilledData, pretrained, config) -> N
     if kind == "none":
         return
     with torch.no_grad():
-        out = bert_forward(pretrained, config, inputs_embeds=distilled.x, attention=kind)
+        out = bert_forward(pretrained, config, inputs_embeds=distilled.x, attention=kind, kernels=kernels)
         distilled.attn_logits.copy_(out.cls_scores if kind == "cls" else out.scores)   # (M, L, H, S[, S])
 
 
@@ -186,6 +187,7 @@ class Distillation:
         device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
+        self.kernels = resolve_kernels(args.kernels, device)
         self.task = tasks.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
         dtype = DTYPES[args.dtype]
@@ -199,7 +201,8 @@ class Distillation:
         processes = distributed.world_size()
         if processes > args.real_batch_size:
             raise UserError(f"{processes} processes need --real-batch-size ≥ {processes}")
-        self.micro_batch_size = args.micro_batch_size or min(16, args.real_batch_size // processes)
+        largest = 16 if self.kernels == "cpu" else args.real_batch_size     # gpu: one micro-batch (kernels.py)
+        self.micro_batch_size = args.micro_batch_size or min(largest, args.real_batch_size // processes)
         micro_batches = -(-args.real_batch_size // self.micro_batch_size)
         if processes > micro_batches:
             raise UserError(f"{processes} processes need as many micro-batches, not {micro_batches}: "
@@ -217,7 +220,7 @@ class Distillation:
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.train, args.seed)
         if args.attn_init == "model":
-            init_attention_from_model(self.distilled, self.pretrained, self.bert_config)
+            init_attention_from_model(self.distilled, self.pretrained, self.bert_config, self.kernels)
         self.optimizer = make_optimizer(self.distilled, args)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
         self.step, self.best_val = 0, math.inf
@@ -312,7 +315,7 @@ class Distillation:
         # lines 5–13: the inner loop on D̃, then ∇_D̃ of the real batch's loss at θ_T (unroll.py)
         result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
                                real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast],
-                               all_reduce=distributed.all_reduce_sum)
+                               all_reduce=distributed.all_reduce_sum, kernels=self.kernels)
         finite = [torch.isfinite(x).all() for x in (result.loss, result.inner_losses, *result.grads.values())]
         for name, tensor in self.distilled.learnable().items():
             tensor.grad = result.grads[name]
@@ -371,7 +374,7 @@ class Distillation:
         head_seeds = [seeds.stream_seed("validation-head", self.args.seed, k) for k in range(self.args.val_models)]
         head_seeds = head_seeds[distributed.rank()::distributed.world_size()]
         runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled, lambda: self.val_batches,
-                                  seeds=head_seeds, metric_names=self.task.metrics)
+                                  seeds=head_seeds, metric_names=self.task.metrics, kernels=self.kernels)
         return mean_std(distributed.gather(runs))
 
     def run_to_end(self) -> bool:

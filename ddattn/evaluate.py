@@ -22,6 +22,7 @@ from . import seeds
 from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
 from .distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
+from .kernels import KERNELS
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .rundir import claim
@@ -83,7 +84,8 @@ def inference_weights(theta: Params, precision: str) -> Params:
 
 
 @torch.inference_mode()
-def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]], precision: str = "fp32"):
+def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]], precision: str = "fp32",
+            kernels: str = "auto"):
     """Mean cross-entropy, predictions and labels of `theta` over batches: fused attention, no autograd
     state, the last layer for [CLS] only (bert.py). precision "bf16": matmuls in bfloat16 under
     torch.autocast, faster where the CPU or GPU has bf16 units, approximate (bench/README.md: its effect
@@ -97,7 +99,7 @@ def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch
         mask = None if batch["attention_mask"].all() else batch["attention_mask"]    # unpadded: no mask to apply
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                                  attention_mask=mask, attention="none", fused=True).logits
+                                  attention_mask=mask, attention="none", fused=True, kernels=kernels).logits
         losses.append(F.cross_entropy(logits.double(), batch["labels"], reduction="sum"))
         predictions.append(logits.argmax(-1))
         labels.append(batch["labels"])
@@ -106,9 +108,9 @@ def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch
 
 
 def score(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]],
-          metric_names: Sequence[str], precision: str = "fp32") -> Dict[str, float]:
+          metric_names: Sequence[str], precision: str = "fp32", kernels: str = "auto") -> Dict[str, float]:
     """{"loss", **metrics} of one model on `batches`; the metrics are NaN when the loss is (a diverged model)."""
-    loss, predictions, labels = predict(theta, config, batches, precision)
+    loss, predictions, labels = predict(theta, config, batches, precision, kernels)
     metrics = compute_metrics(metric_names, predictions, labels)
     if not math.isfinite(loss):
         metrics = {k: float("nan") for k in metrics}
@@ -129,13 +131,14 @@ def eval_batches(split: "taskdata.EncodedSplit", batch_size: int, device="cpu",
 
 def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: DistilledData,
                        make_batches, seeds: Sequence[int], metric_names: Sequence[str], progress=None,
-                       precision: str = "fp32") -> List[Dict[str, float]]:
-    """Train one model per seed on D̃ (T steps) and score it; `make_batches()` yields evaluation batches."""
+                       precision: str = "fp32", kernels: str = "auto") -> List[Dict[str, float]]:
+    """Train one model per seed on D̃ (T steps) and score it; `make_batches()` yields evaluation batches.
+    `kernels`: the kernel policy (kernels.py)."""
     runs = []
     for seed in seeds:
         theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
-        thetas, _ = train_on_distilled(theta0, config, distilled)
-        runs.append({"seed": seed, **score(thetas[-1], config, make_batches(), metric_names, precision)})
+        thetas, _ = train_on_distilled(theta0, config, distilled, kernels=kernels)
+        runs.append({"seed": seed, **score(thetas[-1], config, make_batches(), metric_names, precision, kernels)})
         if progress is not None:
             progress.update(1)
     return runs
@@ -179,6 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    "approximate; refused where bf16 is slow (ddattn/options.py)")
     p.add_argument(ALLOW_SLOW_BF16, action="store_true", help="run --precision bf16 even where it is slower than fp32")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--kernels", choices=KERNELS, default="auto",
+                   help="cpu: cache-sized operators; gpu: few large ones; auto: gpu on CUDA, else cpu (kernels.py)")
     p.add_argument("--out", type=Path, help="default RUN_DIR/eval.json")
     args = p.parse_args(argv)
     if args.n_models < 1 or args.batch_size < 1:
@@ -208,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         with tqdm(total=len(head_seeds), desc=f"evaluate {task.name}", unit="model", disable=not distributed.is_main()) as bar:
             runs = evaluate_distilled(pretrained, config, distilled,
                                       lambda: eval_set,
-                                      head_seeds, task.metrics, progress=bar, precision=args.precision)
+                                      head_seeds, task.metrics, progress=bar, precision=args.precision,
+                                      kernels=args.kernels)
         runs = sorted(distributed.gather(runs), key=lambda r: r["seed"])
         summary = mean_std(runs)
         if distributed.is_main():

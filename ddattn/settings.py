@@ -22,6 +22,7 @@ from .bert import BertConfig
 from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
 from .distributed import local_device
 from .errors import ArgumentParser, UserError
+from .kernels import KERNELS
 from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, option_problem
 from .paths import resolve_checkpoint, runs_dir
 from .rundir import RunDirectory
@@ -63,7 +64,7 @@ DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="
                 batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
                 inner_lr=1e-2, init="random", attn_init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
                 optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
-                max_length=128, mode="recompute", autocast="none", val_every=0, seed=0, device=None,
+                max_length=128, mode="recompute", autocast="none", kernels="auto", val_every=0, seed=0, device=None,
                 dtype="float32", max_steps=0, train_limit=0, checkpoint_every=25, train_file=None, eval_file=None,
                 text_columns=None, label_column=None, labels=None, seq_len=None, epochs=None, val_size=None,
                 val_models=None)
@@ -135,7 +136,7 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--real-batch-size", type=int, help="real examples per outer step (paper 32)")
     g.add_argument("--micro-batch-size", type=int, help="real examples per forward/backward; the real batch's gradient "
                    "is summed over its micro-batches (and processes): less memory, same result up to float rounding "
-                   "(0: 16, or fewer so that every process gets one)")
+                   "(0: 16 under --kernels cpu, the whole batch under gpu; fewer so that every process gets one)")
     g.add_argument("--max-length", type=int, help="truncation length of real examples")
     g.add_argument("--mode", choices=list(MODES), help="hypergradient: whole graph (paper), per-step recompute (memory "
                    "flat in T), or finite-difference (approximate vector–Hessian products, bench/README.md)")
@@ -157,6 +158,8 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    "many seconds from the start have passed, as on a stop signal (also before SLURM_JOB_END_TIME)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    g.add_argument("--kernels", choices=KERNELS, help="how the maths is cut into operators: cpu (cache-sized, "
+                   "the same bits on any thread count), gpu (few large operators), auto (gpu on CUDA, else cpu)")
     g.add_argument("--dtype", choices=sorted(DTYPES), help="float32, or float64 for exactness checks")
     defaults = {**DEFAULTS, **PROCESS}
     for action in p._actions:    # show the effective defaults: the preset's, else the paper's
@@ -323,7 +326,7 @@ def load_or_start(argv):
 
 
 RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may change: extend a run, or move it
-ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random"}   # absent from older runs: their values
+ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random", "kernels": "auto"}   # absent from older runs: their values
 
 
 def resumed_settings(args) -> "Settings":

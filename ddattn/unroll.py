@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from . import kernels as policy
 from .bert import BertConfig, Params, bert_forward
 from .distilled import DistilledData
 
@@ -54,6 +55,11 @@ def row_sum(x: torch.Tensor) -> torch.Tensor:
     tensor splits the work by CPU thread and changes in the last bits with the thread count; this does
     not, so one process (2 threads) and torchrun ranks (1 each) agree to the bit."""
     return x.reshape(-1, x.shape[-1]).sum(0).sum()
+
+
+def total(x: torch.Tensor, kernels: str) -> torch.Tensor:
+    """Σ of all entries: `row_sum` under the cpu kernel policy, one plain sum under the gpu one."""
+    return row_sum(x) if kernels == "cpu" else x.sum()
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -92,14 +98,15 @@ def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tens
     return AttentionKL.apply(label_logits, scores)
 
 
-def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int, first_order: bool = False
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int, first_order: bool = False,
+                 kernels: str = "cpu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7). `first_order`:
-    only first derivatives will be taken, so attention may use the fused kernel (not for full maps)."""
+    only first derivatives will be taken, so attention may use the fused kernel (not for full maps).
+    `kernels`: the resolved kernel policy, "cpu" or "gpu" (kernels.py), as in every function below."""
     rows = distilled.step_indices(t)                       # Algorithm 1, lines 6–7: the t-th mini-batch of D̃
     attention = distilled.config.attention_type
     out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention,
-                       fused=first_order and attention != "all")
+                       fused=first_order and attention != "all", kernels=kernels)
     task = soft_cross_entropy(out.logits, distilled.targets(t))           # line 8: L_task (Eq. 1)
     if attention == "none":
         attn = torch.zeros((), dtype=task.dtype, device=task.device)
@@ -110,15 +117,20 @@ def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t:
     return task + distilled.config.attn_weight * attn, task, attn
 
 
-def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int, create_graph: bool
-             ) -> Tuple[Params, torch.Tensor]:
+def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int, create_graph: bool,
+             kernels: str = "cpu") -> Tuple[Params, torch.Tensor]:
     """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7; Algorithm 1, lines 10–11). Returns θ_{t+1} and
     the three losses."""
     names = trainable_names(theta)
-    losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph))
+    losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph, kernels=kernels))
     grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)   # ∇_θ L
     eta = distilled.inner_lr(t)                                                                  # η̃_t
-    theta_next = {n: theta[n] - along_rows(eta, g) * g for n, g in zip(names, grads)}            # θ − η̃ g
+    with torch.set_grad_enabled(create_graph):          # a step that is not differentiated keeps no graph
+        if kernels == "cpu":
+            theta_next = {n: theta[n] - along_rows(eta, g) * g for n, g in zip(names, grads)}    # θ − η̃ g
+        else:   # θ + (−η̃) g, the same numbers: the backward of + costs no op, that of − one per tensor
+            minus_eta = -eta
+            theta_next = {n: theta[n] + minus_eta * g for n, g in zip(names, grads)}
     return {**theta, **theta_next}, losses.detach()
 
 
@@ -128,18 +140,19 @@ def along_rows(eta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return eta.expand(g.shape[-1])
 
 
-def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean"
-               ) -> torch.Tensor:
+def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean",
+               kernels: str = "cpu") -> torch.Tensor:
     """Eq. 3–4: cross-entropy of a real mini-batch at θ_T = F(θ_0; D̃, η̃, T), the loss whose gradient
     Algorithm 1's line 15 descends. Only first-order gradients flow through this
     forward, so it may use the fused attention kernel."""
     out = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                       attention_mask=batch["attention_mask"], attention="none", fused=True)
+                       attention_mask=batch["attention_mask"], attention="none", fused=True, kernels=kernels)
     return F.cross_entropy(out.logits, batch["labels"], reduction=reduction)
 
 
 def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Dict[str, torch.Tensor]],
-                   batch_size: int, all_reduce: Optional[AllReduce] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                   batch_size: int, all_reduce: Optional[AllReduce] = None, kernels: str = "cpu"
+                   ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """L_outer(θ_T) of a real mini-batch of `batch_size` examples and g_T = ∂L_outer/∂θ_T (trainable
     parameters, in `trainable_names` order): the seed of the reverse sweep.
 
@@ -147,24 +160,29 @@ def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Di
     processes. Each micro-batch adds the gradient of its *sum* of losses, in order; `all_reduce` (in place,
     a sum over processes; None: one process) adds the processes' sums; one division by `batch_size` makes
     the mean. So one process and two, given the same micro-batches, add the same numbers in the same
-    order and agree to the last bit.
+    order and agree to the last bit. The gpu policy divides each micro-batch's loss by `batch_size`
+    instead, before its backward: one scalar op instead of one per parameter tensor.
     """
     leaves, names = _with_grad(theta), trainable_names(theta)
-    total, grads = None, None
+    mean_later = kernels == "cpu"
+    loss_sum, grads = None, None
     for batch in micro_batches:
-        loss = outer_loss(leaves, config, batch, reduction="sum")
+        loss = outer_loss(leaves, config, batch, reduction="sum", kernels=kernels)
+        loss = loss if mean_later else loss / batch_size
         micro_grads = torch.autograd.grad(loss, [leaves[n] for n in names])
         if grads is None:
-            total, grads = loss.detach(), list(micro_grads)
+            loss_sum, grads = loss.detach(), list(micro_grads)
         else:
-            total += loss.detach()
+            loss_sum += loss.detach()
             for grad, micro_grad in zip(grads, micro_grads):
                 grad.add_(micro_grad)
     if grads is None:
         raise ValueError("outer_gradient needs at least one micro-batch")
     if all_reduce is not None:
-        all_reduce([total, *grads])
-    return total / batch_size, [g / batch_size for g in grads]
+        all_reduce([loss_sum, *grads])
+    if not mean_later:
+        return loss_sum, grads
+    return loss_sum / batch_size, [g / batch_size for g in grads]
 
 
 @dataclass
@@ -183,7 +201,8 @@ def _with_grad(theta: Params) -> Params:
 def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
                   real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
                   mode: str = "recompute", real_batch_size: Optional[int] = None,
-                  autocast: Optional[torch.dtype] = None, all_reduce: Optional[AllReduce] = None) -> Hypergradient:
+                  autocast: Optional[torch.dtype] = None, all_reduce: Optional[AllReduce] = None,
+                  kernels: str = "auto") -> Hypergradient:
     """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch: Algorithm 1, lines 5–12 (the inner
     loop, differentiated through) and the gradient of line 15.
 
@@ -191,24 +210,26 @@ def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
     `real` is the batch, or this process's micro-batches of it; `real_batch_size` is the whole batch's
     size across all processes (default: the examples given here), `all_reduce` their in-place sum (see
     `outer_gradient`). `autocast` (torch.bfloat16 or float16) runs matmuls in that precision
-    (torch.autocast): faster where the hardware has it, approximate; bench/README.md reports its error."""
+    (torch.autocast): faster where the hardware has it, approximate; bench/README.md reports its error.
+    `kernels`: "cpu", "gpu" or "auto" (by θ_0's device), how the same maths is cut into operators (kernels.py)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     device_type = next(iter(theta0.values())).device.type
+    kernels = policy.resolve(kernels, device_type)
     micro_batches = [real] if isinstance(real, dict) else list(real)
     batch_size = real_batch_size or sum(len(b["labels"]) for b in micro_batches)
 
     def outer(theta_T: Params):
-        return outer_gradient(theta_T, config, micro_batches, batch_size, all_reduce)
+        return outer_gradient(theta_T, config, micro_batches, batch_size, all_reduce, kernels)
 
     with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
-        return _HYPERGRADIENTS[mode](theta0, config, distilled, outer)
+        return _HYPERGRADIENTS[mode](theta0, config, distilled, outer, kernels)
 
 
-def _hypergradient_graph(theta0, config, distilled, outer) -> Hypergradient:
+def _hypergradient_graph(theta0, config, distilled, outer, kernels) -> Hypergradient:
     theta, losses = _with_grad(theta0), []
     for t in range(distilled.config.steps):                        # Algorithm 1, lines 5–12, one graph
-        theta, step_losses = sgd_step(theta, config, distilled, t, create_graph=True)
+        theta, step_losses = sgd_step(theta, config, distilled, t, create_graph=True, kernels=kernels)
         losses.append(step_losses)
     loss, g_T = outer(theta)
     learnable = distilled.learnable()
@@ -217,22 +238,25 @@ def _hypergradient_graph(theta0, config, distilled, outer) -> Hypergradient:
     return Hypergradient(loss, dict(zip(learnable, grads)), torch.stack(losses))
 
 
-def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None
-                       ) -> Tuple[List[Params], torch.Tensor]:
+def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None,
+                       kernels: str = "auto") -> Tuple[List[Params], torch.Tensor]:
     """θ_T = F(θ_0; D̃, η̃, T) (Eq. 2): T (or `steps`) SGD steps on D̃ without any graph, for evaluation
-    and the forward sweep of `recompute`. Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses."""
+    and the forward sweep of `recompute`. Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses.
+    `kernels`: "cpu", "gpu" or "auto" (by θ_0's device; kernels.py)."""
+    kernels = policy.resolve(kernels, next(iter(theta0.values())).device)
     frozen_distilled = distilled.detached()
     thetas, losses = [{n: v.detach() for n, v in theta0.items()}], []
     for t in range(distilled.config.steps if steps is None else steps):
-        theta_next, step_losses = sgd_step(_with_grad(thetas[-1]), config, frozen_distilled, t, create_graph=False)
-        thetas.append({n: v.detach() for n, v in theta_next.items()})
+        theta_next, step_losses = sgd_step(_with_grad(thetas[-1]), config, frozen_distilled, t, create_graph=False,
+                                           kernels=kernels)
+        thetas.append(theta_next)                           # no graph (sgd_step without create_graph)
         losses.append(step_losses)
     return thetas, torch.stack(losses) if losses else torch.zeros(0, 3)
 
 
-def _hypergradient_recompute(theta0, config, distilled, outer) -> Hypergradient:
+def _hypergradient_recompute(theta0, config, distilled, outer, kernels) -> Hypergradient:
     T = distilled.config.steps
-    thetas, losses = train_on_distilled(theta0, config, distilled, steps=T - 1)   # forward sweep: keep θ_t only
+    thetas, losses = train_on_distilled(theta0, config, distilled, T - 1, kernels)   # forward sweep: keep θ_t only
     learnable = distilled.learnable()
     names = trainable_names(theta0)
 
@@ -242,7 +266,7 @@ def _hypergradient_recompute(theta0, config, distilled, outer) -> Hypergradient:
         once: its θ_T goes straight on into the outer loss, and g_T is the cotangent. Returns (∂L/∂θ_t,
         this step's ∂L/∂D̃ by name, outer loss or None, inner losses)."""
         theta_t = _with_grad(thetas[t])
-        theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True)
+        theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True, kernels=kernels)
         loss = None
         if cotangent is None:
             loss, cotangent = outer(theta_next)                   # Eq. 3 at θ_T, and g_T
@@ -260,8 +284,8 @@ def _hypergradient_recompute(theta0, config, distilled, outer) -> Hypergradient:
     return Hypergradient(loss, totals, torch.cat([losses.to(last_losses), last_losses[None]]))
 
 
-def _hypergradient_finite_difference(theta0, config, distilled, outer, perturbation: float = FD_PERTURBATION
-                                     ) -> Hypergradient:
+def _hypergradient_finite_difference(theta0, config, distilled, outer, kernels: str = "cpu",
+                                     perturbation: float = FD_PERTURBATION) -> Hypergradient:
     """Approximate: the reverse sweep of `recompute` with each vector–Hessian product replaced by a central
     difference of two first-order gradients (as in DARTS), so no double backward and fused attention:
         θ_{t+1} = θ_t − η_t g_t,  g_t = ∇_θ L_in(θ_t, D̃),  v = ∂L/∂θ_{t+1}
@@ -269,18 +293,19 @@ def _hypergradient_finite_difference(theta0, config, distilled, outer, perturbat
         (H_θθ v, H_D̃θ v) ≈ (∇_(θ,D̃) L_in(θ_t + r v) − ∇_(θ,D̃) L_in(θ_t − r v)) / 2r,   r = ε / ‖v‖
     and g_t ≈ the mean of the two gradients. Error O(r²) plus rounding / r; measured in bench/README.md."""
     T = distilled.config.steps
-    thetas, losses = train_on_distilled(theta0, config, distilled, steps=T)   # θ_0 … θ_T, no graph
+    thetas, losses = train_on_distilled(theta0, config, distilled, T, kernels)   # θ_0 … θ_T, no graph
     loss, g_T = outer(thetas[-1])
     learnable, names = distilled.learnable(), trainable_names(theta0)
     v = dict(zip(names, g_T))
     totals = {k: torch.zeros_like(x) for k, x in learnable.items()}
     for t in reversed(range(T)):
-        r = perturbation / torch.sqrt(sum(row_sum(x * x) for x in v.values()))
+        r = perturbation / torch.sqrt(sum(total(x * x, kernels) for x in v.values()))
         (plus_theta, plus_d), (minus_theta, minus_d) = (
-            _inner_gradients({**thetas[t], **{n: thetas[t][n] + sign * r * v[n] for n in names}}, config, distilled, t)
+            _inner_gradients({**thetas[t], **{n: thetas[t][n] + sign * r * v[n] for n in names}}, config, distilled, t,
+                             kernels)
             for sign in (1, -1))
         lr = distilled.inner_lr(t)
-        g_dot_v = sum(row_sum((p + m) * v[n]) for n, p, m in zip(names, plus_theta, minus_theta)) / 2
+        g_dot_v = sum(total((p + m) * v[n], kernels) for n, p, m in zip(names, plus_theta, minus_theta)) / 2
         totals["lr_raw"] += torch.autograd.grad(lr, learnable["lr_raw"], grad_outputs=-g_dot_v)[0]
         eta = lr.detach()
         for k in learnable:
@@ -289,11 +314,11 @@ def _hypergradient_finite_difference(theta0, config, distilled, outer, perturbat
     return Hypergradient(loss, totals, losses)
 
 
-def _inner_gradients(theta: Params, config: BertConfig, distilled: DistilledData, t: int):
+def _inner_gradients(theta: Params, config: BertConfig, distilled: DistilledData, t: int, kernels: str):
     """First-order ∇_θ L_in (list, trainable names) and ∇_D̃ L_in (by name) of inner step t at θ."""
     leaves, learnable = _with_grad(theta), distilled.learnable()
     names = trainable_names(leaves)
-    loss = inner_losses(leaves, config, distilled, t, first_order=True)[0]
+    loss = inner_losses(leaves, config, distilled, t, first_order=True, kernels=kernels)[0]
     grads = torch.autograd.grad(loss, [leaves[n] for n in names] + list(learnable.values()), materialize_grads=True)
     return grads[:len(names)], dict(zip(learnable, grads[len(names):]))
 

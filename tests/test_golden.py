@@ -24,13 +24,17 @@ def with_fixed_head(theta, golden, dtype):
             "classifier.bias": golden["forward.classifier_b"].to(dtype)}
 
 
+KERNELS = ["cpu", "gpu"]   # both kernel policies (ddattn/kernels.py) meet the same fixture
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("fused", [False, True])
-def test_forward_matches_golden(minilm, golden, dtype, atol, fused):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_forward_matches_golden(minilm, golden, dtype, atol, fused, kernels):
     config, theta = minilm
     out = bert_forward(with_fixed_head(theta, golden, dtype), config, golden["forward.input_ids"],
                        token_type_ids=golden["forward.token_type_ids"],
-                       attention_mask=golden["forward.attention_mask"], attention="cls", fused=fused)
+                       attention_mask=golden["forward.attention_mask"], attention="cls", fused=fused, kernels=kernels)
     for ours, name in [(out.cls_hidden, "last_hidden_cls"), (out.pooled, "pooler_output"),
                        (out.cls_attention, "cls_attention"), (out.logits, "logits")]:
         torch.testing.assert_close(ours.double(), golden[f"forward.{name}"], rtol=0, atol=atol, msg=name)
@@ -57,7 +61,7 @@ def golden_distilled(golden, config):
 GRADS = [("x", "x_syn"), ("label_logits", "label_logits"), ("attn_logits", "attn_logits"), ("lr_raw", "lr_raw")]
 
 
-def golden_hypergradient(minilm, golden, dtype=torch.float64, perturbation=None, **options):
+def golden_hypergradient(minilm, golden, dtype=torch.float64, perturbation=None, kernels="cpu", **options):
     """Our hypergradient on the fixture's θ_0, D̃ and real batch; lr_raw folded back to the fixture's shape.
     `perturbation`: the finite-difference mode with that ε instead of `options`."""
     config, theta = minilm
@@ -68,18 +72,19 @@ def golden_hypergradient(minilm, golden, dtype=torch.float64, perturbation=None,
              "attention_mask": golden["forward.attention_mask"], "labels": golden["hypergrad.y_real"]}
     theta = with_fixed_head(theta, golden, dtype)
     if perturbation is None:
-        result = hypergradient(theta, config, distilled, batch, **options)
+        result = hypergradient(theta, config, distilled, batch, kernels=kernels, **options)
     else:
-        outer = lambda theta_T: outer_gradient(theta_T, config, [batch], len(batch["labels"]))   # noqa: E731
-        result = _hypergradient_finite_difference(theta, config, distilled, outer, perturbation)
+        outer = lambda theta_T: outer_gradient(theta_T, config, [batch], len(batch["labels"]), kernels=kernels)  # noqa: E731
+        result = _hypergradient_finite_difference(theta, config, distilled, outer, kernels, perturbation=perturbation)
     if golden["hypergrad.lr_raw"].numel() == 1:
         result.grads["lr_raw"] = result.grads["lr_raw"].sum().reshape(1)
     return result
 
 
 @pytest.mark.parametrize("mode", ["graph", "recompute"])
-def test_hypergradient_matches_golden(minilm, golden, mode):
-    result = golden_hypergradient(minilm, golden, mode=mode)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_hypergradient_matches_golden(minilm, golden, mode, kernels):
+    result = golden_hypergradient(minilm, golden, mode=mode, kernels=kernels)
     torch.testing.assert_close(result.loss, golden["hypergrad.loss_real"][0], rtol=0, atol=1e-9)
     torch.testing.assert_close(result.inner_losses, golden["hypergrad.inner_losses"], rtol=0, atol=1e-9)
     for name, key in GRADS:
@@ -108,9 +113,11 @@ def relative_errors(result, golden):
 
 
 @pytest.mark.parametrize("dtype,eps", [(torch.float64, 1e-2), (torch.float64, 1e-3), (torch.float32, 1e-2)])
-def test_finite_difference_error_on_golden(minilm, golden, dtype, eps):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_finite_difference_error_on_golden(minilm, golden, dtype, eps, kernels):
     bound = finite_difference_bound(fixture_steps(golden), eps, dtype)
-    for name, error in relative_errors(golden_hypergradient(minilm, golden, dtype, perturbation=eps), golden).items():
+    for name, error in relative_errors(golden_hypergradient(minilm, golden, dtype, perturbation=eps, kernels=kernels),
+                                       golden).items():
         assert 0 < error < bound, (name, error, bound)
 
 
@@ -122,10 +129,11 @@ def test_finite_difference_converges_as_eps_squared(minilm, golden):
         assert fine[name] < 0.02 * coarse[name], (name, coarse[name], fine[name])
 
 
-def test_bf16_error_on_golden(minilm, golden):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_bf16_error_on_golden(minilm, golden, kernels):
     T = fixture_steps(golden)
     if T not in BF16_BOUND:
         pytest.skip(f"--autocast bf16 has no error bound at T = {T} (bench/README.md: up to 54x on a golden-layout fixture)")
     for name, error in relative_errors(golden_hypergradient(minilm, golden, torch.float32, mode="recompute",
-                                                            autocast=torch.bfloat16), golden).items():
+                                                            autocast=torch.bfloat16, kernels=kernels), golden).items():
         assert 0 < error < BF16_BOUND[T], (name, error)
