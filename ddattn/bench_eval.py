@@ -95,11 +95,11 @@ def run(args) -> dict:
             per_model[name] += [{"seed": seed, "wall_s": wall / len(seeds), "cpu_s": cpu / len(seeds),
                                  "classes_predicted": len(p.unique()), **compute_metrics(task.metrics, p, labels)}
                                 for seed, p in zip(seeds, predictions[name])]
-            print(f"models {seeds.start}–{seeds.stop - 1} {name}: {wall / len(seeds):.1f} s "
-                  f"({cpu / len(seeds):.1f} s CPU) per model", flush=True)
-        for i in range(len(seeds)):
-            agreement["fp32 = reference"].append((predictions["fp32"][i] == predictions["reference"][i]).double().mean().item())
-            agreement["bf16 = fp32"].append((predictions["bf16"][i] == predictions["fp32"][i]).double().mean().item())
+            which = f"models {seeds.start}–{seeds.stop - 1}" if len(seeds) > 1 else f"model {seeds.start}"
+            print(f"{which} {name}: {wall / len(seeds):.1f} s ({cpu / len(seeds):.1f} s CPU) per model", flush=True)
+        for fp32, ref, bf16 in zip(predictions["fp32"], predictions["reference"], predictions["bf16"]):
+            agreement["fp32 = reference"].append((fp32 == ref).double().mean().item())
+            agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
     return summarise(per_model, agreement, task, len(rows), args, k)
 
 

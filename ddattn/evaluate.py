@@ -163,7 +163,9 @@ def eval_batches(split: "taskdata.EncodedSplit", batch_size: int, device="cpu",
     smaller batches (56 on MRPC dev instead of 7), which a CPU's matmuls run as fast per row."""
     rows = torch.arange(len(split)) if indices is None else torch.as_tensor(indices)
     rows = rows[split.lengths[rows].argsort(stable=True)]
-    groups = rows.split(torch.unique_consecutive(split.lengths[rows], return_counts=True)[1].tolist()) if one_length else [rows]
+    groups = [rows]
+    if one_length:                                                   # runs of equal length in the sorted rows
+        groups = rows.split(torch.unique_consecutive(split.lengths[rows], return_counts=True)[1].tolist())
     return [taskdata.collate(split, chunk, device, width=int(split.lengths[chunk].max()))
             for group in groups for chunk in group.split(batch_size)]
 
