@@ -626,6 +626,9 @@ def parse_args(argv: Optional[Sequence[str]]):
     evaluation.add_argument("--n-models", type=int, default=2, help="models, each timed by every evaluator (default 2)")
     evaluation.add_argument("--eval-limit", type=int, default=0, help="only the split's first N rows (default: all)")
     evaluation.add_argument("--eval-batch-size", type=int, default=64, help="ddattn's evaluation batch size")
+    evaluation.add_argument("--models-at-once", default="auto", metavar="K|auto",
+                            help="ddattn scores K models in one batched computation (as python -m ddattn.evaluate; "
+                                 "auto: 1 on a CPU)")
     p.add_argument("--worker", help=argparse.SUPPRESS)   # --worker SPEC: how the parent runs one configuration
     args = p.parse_args(argv)
     if args.model_shape and args.model:

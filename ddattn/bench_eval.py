@@ -7,13 +7,16 @@ the same process, so that whatever else the machine does falls on all three alik
 - reference — `reference.predictions`, the way the authors' code evaluates: eager attention with its
   (S, S) probabilities, every row of the last layer, the split in file order in batches of 128;
 - fp32 — `evaluate.predict`, what `python -m ddattn.evaluate` runs: fused attention, the last layer for
-  [CLS] only, no autograd state, rows sorted by length in batches exactly as wide as their longest row;
+  [CLS] only, no autograd state, rows sorted by length in batches of one length each (no padding); with
+  `--models-at-once K` (K > 1), K models scored in one batched computation (`evaluate.predict_models`);
 - bf16 — the same with `--precision bf16`: linear layers in bfloat16; timed only where the CPU has fast
   bf16 (options.py's rule), or with --allow-slow-bf16, and left out with a notice otherwise.
 
-It reports seconds per model (wall clock and this process's CPU time), models per hour, each as a
-ratio of the reference, the share of examples on which fp32 predicts what the reference predicts,
-and the metric of every evaluator with bf16's difference from fp32 (bench/README.md).
+Models are taken K at a time (K = 1 unless `--models-at-once` says otherwise), each evaluator timed on
+the K together; a model's seconds are the K's divided by K. It reports seconds per model (wall clock
+and this process's CPU time), models per hour, each as a ratio of the reference, the share of examples
+on which fp32 predicts what the reference predicts, how many classes each model predicts, and the
+metric of every evaluator with bf16's difference from fp32 (bench/README.md).
 """
 
 import statistics
@@ -28,7 +31,8 @@ from . import reference
 from .bert import BertConfig, fresh_model, load_pretrained
 from .distilled import DistilledConfig, DistilledData
 from .errors import UserError
-from .evaluate import compute_metrics, eval_batches, headline_metric, load_run, predict
+from .evaluate import (check_models_at_once, choose_models_at_once, compute_metrics, eval_batches, headline_metric,
+                       load_run, predict_each)
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
 from .unroll import train_on_distilled
@@ -72,6 +76,7 @@ def timed(fn):
 
 
 def run(args) -> dict:
+    check_models_at_once(args.models_at_once)
     if args.threads:
         torch.set_num_threads(args.threads)
     task, max_length, data_dir, model_dir, distilled = load_setting(args)
@@ -80,34 +85,42 @@ def run(args) -> dict:
     split = taskdata.load_split(task, "eval", model_dir / "tokenizer.json", max_length, data_dir)
     rows = torch.arange(min(args.eval_limit or len(split), len(split)))        # the first rows, in file order
     order = rows[split.lengths[rows].argsort(stable=True)]                     # eval_batches' order
-    eval_set = eval_batches(split, args.eval_batch_size, indices=rows)         # built once for all models
+    eval_set = eval_batches(split, args.eval_batch_size, indices=rows, one_length=True)   # built once for all models
     labels = split.labels[rows]
     names, bf16_left_out = evaluator_names(args.allow_slow_bf16)
+    k = choose_models_at_once(args.models_at_once, pretrained["pooler.weight"].device, pretrained, config, eval_set,
+                              args.n_models)
 
-    def fast(theta0, precision):
-        theta = train_on_distilled(theta0, config, distilled)[0][-1]
-        sorted_predictions = predict(theta, config, eval_set, precision)[1]
-        return torch.empty_like(sorted_predictions).index_put_((order,), sorted_predictions)   # file order
+    def fast(theta0s, precision):
+        thetas = [train_on_distilled(theta0, config, distilled)[0][-1] for theta0 in theta0s]
+        return [torch.empty_like(p).index_put_((order,), p)                                 # file order
+                for _, p, _ in predict_each(thetas, config, lambda: eval_set, k, precision)]
 
-    evaluators = {"reference": lambda theta0: reference.predictions(theta0, config, distilled, split, rows),
-                  "fp32": lambda theta0: fast(theta0, "fp32"), "bf16": lambda theta0: fast(theta0, "bf16")}
+    evaluators = {"reference": lambda theta0s: [reference.predictions(theta0, config, distilled, split, rows)
+                                                for theta0 in theta0s],
+                  "fp32": lambda theta0s: fast(theta0s, "fp32"), "bf16": lambda theta0s: fast(theta0s, "bf16")}
     per_model: Dict[str, List[dict]] = {name: [] for name in names}
     agreement = {"fp32 = reference": [], **({"bf16 = fp32": []} if "bf16" in names else {})}
-    for seed in range(args.n_models):
-        theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
+    for start in range(0, args.n_models, k):
+        seeds = range(start, min(start + k, args.n_models))
+        theta0s = [fresh_model(pretrained, config, distilled.config.num_classes, seed) for seed in seeds]
         predictions = {}
         for name in names:
-            predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0))
-            per_model[name].append({"seed": seed, "wall_s": wall, "cpu_s": cpu,
-                                    **compute_metrics(task.metrics, predictions[name], labels)})
-            print(f"model {seed} {name}: {wall:.1f} s ({cpu:.1f} s CPU)", flush=True)
-        agreement["fp32 = reference"].append((predictions["fp32"] == predictions["reference"]).double().mean().item())
-        if "bf16" in names:
-            agreement["bf16 = fp32"].append((predictions["bf16"] == predictions["fp32"]).double().mean().item())
-    return {**summarise(per_model, agreement, task, len(rows), args), "bf16_left_out": bf16_left_out}
+            predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0s))
+            per_model[name] += [{"seed": seed, "wall_s": wall / len(seeds), "cpu_s": cpu / len(seeds),
+                                 "classes_predicted": len(p.unique()), **compute_metrics(task.metrics, p, labels)}
+                                for seed, p in zip(seeds, predictions[name])]
+            which = f"models {seeds.start}–{seeds.stop - 1}" if len(seeds) > 1 else f"model {seeds.start}"
+            print(f"{which} {name}: {wall / len(seeds):.1f} s ({cpu / len(seeds):.1f} s CPU) per model", flush=True)
+        for fp32, ref in zip(predictions["fp32"], predictions["reference"]):
+            agreement["fp32 = reference"].append((fp32 == ref).double().mean().item())
+        for bf16, fp32 in zip(predictions.get("bf16", []), predictions["fp32"]):
+            agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
+    return {**summarise(per_model, agreement, task, len(rows), args, k), "bf16_left_out": bf16_left_out}
 
 
-def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args) -> dict:
+def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args,
+              models_at_once: int) -> dict:
     metric = headline_metric(per_model["fp32"][0])
     reference_wall = statistics.mean(r["wall_s"] for r in per_model["reference"])
     reference_cpu = statistics.mean(r["cpu_s"] for r in per_model["reference"])
@@ -120,16 +133,19 @@ def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]
                          "speed_vs_reference_wall": reference_wall / wall, "speed_vs_reference_cpu": reference_cpu / cpu,
                          "metric": metric, "metric_mean": statistics.mean(r[metric] for r in runs),
                          "metric_minus_fp32_points": 100 * statistics.mean(differences),
-                         "largest_metric_difference_points": 100 * max(map(abs, differences))}
+                         "largest_metric_difference_points": 100 * max(map(abs, differences)),
+                         "fewest_classes_predicted": min(r["classes_predicted"] for r in runs)}
     return {"task": task.name, "split": "eval", "examples": examples, "n_models": args.n_models,
-            "eval_batch_size": args.eval_batch_size, "run": str(args.run) if args.run else None,
+            "eval_batch_size": args.eval_batch_size, "models_at_once": models_at_once,
+            "run": str(args.run) if args.run else None,
             "summary": summary, "agreement": {k: min(v) for k, v in agreement.items()}, "per_model": per_model}
 
 
 def markdown(result: dict, env: dict) -> str:
     lines = [f"# ddattn evaluation throughput: {result['task']} {result['split']} ({result['examples']} examples)", "",
              f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, torch "
-             f"{env['torch']}; {result['n_models']} models, each timed by every evaluator in turn; {env['date']}; "
+             f"{env['torch']}; {result['n_models']} models, each timed by every evaluator in turn, "
+             f"{result['models_at_once']} at a time; {env['date']}; "
              f"`{env['command']}`." + (f" bf16 left out: {result['bf16_left_out']} ({ALLOW_SLOW_BF16} times it)."
                                      if result.get("bf16_left_out") else ""), "",
              f"| evaluator | s / model (wall) | s / model (CPU) | models / hour | speed vs reference (wall) "
@@ -141,5 +157,7 @@ def markdown(result: dict, env: dict) -> str:
                      f"| {100 * s['metric_mean']:.2f} | {s['metric_minus_fp32_points']:+.2f} "
                      f"| {s['largest_metric_difference_points']:.2f} |")
     lines += ["", "Same predictions (the worst model): " + ", ".join(
-        f"{k}: {100 * v:.2f} %" for k, v in result["agreement"].items())]
+        f"{k}: {100 * v:.2f} %" for k, v in result["agreement"].items()),
+              "", "Classes predicted (the model that predicts fewest): " + ", ".join(
+        f"{name} {s['fewest_classes_predicted']}" for name, s in result["summary"].items())]
     return "\n".join(lines) + "\n"

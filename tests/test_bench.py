@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 from ddattn import bench, bench_eval, evaluate, options, settings
 from ddattn.bert import BertConfig, param_shapes
 from ddattn.errors import UserError
+from tests.conftest import REPO
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32)
+SST2_RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"   # distilled; its models' predictions vary
 FAST = ["--seq-len", "8", "--real-batch", "2", "--real-len", "8", "--repeat", "1", "--matmul-size", "64",
         "--threads", "1", "--device", "cpu"]
 
@@ -302,19 +304,42 @@ def test_bad_flag_on_the_command_line_is_one_line_exit_2(tiny_dir):
     assert proc.stderr.strip().splitlines() == ["error: --steps must be ≥ 1, not [0]"]
 
 
-def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch):
-    """--eval on 24 MRPC dev pairs: the fast fp32 path predicts what the reference evaluator predicts."""
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
+@pytest.fixture(scope="module")
+def sst2_data(tmp_path_factory):
+    """A data directory with SST-2 (copied from ../shared/data)."""
+    path = tmp_path_factory.mktemp("data")
+    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "sst2", "--data-dir", str(path)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))
+    return path
+
+
+def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst2_data):
+    """--eval on 24 SST-2 dev sentences with a distilled set whose models' predictions vary (a model that
+    answers one class would agree with any evaluator): the fast fp32 path predicts what the reference
+    evaluator predicts."""
+    monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
     out = tmp_path / "eval.json"
-    bench.main(["--eval", "--task", "mrpc", "--n-models", "1", "--eval-limit", "24", "--threads", "1", "--allow-slow-bf16",
-                "--json", str(out)])
+    bench.main(["--eval", "--run", str(SST2_RUN), "--n-models", "1", "--eval-limit", "24", "--threads", "1",
+                "--allow-slow-bf16", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["examples"] == 24 and set(saved["summary"]) == {"reference", "fp32", "bf16"}
+    assert saved["models_at_once"] == 1
     assert saved["agreement"]["fp32 = reference"] == 1.0
     for s in saved["summary"].values():
-        assert s["wall_s_per_model"] > 0 and s["metric"] == "acc_f1" and 0 <= s["metric_mean"] <= 1
+        assert s["wall_s_per_model"] > 0 and s["metric"] == "accuracy" and 0 <= s["metric_mean"] <= 1
+        assert s["fewest_classes_predicted"] == 2
     assert saved["summary"]["reference"]["speed_vs_reference_wall"] == 1.0
     assert "| fp32 |" in (tmp_path / "eval.md").read_text()
+
+
+def test_eval_throughput_with_models_at_once(tmp_path, monkeypatch, sst2_data):
+    """--models-at-once 2 on 3 models: chunks of 2 and 1, each model recorded, still the reference's predictions."""
+    monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
+    out = tmp_path / "eval.json"
+    bench.main(["--eval", "--run", str(SST2_RUN), "--n-models", "3",
+                "--eval-limit", "16", "--threads", "1", "--models-at-once", "2", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["models_at_once"] == 2
+    assert [r["seed"] for r in saved["per_model"]["fp32"]] == [0, 1, 2]
+    assert saved["agreement"]["fp32 = reference"] == 1.0
