@@ -20,11 +20,11 @@ head's (B, 1, S, S) temporaries stay in cache (`_per_head`). Under "gpu", batch 
 q (B·H, Sq, Dh), k, v (B·H, S, Dh), scores (B·H, Sq, S) — so that every product over all heads is one
 `torch.bmm` with no view in between (`_all_heads`), in chunks of rows only where kernels.ATTENTION_BUDGET
 says the (rows, Sq, S) temporaries do not fit. Why both: counted with torch.profiler (MiniLM, 12 heads,
-S = 512, real batch 32 × 64), the cpu policy's outer step dispatches 43,100 aten ops against the
-straightforward reference's 10,540, the gpu policy's fewer than the reference's (bench/README.md, "Ops
-per outer step by kernel policy"). On a CPU an op costs little next to its arithmetic and the cache
-decides; on a GPU each op is launched by the host, and the per-head step was 3.3× slower than the
-reference on an H200 (bench/results/cuda-h200-reference-profile.md).
+S = 512, T = 1, real batch 32 × 64), an outer step dispatches 42,894 aten ops under cpu, 7,858 under gpu,
+10,388 in the straightforward reference (bench/README.md, "Ops per outer step by kernel policy"). On a
+CPU an op costs little next to its arithmetic and the cache decides; on a GPU each op is launched by the
+host, and the per-head step was 3.3× slower than the reference on an H200
+(bench/results/cuda-h200-reference-profile.md).
 
 The double backward, derived. With P = softmax(q kᵀ) and O = P v, the backward is
     dP = dO vᵀ,  Δ = rowsum(P ⊙ dP),  dS = P ⊙ (dP − Δ),  dq = dS k,  dk = dSᵀ q,  dv = Pᵀ dO.

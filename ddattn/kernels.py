@@ -5,9 +5,10 @@ Not part of the method: both policies compute the same numbers (to rounding; tes
   time, LayerNorm's affine part and η̃ g written out so that their gradients are summed over rows first,
   the real batch in micro-batches of 16. On a CPU these are faster (temporaries stay in cache) and make
   one process and torchrun ranks agree to the bit.
-- "gpu": as few, large operators as the maths allows — all heads of a layer in one batched matmul, fused
-  LayerNorm, plain products and sums, the real batch in one piece. On a GPU every operator costs a launch
-  by the host (microseconds, whatever its size), so the count of operators, not the cache, sets the time.
+- "gpu": as few, large operators as the maths allows — all heads of a layer in one batched matmul, hidden
+  states as rows (B·S, D), Linear and LayerNorm with hand-written double backwards (layers.py), plain
+  products and sums, the real batch in one piece. On a GPU every operator costs a launch by the host
+  (microseconds, whatever its size), so the count of operators, not the cache, sets the time.
 - "auto": "gpu" on a CUDA device, "cpu" anywhere else.
 """
 

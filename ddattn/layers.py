@@ -3,12 +3,13 @@
 Not part of the method: the same numbers as F.linear and F.layer_norm, in fewer operators. The inner SGD
 step is differentiated again (unroll.py), so the backward of every layer is differentiated too, and
 autograd's generic formulas for it are long: PyTorch's double backward of native_layer_norm alone
-dispatches about 180 aten ops per call, 19 % of all the ops of a recompute outer step at T = 4, and F.linear's
-backward transposes its weight three times and keeps a node per transpose (bench/README.md, "Ops per outer
-step by kernel policy"). Each class below is a Function whose backward is another Function, whose
-backward (the double backward) is written out with ordinary ops, as attention.py does for attention.
-Under torch.autocast, `linear` and `layer_norm` fall back to F.linear and F.layer_norm: autocast casts the
-operands of built-in ops, and their backwards keep those casts; a Function's backward would mix dtypes.
+dispatches about 180 aten ops per call (19 % of a recompute outer step's ops at T = 4, S = 64, before this
+module), and F.linear's backward transposes its weight three times, with a graph node per transpose
+(bench/README.md, "Ops per outer step by kernel policy"). Each class below is a Function whose backward
+is another Function, whose backward (the double backward) is written out with ordinary ops, as
+attention.py does for attention. Under torch.autocast, `linear` and `layer_norm` fall back to F.linear and
+F.layer_norm: autocast casts the operands of built-in ops, and their backwards keep those casts; a
+Function's backward would mix dtypes.
 
 Linear, y = x Wᵀ + b for rows x (N, I), W (O, I):
     dx = dy W,    dW = dyᵀ x,    db = Σ_rows dy;
@@ -30,7 +31,9 @@ import torch.nn.functional as F
 
 
 class Linear(torch.autograd.Function):
-    """(x (N, I), W (O, I), b (O)) → x Wᵀ + b; its backward is `LinearBackward`."""
+    """(x (N, I), W (O, I), b (O)) → x Wᵀ + b; its backward is `LinearBackward`. Unlike autograd's own nodes,
+    it computes dW (and ḡ_W) even where no gradient of W is asked for — θ_0's weights in the last backward
+    of a hypergradient — 8 % more FLOPs at T = 1, none at T = 4 (bench/README.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -65,7 +68,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 
 class LayerNorm(torch.autograd.Function):
-    """(x (..., N), w (N), b (N), eps) → LN(x) ⊙ w + b over the last axis; its backward is `LayerNormBackward`."""
+    """(x (..., N), w (N), b (N), eps) → LN(x) ⊙ w + b over the last axis; its backward: `LayerNormBackward`."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):

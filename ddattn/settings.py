@@ -326,7 +326,8 @@ def load_or_start(argv):
 
 
 RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may change: extend a run, or move it
-ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random", "kernels": "auto"}   # absent from older runs: their values
+# absent from older runs: their values
+ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random", "kernels": "auto"}
 
 
 def resumed_settings(args) -> "Settings":

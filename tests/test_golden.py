@@ -74,7 +74,8 @@ def golden_hypergradient(minilm, golden, dtype=torch.float64, perturbation=None,
     if perturbation is None:
         result = hypergradient(theta, config, distilled, batch, kernels=kernels, **options)
     else:
-        outer = lambda theta_T: outer_gradient(theta_T, config, [batch], len(batch["labels"]), kernels=kernels)  # noqa: E731
+        outer = lambda theta_T: outer_gradient(theta_T, config, [batch], len(batch["labels"]),  # noqa: E731
+                                               kernels=kernels)
         result = _hypergradient_finite_difference(theta, config, distilled, outer, kernels, perturbation=perturbation)
     if golden["hypergrad.lr_raw"].numel() == 1:
         result.grads["lr_raw"] = result.grads["lr_raw"].sum().reshape(1)

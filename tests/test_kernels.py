@@ -139,7 +139,8 @@ def test_gpu_attention_in_chunks_is_the_same(monkeypatch):
 
 def test_linear_and_layer_norm_gradgradcheck():
     x, weight, bias, dy = rows((4, 3), (5, 3), (5,), (4, 5))
-    assert torch.autograd.gradcheck(linear, (x, weight, bias)) and torch.autograd.gradgradcheck(linear, (x, weight, bias))
+    assert torch.autograd.gradcheck(linear, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(linear, (x, weight, bias))
     assert torch.autograd.gradgradcheck(LinearBackward.apply, (dy, x, weight))           # third order
     x, gamma, beta = rows((2, 3, 5), (5,), (5,))
     with torch.no_grad():
