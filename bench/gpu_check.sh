@@ -13,11 +13,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 if [ "${1:-}" = "--dry-run" ]; then
   dry=1; out=$(mktemp -d); device=cpu
-  S=32; T_REF="1 2"; T_SWEEP="1 2"; BASE_T=1; EVAL=(--eval-limit 16 --n-models 1); STEPS=2; REPEAT=1
+  S=16; T_REF=1; T_SWEEP="1 2"; BASE_T=1; EVAL=(--eval-limit 16 --n-models 1); STEPS=2; REPEAT=1
+  SMALL=(--mode recompute --matmul-size 128 --threads 1)     # one mode, a small peak reading: every step, fast
 else
   dry=0; device=cuda
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device visible; use --dry-run on a CPU')"
-  S=512; T_REF="1 4"; T_SWEEP="1 2 4 8 16 32"; BASE_T="1 4"; EVAL=(--n-models 100); STEPS=200; REPEAT=3
+  S=512; T_REF="1 4"; T_SWEEP="1 2 4 8 16 32"; BASE_T="1 4"; EVAL=(--n-models 100); STEPS=200; REPEAT=3; SMALL=()
   gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
   out=bench/results/cuda-$gpu-$(date +%Y%m%d); mkdir -p "$out"
 fi
@@ -32,11 +33,11 @@ printf '# GPU check (%s, %s)\n\nDevice: %s. Commit %s. Written by bench/gpu_chec
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$([ $dry = 1 ] && echo ' --dry-run')" > "$report"
 
 "$PY" -m ddattn.fetch --task mrpc >/dev/null                                   # 0: data/mrpc from ../shared
-bench minilm --reference --ops --seq-len $S --steps $T_REF --repeat $REPEAT      # 1
+bench minilm --reference --ops --seq-len $S --steps $T_REF --repeat $REPEAT "${SMALL[@]}"      # 1
 section "One outer step, MiniLM, against the reference" "bench --reference --ops --seq-len $S --steps $T_REF" minilm
-bench bert-base --model-shape bert-base --reference --ops --seq-len $S --steps $BASE_T --repeat $REPEAT   # 2
+bench bert-base --model-shape bert-base --reference --ops --seq-len $S --steps $BASE_T --repeat $REPEAT "${SMALL[@]}"   # 2
 section "One outer step, bert-base shape (random weights)" "bench --model-shape bert-base --reference --ops" bert-base
-bench sweep --mode recompute --seq-len $S --steps $T_SWEEP --repeat 1            # 3
+bench sweep --mode recompute --seq-len $S --steps $T_SWEEP --repeat 1 "${SMALL[@]}"            # 3
 section "Memory in T (recompute)" "bench --mode recompute --seq-len $S --steps $T_SWEEP" sweep
 echo "== eval"                                                                   # 4
 "$PY" -m ddattn.bench --eval --task mrpc --device $device --json "$out/eval.json" "${EVAL[@]}"
