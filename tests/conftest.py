@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny random BERT for fast exact tests, and the golden fixture's location."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,13 @@ def minilm():
     if not (path / "model.safetensors").is_file():
         pytest.fail(f"{path} is missing: run `make weights` (python -m ddattn.convert) first")
     return load_pretrained(path, dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def sst2_data(tmp_path_factory):
+    """A data directory with SST-2 (copied from ../shared/data by `python -m ddattn.fetch`)."""
+    path = tmp_path_factory.mktemp("data")
+    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "sst2", "--data-dir", str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return path

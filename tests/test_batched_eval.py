@@ -3,8 +3,6 @@
 Real MiniLM in fp32 and a distilled set whose models' predictions vary from example to example and
 from model to model (results/runs/sst2/cpu-sl-al, dev 77 %), on the first 64 SST-2 dev sentences."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,19 +19,15 @@ SEEDS = [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
+def setting(sst2_data):
     """(config, pretrained fp32, D̃, the first 64 SST-2 dev rows as one-length batches of at most 8)."""
-    data_dir = tmp_path_factory.mktemp("data")
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "sst2", "--data-dir", str(data_dir)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
     model_dir = weights_dir() / "minilm-l6"
     if not (model_dir / "model.safetensors").is_file():
         pytest.fail(f"{model_dir} is missing: run `make weights` (python -m ddattn.convert) first")
     settings, distilled = evaluate.load_run(RUN)
     config, pretrained = load_pretrained(model_dir)
     split = taskdata.load_split(tasks.get_task("sst2"), "eval", model_dir / "tokenizer.json", settings["max_length"],
-                                str(data_dir))
+                                str(sst2_data))
     batches = evaluate.eval_batches(split, 8, indices=torch.arange(64), one_length=True)
     return config, pretrained, distilled, batches
 

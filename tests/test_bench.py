@@ -304,16 +304,6 @@ def test_bad_flag_on_the_command_line_is_one_line_exit_2(tiny_dir):
     assert proc.stderr.strip().splitlines() == ["error: --steps must be ≥ 1, not [0]"]
 
 
-@pytest.fixture(scope="module")
-def sst2_data(tmp_path_factory):
-    """A data directory with SST-2 (copied from ../shared/data)."""
-    path = tmp_path_factory.mktemp("data")
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "sst2", "--data-dir", str(path)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return path
-
-
 def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst2_data):
     """--eval on 24 SST-2 dev sentences with a distilled set whose models' predictions vary (a model that
     answers one class would agree with any evaluator): the fast fp32 path predicts what the reference
