@@ -38,7 +38,7 @@ from . import distributed
 from . import seeds
 from .bert import BertConfig, Params, fresh_model, load_pretrained
 from .distill import linear_schedule
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .evaluate import compute_metrics, eval_batches, format_summary, headline_metric, mean_std, score
 from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
 from .rundir import claim
@@ -81,6 +81,7 @@ def fit(theta: Params, config: BertConfig, batches: Iterable[Batch], optimizer, 
     """One optimiser step per batch on its cross-entropy (real attention masks, fused attention); returns
     the trained parameters, detached."""
     for batch in batches:
+        stop_if_signalled()
         loss = outer_loss(theta, config, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -252,6 +253,7 @@ def random_real_model(s: Setting, pool: torch.Tensor, lr: float, seed: int) -> P
 def scored_models(s: Setting, pool, lr: float, seeds: Sequence[int], batches: List[Batch], bar) -> List[dict]:
     runs = []
     for seed in seeds:
+        stop_if_signalled()
         runs.append({"seed": seed, **score(random_real_model(s, pool, lr, seed), s.config, batches, s.task.metrics)})
         bar.update(1)
     return runs

@@ -51,8 +51,37 @@ def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
             signal.signal(signum, old)
 
 
+_received: Optional[int] = None     # the stop signal raise_terminated saw, if any
+
+
 def raise_terminated(signum: int, frame) -> None:
+    global _received
+    _received = signum
     raise Terminated(signum)
+
+
+def stop_if_signalled() -> None:
+    """Raise Terminated again if a stop signal came: Python runs a signal handler in whatever frame is
+    executing, and an exception raised inside a finaliser (`__del__`, e.g. a subprocess's Popen being
+    collected) is printed and dropped. Long loops call this once per item, so the stop is not lost."""
+    if _received is not None:
+        raise Terminated(_received)
+
+
+@contextmanager
+def quiet_about_dropped_stops() -> Iterator[None]:
+    """Inside the block, a Terminated that Python drops (raised in a finaliser) prints no traceback: the
+    next `stop_if_signalled` raises it again. Every other dropped exception is reported as usual."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous(unraisable)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def first_line(error: Exception) -> str:
@@ -64,7 +93,7 @@ def first_line(error: Exception) -> str:
 def run_cli(main: Callable[[Optional[Sequence[str]]], None], argv: Optional[Sequence[str]] = None) -> None:
     """Run `main(argv)`; turn a UserError, Ctrl-C or a stop signal into one line on stderr and a non-zero exit."""
     try:
-        with on_stop_signals(raise_terminated):
+        with on_stop_signals(raise_terminated), quiet_about_dropped_stops():
             main(argv)
     except Terminated as e:
         print(f"terminated by {e}: every file written before is intact, none is half-written", file=sys.stderr)

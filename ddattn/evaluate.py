@@ -21,7 +21,7 @@ from . import distributed
 from . import seeds
 from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
 from .distilled import DistilledData
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .kernels import KERNELS
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
@@ -202,6 +202,7 @@ def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: Distil
     distill) scores each model alone, as `predict` always has. `kernels`: the kernel policy (kernels.py)."""
     runs = []
     for start in range(0, len(seeds), models_at_once):
+        stop_if_signalled()
         chunk = seeds[start:start + models_at_once]
         thetas = [trained_model(pretrained, config, distilled, seed, kernels) for seed in chunk]
         results = predict_each(thetas, config, make_batches, models_at_once, precision, kernels)

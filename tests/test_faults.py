@@ -598,3 +598,27 @@ def test_a_second_evaluation_is_refused_and_sigterm_leaves_nothing_half_written(
     assert not (run / "eval.json").exists() and not list(run.glob(".*"))       # no eval.json, .part or .lock
     evaluate.main([str(run), "--n-models", "1"])                               # the lock is free again
     assert json.loads((run / "eval.json").read_text())["n_models"] == 1
+
+
+def test_a_stop_signal_that_lands_in_a_finaliser_is_not_lost(monkeypatch, capsys):
+    """Python runs a signal handler in whatever frame is executing; a Terminated raised inside a `__del__`
+    is dropped. The next stop_if_signalled raises it again, and the dropped one prints no traceback."""
+    from ddattn import errors
+    monkeypatch.setattr(errors, "_received", None)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)       # the handler runs here, inside a finaliser
+
+    def main(argv):
+        SignalledWhileCollected()                       # collected at once: the Terminated is dropped
+        errors.stop_if_signalled()
+        raise AssertionError("the stop was lost")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 143 and reported == []
+    assert err.strip() == "terminated by SIGTERM: every file written before is intact, none is half-written"
