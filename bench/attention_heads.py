@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from ddattn.attention import _attention_backward, _attention_double_backward, _attention_probs_v, _by_heads
+from ddattn.method.attention import _attention_backward, _attention_double_backward, _attention_probs_v, _by_heads
 
 
 def best_ms(fn, *args, repeat: int = 7) -> float:

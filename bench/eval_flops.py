@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ddattn import data as taskdata
 from ddattn import reference, tasks
-from ddattn.bert import BertConfig
+from ddattn.method.bert import BertConfig
 from ddattn.evaluate import eval_batches, load_run
 from ddattn.paths import resolve_checkpoint
 

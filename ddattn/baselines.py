@@ -35,14 +35,14 @@ from . import checks
 from . import data as taskdata
 from . import tasks
 from . import distributed
-from . import seeds
-from .bert import BertConfig, Params, fresh_model, load_pretrained
+from .method import seeds
+from .method.bert import BertConfig, Params, fresh_model, load_pretrained
 from .distill import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .evaluate import compute_metrics, eval_batches, format_summary, headline_metric, mean_std, score
 from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
 from .rundir import claim
-from .unroll import outer_loss
+from .method.unroll import outer_loss
 
 Batch = Dict[str, torch.Tensor]
 

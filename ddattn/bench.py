@@ -41,16 +41,16 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import reference
-from .bert import BertConfig, Params, fresh_model, load_pretrained, param_shapes
-from .distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
+from .method.bert import BertConfig, Params, fresh_model, load_pretrained, param_shapes
+from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
-from .kernels import KERNELS, resolve as resolve_kernels
+from .method.kernels import KERNELS, resolve as resolve_kernels
 from .opcount import count_ops
 from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
 from .options import (ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability,
                       option_problem)
-from .unroll import MODES, hypergradient
+from .method.unroll import MODES, hypergradient
 
 EXACT_MODES = ("graph", "recompute")
 REFERENCE = "reference"   # reference.hypergradient: the same step written the straightforward way

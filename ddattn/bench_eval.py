@@ -28,14 +28,14 @@ import torch
 from . import data as taskdata
 from . import tasks
 from . import reference
-from .bert import BertConfig, fresh_model, load_pretrained
-from .distilled import DistilledConfig, DistilledData
+from .method.bert import BertConfig, fresh_model, load_pretrained
+from .method.distilled import DistilledConfig, DistilledData
 from .errors import UserError
 from .evaluate import (check_models_at_once, choose_models_at_once, compute_metrics, eval_batches, headline_metric,
                        load_run, predict_each)
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
-from .unroll import train_on_distilled
+from .method.unroll import train_on_distilled
 
 EVALUATORS = ("reference", "fp32", "bf16")
 

@@ -18,8 +18,8 @@ from typing import List, Optional, Sequence
 from . import checks
 from . import data as taskdata
 from . import tasks
-from .bert import load_pretrained
-from .distilled import DistilledData
+from .method.bert import load_pretrained
+from .method.distilled import DistilledData
 from .errors import ArgumentParser, run_cli
 from .evaluate import load_run
 from .inspect import attention_labels, describe_sample, plot_attention_labels

@@ -35,7 +35,7 @@ from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 
-from .bert import BertConfig, param_shapes
+from .method.bert import BertConfig, param_shapes
 from .download import NotFoundError, download
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import weights_dir

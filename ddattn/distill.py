@@ -42,18 +42,18 @@ from . import checks
 from . import data as taskdata
 from . import tasks
 from . import distributed
-from . import seeds
-from .bert import bert_forward, fresh_model, load_pretrained
+from .method import seeds
+from .method.bert import bert_forward, fresh_model, load_pretrained
 from .card import write_card
-from .distilled import DistilledData
+from .method.distilled import DistilledData
 from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
 from .evaluate import eval_batches, evaluate_distilled, mean_std
-from .kernels import resolve as resolve_kernels
+from .method.kernels import resolve as resolve_kernels
 from .options import AUTOCAST, DTYPES
 from .paths import atomic_path, resolve_checkpoint
 from .rundir import RunDirectory
 from .settings import distilled_config, load_or_start, preset_summary, saved_settings
-from .unroll import hypergradient, row_sum
+from .method.unroll import hypergradient, row_sum
 
 
 # --- pieces of the loop --------------------------------------------------------------------------

@@ -18,15 +18,15 @@ from . import checks
 from . import data as taskdata
 from . import tasks
 from . import distributed
-from . import seeds
-from .bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
-from .distilled import DistilledData
+from .method import seeds
+from .method.bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
+from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
-from .kernels import KERNELS
+from .method.kernels import KERNELS
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .rundir import claim
-from .unroll import FROZEN, train_on_distilled
+from .method.unroll import FROZEN, train_on_distilled
 
 
 # --- metrics -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Tuple
 
 from safetensors.torch import save_file
 
-from .bert import BertConfig, Params
+from .method.bert import BertConfig, Params
 from .convert import convert_weights, read_hf_config, read_hf_weights, to_hf_config, to_hf_weights
 from .errors import UserError
 

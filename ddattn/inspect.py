@@ -22,8 +22,8 @@ from tokenizers import Tokenizer
 from . import checks
 from . import data as taskdata
 from . import tasks
-from .bert import load_pretrained
-from .distilled import DistilledData
+from .method.bert import load_pretrained
+from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import distilled_path, load_run
 from .paths import resolve_checkpoint

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import data as taskdata
 from . import tasks
-from .bert import bert_forward
+from .method.bert import bert_forward
 from .errors import ArgumentParser, UserError, run_cli
 from .export import Classifier, is_exported, load_exported, refuse_existing
 from .paths import atomic_path

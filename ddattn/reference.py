@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from . import data as taskdata
-from .bert import BertConfig, Params, bert_forward
-from .distilled import DistilledData
-from .unroll import FROZEN, soft_cross_entropy, trainable_names
+from .method.bert import BertConfig, Params, bert_forward
+from .method.distilled import DistilledData
+from .method.unroll import FROZEN, soft_cross_entropy, trainable_names
 
 EVAL_BATCH_SIZE = 128
 

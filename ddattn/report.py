@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from . import checks
 from . import tasks
-from .distilled import DistilledData
+from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import headline_metric
 from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic

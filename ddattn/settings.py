@@ -17,16 +17,16 @@ import torch
 
 from . import checks
 from . import tasks
-from . import seeds
-from .bert import BertConfig
-from .distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
+from .method import seeds
+from .method.bert import BertConfig
+from .method.distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
 from .distributed import local_device
 from .errors import ArgumentParser, UserError
-from .kernels import KERNELS
+from .method.kernels import KERNELS
 from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, option_problem
 from .paths import resolve_checkpoint, runs_dir
 from .rundir import RunDirectory
-from .unroll import MODES
+from .method.unroll import MODES
 
 DESCRIPTION = "Learn a distilled dataset with attention labels (paper Algorithm 1)."
 STOPPING = ("SIGTERM or SIGUSR1 (a scheduler's preemption), or --time-limit: the outer step in flight is finished, "

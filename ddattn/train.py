@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import tasks
-from . import seeds
-from .bert import fresh_model, load_pretrained
+from .method import seeds
+from .method.bert import fresh_model, load_pretrained
 from .errors import ArgumentParser, run_cli
 from .evaluate import load_run
 from .export import Classifier, export_classifier, refuse_existing
 from .paths import resolve_checkpoint
-from .unroll import train_on_distilled
+from .method.unroll import train_on_distilled
 
 
 def train_classifier(run_dir: Path, which: str = "best", seed: int = 0) -> Classifier:

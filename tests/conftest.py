@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddattn.bert import BertConfig, init_classifier, param_shapes
+from ddattn.method.bert import BertConfig, init_classifier, param_shapes
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(os.environ.get("DDATTN_GOLDEN", REPO.parent / "shared" / "fixtures" / "minilm_golden.safetensors"))
@@ -43,7 +43,7 @@ def golden_path():
 @pytest.fixture(scope="session")
 def minilm():
     """The converted default checkpoint in float64 (`make test` converts it first)."""
-    from ddattn.bert import load_pretrained
+    from ddattn.method.bert import load_pretrained
     from ddattn.paths import weights_dir
 
     path = weights_dir() / "minilm-l6"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddattn import baselines, evaluate, seeds
+from ddattn import baselines, evaluate
+
+from ddattn.method import seeds
 from ddattn.errors import run_cli
 from tests.conftest import REPO
 

@@ -9,7 +9,7 @@ import torch
 
 from ddattn import data as taskdata
 from ddattn import evaluate, tasks
-from ddattn.bert import load_pretrained
+from ddattn.method.bert import load_pretrained
 from ddattn.errors import UserError
 from ddattn.paths import weights_dir
 from tests.conftest import REPO

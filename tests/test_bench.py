@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddattn import bench, bench_eval, evaluate, options, settings
-from ddattn.bert import BertConfig, param_shapes
+from ddattn.method.bert import BertConfig, param_shapes
 from ddattn.errors import UserError
 from tests.conftest import REPO
 

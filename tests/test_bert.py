@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ddattn.attention import AttentionBackward, RecomputedAttention
-from ddattn.bert import BertConfig, bert_forward, load_pretrained, param_shapes
+from ddattn.method.attention import AttentionBackward, RecomputedAttention
+from ddattn.method.bert import BertConfig, bert_forward, load_pretrained, param_shapes
 from ddattn.errors import UserError
-from ddattn.unroll import attention_kl
+from ddattn.method.unroll import attention_kl
 from tests.conftest import TINY, tiny_theta
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from ddattn import convert
-from ddattn.bert import bert_forward, load_pretrained
+from ddattn.method.bert import bert_forward, load_pretrained
 from ddattn.errors import UserError, run_cli
 from tests.conftest import REPO
 

@@ -19,7 +19,7 @@ from tests.test_distill import SMALL, distill, metrics, mrpc_data, resumed_at, u
 WORKER = r'''
 import sys, torch
 from ddattn import distributed
-from ddattn.unroll import hypergradient
+from ddattn.method.unroll import hypergradient
 from tests.conftest import TINY, tiny_theta
 from tests.test_unroll import make_distilled, real_batch
 
@@ -55,7 +55,7 @@ def worker(launcher: subprocess.Popen, rank: int) -> int:
 
 
 def test_sharded_hypergradient_equals_single_process(tmp_path):
-    from ddattn.unroll import hypergradient
+    from ddattn.method.unroll import hypergradient
     from tests.conftest import TINY, tiny_theta
     from tests.test_unroll import make_distilled, real_batch
 

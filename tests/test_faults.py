@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ddattn import baselines, data, distill, evaluate, inspect, paths, report, tasks
-from ddattn.distilled import DistilledConfig, DistilledData
+from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.errors import UserError, run_cli
 from ddattn.settings import load_or_start
 from tests.conftest import REPO

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddattn.bert import bert_forward
-from ddattn.distilled import DistilledConfig, DistilledData
-from ddattn.unroll import _hypergradient_finite_difference, hypergradient, outer_gradient
+from ddattn.method.bert import bert_forward
+from ddattn.method.distilled import DistilledConfig, DistilledData
+from ddattn.method.unroll import _hypergradient_finite_difference, hypergradient, outer_gradient
 
 
 @pytest.fixture(scope="module")

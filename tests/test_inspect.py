@@ -10,8 +10,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ddattn import inspect
-from ddattn.bert import load_pretrained
-from ddattn.distilled import DistilledData
+from ddattn.method.bert import load_pretrained
+from ddattn.method.distilled import DistilledData
 from ddattn.paths import weights_dir
 from tests.test_baselines import cli_error, tiny_run
 

@@ -6,15 +6,17 @@ import json
 import pytest
 import torch
 
-from ddattn import attention, distill, kernels, reference
+from ddattn import distill, reference
+
+from ddattn.method import attention, kernels
 from ddattn.evaluate import predict
-from ddattn.attention import AttentionBackward, RecomputedAttention
-from ddattn.bert import bert_forward
-from ddattn.distilled import DistilledConfig, DistilledData
+from ddattn.method.attention import AttentionBackward, RecomputedAttention
+from ddattn.method.bert import bert_forward
+from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.errors import UserError
-from ddattn.layers import LinearBackward, layer_norm, linear
+from ddattn.method.layers import LinearBackward, layer_norm, linear
 from ddattn.opcount import count_ops
-from ddattn.unroll import hypergradient, sgd_step, train_on_distilled
+from ddattn.method.unroll import hypergradient, sgd_step, train_on_distilled
 from tests.conftest import TINY, tiny_theta
 from tests.test_bert import tiny_inputs
 from tests.test_faults import TINY as TINY_RUN, env  # noqa: F401  (env: a fixture)
@@ -91,7 +93,7 @@ def test_gpu_policy_sums_micro_batches_to_the_whole_batch():
 def test_hypergradient_agrees_on_minilm_with_different_data_per_step(minilm):
     """MiniLM in float64 (12 heads), T = 3 with its own distilled samples at each step, full attention maps."""
     config, pretrained = minilm
-    from ddattn.bert import fresh_model
+    from ddattn.method.bert import fresh_model
     theta = fresh_model(pretrained, config, 2, seed=0)
     dconfig = DistilledConfig(num_classes=2, seq_len=8, hidden_size=config.hidden_size, num_layers=config.num_layers,
                               num_heads=config.num_heads, shots=3, steps=3, batch_size=2, label_type="soft",

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddattn.bert import bert_forward
-from ddattn.distilled import DistilledConfig, DistilledData
-from ddattn.unroll import hypergradient
+from ddattn.method.bert import bert_forward
+from ddattn.method.distilled import DistilledConfig, DistilledData
+from ddattn.method.unroll import hypergradient
 from tests.conftest import TINY, tiny_theta
 
 

@@ -10,7 +10,7 @@ import torch
 
 import ddattn.distill
 import ddattn.evaluate
-from ddattn import seeds
+from ddattn.method import seeds
 from ddattn.errors import UserError
 from tests.conftest import REPO
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ddattn import baselines, card, convert, evaluate, predict, train
 from ddattn import data as taskdata
-from ddattn.bert import bert_forward, load_pretrained
+from ddattn.method.bert import bert_forward, load_pretrained
 from ddattn.settings import parse_args, saved_settings
 from ddattn.export import load_exported
 from ddattn.paths import weights_dir

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ddattn import reference
-from ddattn.distilled import DistilledConfig, DistilledData
-from ddattn.unroll import _hypergradient_finite_difference, attention_kl, hypergradient, outer_gradient, sgd_step
+from ddattn.method.distilled import DistilledConfig, DistilledData
+from ddattn.method.unroll import _hypergradient_finite_difference, attention_kl, hypergradient, outer_gradient, sgd_step
 from tests.conftest import TINY, tiny_theta
 
 
@@ -134,7 +134,7 @@ def test_attention_kl_is_kl_of_softmaxes():
 @pytest.mark.parametrize("attention_type", ["cls", "all"])
 def test_attention_labels_initialised_from_the_model_start_with_zero_attention_loss(tiny, attention_type):
     from ddattn.distill import init_attention_from_model
-    from ddattn.unroll import inner_losses
+    from ddattn.method.unroll import inner_losses
     config, theta = tiny
     distilled = make_distilled(attention_type=attention_type)
     assert inner_losses(theta, config, distilled, 0)[2] > 0.1                     # a random target: KL > 0

@@ -14,7 +14,7 @@ Not part of the method: both policies compute the same numbers (to rounding; tes
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 KERNELS = ("auto", "cpu", "gpu")
 # Bytes of (rows, Sq, S) attention temporaries that the gpu policy lets one attention call hold; beyond it

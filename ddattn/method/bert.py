@@ -46,7 +46,7 @@ from safetensors.torch import load_file
 
 from . import kernels as policy
 from .attention import attend, choose_kernel, masked_scores
-from .errors import UserError
+from ..errors import UserError
 from .layers import layer_norm, linear
 
 Params = Dict[str, torch.Tensor]

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import UserError
-from .paths import atomic_path
+from ..errors import UserError
+from ..paths import atomic_path
 
 LABEL_TYPES = ("hard", "soft", "unrestricted")
 ATTENTION_TYPES = ("none", "cls", "all")

@@ -13,7 +13,7 @@ of outer step 0" are different draws by construction.
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 STREAMS = {
     "distilled-init": 0,      # x̃ and attention-label initialisation (Algorithm 1, lines 1–2)
