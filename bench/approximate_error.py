@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddattn.method.bert import load_pretrained
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.paths import weights_dir
 from ddattn.method.unroll import _hypergradient_finite_difference, hypergradient, outer_gradient
+from ddattn.files import load_pretrained
 
 PUBLIC = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "minilm_golden.safetensors"
 GRADS = {"x": "x_syn", "label_logits": "label_logits", "attn_logits": "attn_logits", "lr_raw": "lr_raw"}

@@ -15,6 +15,7 @@ from ddattn import reference, tasks
 from ddattn.method.bert import BertConfig
 from ddattn.evaluate import eval_batches, load_run
 from ddattn.paths import resolve_checkpoint
+from ddattn.files import read_bert_config
 
 
 def layer_flops(c: BertConfig, B: int, S: int, query_rows: int) -> int:
@@ -34,7 +35,7 @@ def scoring_flops(c: BertConfig, batches, cls_only_last: bool) -> int:
 for run in map(Path, sys.argv[1:]):
     settings, _ = load_run(run)
     model_dir = resolve_checkpoint(settings["model"])
-    config = BertConfig.from_json(model_dir / "config.json")
+    config = read_bert_config(model_dir / "config.json")
     split = taskdata.load_split(tasks.task_from_settings(settings), "eval", model_dir / "tokenizer.json",
                                 settings["max_length"], settings.get("data_dir"))
     ref = scoring_flops(config, taskdata.batches(split, reference.EVAL_BATCH_SIZE), cls_only_last=False)

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from ddattn.bench import NUM_CLASSES, PeakMemory
-from ddattn.method.bert import bert_forward, fresh_model, load_pretrained
+from ddattn.method.bert import bert_forward, fresh_model
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.paths import resolve_checkpoint
 from ddattn.method.unroll import hypergradient, outer_gradient, soft_cross_entropy, trainable_names
+from ddattn.files import load_pretrained
 
 
 def plain_inner_loss(trainable, frozen, config, x, label_logits, attn_logits, weight):

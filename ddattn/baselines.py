@@ -36,13 +36,14 @@ from . import data as taskdata
 from . import tasks
 from . import distributed
 from .method import seeds
-from .method.bert import BertConfig, Params, fresh_model, load_pretrained
+from .method.bert import BertConfig, Params, fresh_model
 from .distill import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .evaluate import compute_metrics, eval_batches, format_summary, headline_metric, mean_std, score
 from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
 from .rundir import claim
 from .method.unroll import outer_loss
+from .files import load_pretrained
 
 Batch = Dict[str, torch.Tensor]
 
@@ -338,6 +339,7 @@ def check_args(a) -> None:
             raise UserError(f"{flag} must be positive numbers, not {values}")
     if not 0 <= a.warmup < 1 or a.weight_decay < 0 or a.clip < 0:
         raise UserError("--warmup must be in [0, 1), --weight-decay and --clip ≥ 0")
+    checks.check_fits_model(a.model, a.max_length)
 
 
 def load_setting(args) -> Setting:

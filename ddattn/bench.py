@@ -40,8 +40,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import reference
-from .method.bert import BertConfig, Params, fresh_model, load_pretrained, param_shapes
+from . import checks, reference
+from .method.bert import BertConfig, Params, fresh_model, param_shapes
 from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
@@ -51,6 +51,7 @@ from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
 from .options import (ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability,
                       option_problem)
 from .method.unroll import MODES, hypergradient
+from .files import load_pretrained, read_bert_config
 
 EXACT_MODES = ("graph", "recompute")
 REFERENCE = "reference"   # reference.hypergradient: the same step written the straightforward way
@@ -242,7 +243,7 @@ def worker(spec: dict) -> dict:
         num_classes=NUM_CLASSES, seq_len=spec["seq_len"], hidden_size=config.hidden_size,
         num_layers=config.num_layers, num_heads=config.num_heads, shots=spec["shots"], steps=spec["steps"],
         attention_type=spec["attn"])
-    distilled_config.validate(config.max_positions)
+    checks.check_distilled_config(distilled_config, config.max_positions)
     g = torch.Generator().manual_seed(spec["seed"])
     distilled = DistilledData.initial(distilled_config, g, dtype=dtype, device=device)
     B, L = spec["real_batch"], spec["real_len"]
@@ -671,7 +672,7 @@ def model_config(args):
     if not (model_dir / "config.json").is_file():
         raise UserError(f"checkpoint {model_dir} not found: run `make weights` (python -m ddattn.convert) "
                         "or pass --model DIR (or --model-shape bert-base for random weights)")
-    return BertConfig.from_json(model_dir / "config.json"), model_dir
+    return read_bert_config(model_dir / "config.json"), model_dir
 
 
 def sweep_axes(args) -> Dict[str, list]:

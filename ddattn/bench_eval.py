@@ -28,7 +28,7 @@ import torch
 from . import data as taskdata
 from . import tasks
 from . import reference
-from .method.bert import BertConfig, fresh_model, load_pretrained
+from .method.bert import BertConfig, fresh_model
 from .method.distilled import DistilledConfig, DistilledData
 from .errors import UserError
 from .evaluate import (check_models_at_once, choose_models_at_once, compute_metrics, eval_batches, headline_metric,
@@ -36,6 +36,7 @@ from .evaluate import (check_models_at_once, choose_models_at_once, compute_metr
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
 from .method.unroll import train_on_distilled
+from .files import load_pretrained, read_bert_config
 
 EVALUATORS = ("reference", "fp32", "bf16")
 
@@ -50,7 +51,7 @@ def load_setting(args):
     if not args.task:
         raise UserError("--eval needs --task TASK or --run RUN_DIR")
     task, model_dir = tasks.get_task(args.task), resolve_checkpoint(args.model)
-    config = BertConfig.from_json(model_dir / "config.json")
+    config = read_bert_config(model_dir / "config.json")
     dconfig = DistilledConfig(num_classes=task.num_classes, seq_len=64, hidden_size=config.hidden_size,
                               num_layers=config.num_layers, num_heads=config.num_heads, inner_lr_init=0.1)
     return task, 128, None, model_dir, DistilledData.initial(dconfig, torch.Generator().manual_seed(args.seed))

@@ -18,13 +18,14 @@ from typing import List, Optional, Sequence
 from . import checks
 from . import data as taskdata
 from . import tasks
-from .method.bert import load_pretrained
+
 from .method.distilled import DistilledData
 from .errors import ArgumentParser, run_cli
 from .evaluate import load_run
 from .inspect import attention_labels, describe_sample, plot_attention_labels
 from .paths import atomic_path, resolve_checkpoint
 from .report import BASELINE_ROWS
+from .files import load_pretrained
 
 HEATMAP = "attention_labels.png"
 CURVES = "validation.png"

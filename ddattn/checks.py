@@ -5,6 +5,7 @@ edited, or mixed with another run's files. So everything read back is checked be
 JSON files parse and hold the fields expected, JSONL logs are whole records (a half-written last line is
 dropped with a note), checkpoint tensors have exactly the expected names, shapes and dtypes, and a
 distilled dataset belongs to the run (task, class count, shapes, checkpoint) it is evaluated under.
+Settings are checked the same way before anything runs (`check_seed`, `check_distilled_config`).
 """
 
 import json
@@ -17,6 +18,10 @@ from typing import Iterable, List, Mapping
 import torch
 
 from .errors import UserError, first_line
+from .files import read_bert_config
+from .method.distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
+from .method.seeds import SEED_LIMIT
+from .paths import resolve_checkpoint
 
 # What evaluate and inspect need from a run's config.json.
 RUN_FIELDS = ("task", "model", "max_length", "seq_len", "shots", "steps")
@@ -153,3 +158,37 @@ def writable_dir(folder: Path, flag: str) -> None:
     except OSError as e:
         raise UserError(f"{flag}: cannot write in {folder} ({e.strerror}); choose a writable place") from None
 
+
+# --- settings ----------------------------------------------------------------------------------------
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    require(0 <= seed < SEED_LIMIT, f"{flag} must be an integer in [0, {SEED_LIMIT - 1}], not {seed}")
+
+
+def check_fits_model(model: str, max_length: int) -> None:
+    """--max-length within the checkpoint's positions, read from its config.json before the weights are
+    loaded (a missing checkpoint is reported when they are; --seq-len by `check_distilled_config`)."""
+    path = resolve_checkpoint(model) / "config.json"
+    positions = read_bert_config(path).max_positions if path.is_file() else max_length
+    if max_length > positions:
+        raise UserError(f"--max-length {max_length} exceeds the {positions} positions of checkpoint {model}")
+
+
+def check_distilled_config(config: DistilledConfig, max_positions: int) -> None:
+    """Refuse impossible distilled-data settings up front, with one line each (checked in order)."""
+    require(config.num_classes >= 2, f"a task needs at least 2 classes, not {config.num_classes}")
+    require(config.shots >= 1, f"--shots must be ≥ 1, not {config.shots}")
+    require(config.steps >= 1, f"--steps must be ≥ 1, not {config.steps}")
+    require(1 <= config.seq_len <= max_positions,
+            f"--seq-len must be between 1 and the model's {max_positions} positions, not {config.seq_len}")
+    require(config.label_type in LABEL_TYPES, f"unknown label type {config.label_type!r}; choose from {LABEL_TYPES}")
+    require(config.attention_type in ATTENTION_TYPES,
+            f"unknown attention label type {config.attention_type!r}; choose from {ATTENTION_TYPES}")
+    require(config.attn_weight >= 0, f"--attn-weight (λ) must be ≥ 0, not {config.attn_weight}")
+    require(config.inner_lr_init > 0, f"--inner-lr must be > 0, not {config.inner_lr_init}")
+    require(0 <= config.batch_size <= config.num_samples and config.num_samples % config.step_batch_size == 0,
+            f"--batch-size {config.batch_size} must divide the {config.num_samples} distilled samples")
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)

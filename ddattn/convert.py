@@ -39,6 +39,7 @@ from .method.bert import BertConfig, param_shapes
 from .download import NotFoundError, download
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import weights_dir
+from .files import write_bert_config
 
 MINILM = "minilm-l6"                        # --model name of the embedded default checkpoint
 HF_ENDPOINT = "https://huggingface.co"      # env DDATTN_HF_ENDPOINT overrides it
@@ -241,7 +242,7 @@ def convert(src: Path, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        config.to_json(tmp / "config.json")
+        write_bert_config(config, tmp / "config.json")
         save_file(weights, str(tmp / "model.safetensors"))
         tokenizer.save(str(tmp / "tokenizer.json"))
         if out.exists():   # --force: move the old folder aside, so `out` is never half-written

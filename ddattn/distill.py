@@ -43,7 +43,7 @@ from . import data as taskdata
 from . import tasks
 from . import distributed
 from .method import seeds
-from .method.bert import bert_forward, fresh_model, load_pretrained
+from .method.bert import bert_forward, fresh_model
 from .card import write_card
 from .method.distilled import DistilledData
 from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
@@ -54,6 +54,7 @@ from .paths import atomic_path, resolve_checkpoint
 from .rundir import RunDirectory
 from .settings import distilled_config, load_or_start, preset_summary, saved_settings
 from .method.unroll import hypergradient, row_sum
+from .files import load_pretrained, save_distilled
 
 
 # --- pieces of the loop --------------------------------------------------------------------------
@@ -285,7 +286,7 @@ class Distillation:
         self.read_metrics()
         if not distributed.is_main():
             return
-        self.distilled.save(self.run.path / "distilled_last.safetensors", extra=self.provenance())
+        save_distilled(self.distilled, self.run.path / "distilled_last.safetensors", extra=self.provenance())
         state = {"step": self.step, "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
                  "distilled": {k: v.detach().cpu() for k, v in self.distilled.tensors().items()}}
@@ -438,7 +439,7 @@ class Distillation:
         if improved:
             self.best_val = val_loss
             if distributed.is_main():
-                self.distilled.save(self.run.path / "distilled_best.safetensors", extra=self.provenance(val_loss=val_loss))
+                save_distilled(self.distilled, self.run.path / "distilled_best.safetensors", extra=self.provenance(val_loss=val_loss))
         if distributed.is_main():
             self.run.append("validation.jsonl", {"step": self.step, **summary})
         self.log(f"step {self.step}: validation loss {val_loss:.4f}, accuracy {summary['accuracy']['mean']:.4f}"

@@ -19,7 +19,7 @@ from . import data as taskdata
 from . import tasks
 from . import distributed
 from .method import seeds
-from .method.bert import BertConfig, Params, bert_forward, fresh_model, load_pretrained
+from .method.bert import BertConfig, Params, bert_forward, fresh_model
 from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .method.kernels import KERNELS
@@ -27,6 +27,7 @@ from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .rundir import claim
 from .method.unroll import FROZEN, train_on_distilled
+from .files import load_pretrained, load_distilled, read_distilled_metadata
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -250,9 +251,9 @@ def load_run(run_dir: Path, which: str = "best"):
             raise UserError(f"{path} is missing: is {run_dir} a finished `python -m ddattn.distill` run?")
     settings = checks.read_json(config_path)
     checks.require_fields(settings, checks.RUN_FIELDS, config_path)
-    distilled = DistilledData.load(data_path)
+    distilled = load_distilled(data_path)
     num_classes = tasks.task_from_settings(settings).num_classes
-    checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings, num_classes, data_path)
+    checks.check_distilled_for_run(read_distilled_metadata(data_path), settings, num_classes, data_path)
     return settings, distilled
 
 
@@ -288,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.n_models < 1 or args.batch_size < 1:
         raise UserError("--n-models and --batch-size must be ≥ 1")
     check_models_at_once(args.models_at_once)
-    seeds.check_seed(args.seed)
+    checks.check_seed(args.seed)
     if args.precision == "bf16":
         check_bf16("--precision bf16", distributed.local_device(args.device), args.allow_slow_bf16)
     settings, distilled = load_run(args.run_dir, args.which)

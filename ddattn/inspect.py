@@ -22,11 +22,12 @@ from tokenizers import Tokenizer
 from . import checks
 from . import data as taskdata
 from . import tasks
-from .method.bert import load_pretrained
+
 from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import distilled_path, load_run
 from .paths import resolve_checkpoint
+from .files import load_pretrained
 
 
 def nearest_tokens(x: torch.Tensor, word_embeddings: torch.Tensor, top: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
 from .evaluate import headline_metric
 from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
+from .files import read_distilled_metadata
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]            # the paper's column order; other tasks follow
 TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}
@@ -173,7 +174,7 @@ def check_distilled(record: dict, path: Path) -> None:
     settings, data_path = record["settings"], path.parent / str(record.get("distilled", ""))
     if "baseline" in settings or not data_path.is_file() or record["task"] not in tasks.TASKS:
         return
-    checks.check_distilled_for_run(DistilledData.read_metadata(data_path), settings,
+    checks.check_distilled_for_run(read_distilled_metadata(data_path), settings,
                                    tasks.TASKS[record["task"]].num_classes, data_path)
 
 

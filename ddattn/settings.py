@@ -223,7 +223,7 @@ def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
                              steps=args.steps, batch_size=args.batch_size, label_type=args.label_type,
                              attention_type=args.attention_type, attn_weight=args.attn_weight,
                              inner_lr_init=args.inner_lr)
-    config.validate(bert_config.max_positions)
+    checks.check_distilled_config(config, bert_config.max_positions)
     return config
 
 
@@ -242,7 +242,7 @@ def check_settings(args) -> None:
         raise UserError(f"--micro-batch-size must be ≥ 0 (0: automatic), not {args.micro_batch_size}")
     if args.val_size < 1:
         raise UserError(f"--val-size must be ≥ 1, not {args.val_size}")
-    seeds.check_seed(args.seed)
+    checks.check_seed(args.seed)
     for name in ["max_steps", "train_limit", "val_every"]:
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0: {ZERO_MEANS[name]}), not {getattr(args, name)}")
@@ -263,18 +263,12 @@ def check_process(args) -> None:
 ZERO_MEANS = {"max_steps": "all epochs", "train_limit": "all examples", "val_every": "once per epoch"}
 
 
-def check_fits_model(args) -> None:
-    """--max-length within the checkpoint's positions, read from its config.json before the weights are
-    loaded (a missing checkpoint is reported when they are; --seq-len by DistilledConfig.validate)."""
-    path = resolve_checkpoint(args.model) / "config.json"
-    positions = BertConfig.from_json(path).max_positions if path.is_file() else args.max_length
-    if args.max_length > positions:
-        raise UserError(f"--max-length {args.max_length} exceeds the {positions} positions of checkpoint {args.model}")
-
-
 def check_options(args, allow_slow_bf16: bool) -> None:
     """--mode and --autocast on the run's device: no impossible combination (options.option_problem), and
-    bf16 only where it is fast or with --allow-slow-bf16 (options.check_bf16)."""
+    bf16 only where it is fast or with --allow-slow-bf16 (options.check_bf16); a known --kernels (a resumed
+    run's config.json may say anything)."""
+    if args.kernels not in KERNELS:
+        raise UserError(f"unknown kernel policy {args.kernels!r}; choose from {', '.join(KERNELS)}")
     device = local_device(args.device)
     problem = option_problem(args.mode, args.autocast, device.type)
     if problem:
@@ -316,7 +310,7 @@ def load_or_start(argv):
         tasks.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
     check_settings(args)
     check_process(args)
-    check_fits_model(args)
+    checks.check_fits_model(args.model, args.max_length)
     check_options(args, allow_slow_bf16)
     args = replace(args, name=args.name or run_name(settings_name(args), args.lr, args.inner_lr),
                    batch_size=step_batch_size(args, task.num_classes))

@@ -11,12 +11,13 @@ from typing import Optional, Sequence
 
 from . import tasks
 from .method import seeds
-from .method.bert import fresh_model, load_pretrained
+from .method.bert import fresh_model
 from .errors import ArgumentParser, run_cli
 from .evaluate import load_run
 from .export import Classifier, export_classifier, refuse_existing
 from .paths import resolve_checkpoint
 from .method.unroll import train_on_distilled
+from .files import load_pretrained
 
 
 def train_classifier(run_dir: Path, which: str = "best", seed: int = 0) -> Classifier:

@@ -43,7 +43,7 @@ def golden_path():
 @pytest.fixture(scope="session")
 def minilm():
     """The converted default checkpoint in float64 (`make test` converts it first)."""
-    from ddattn.method.bert import load_pretrained
+    from ddattn.files import load_pretrained
     from ddattn.paths import weights_dir
 
     path = weights_dir() / "minilm-l6"

@@ -9,9 +9,10 @@ import torch
 
 from ddattn import data as taskdata
 from ddattn import evaluate, tasks
-from ddattn.method.bert import load_pretrained
+
 from ddattn.errors import UserError
 from ddattn.paths import weights_dir
+from ddattn.files import load_pretrained
 from tests.conftest import REPO
 
 RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"

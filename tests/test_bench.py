@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from ddattn import bench, bench_eval, evaluate, options, settings
 from ddattn.method.bert import BertConfig, param_shapes
 from ddattn.errors import UserError
+from ddattn.files import read_bert_config, write_bert_config
 from tests.conftest import REPO
 
 TINY = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32)
@@ -28,7 +29,7 @@ def tiny_dir(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     save_file({k: torch.randn(s, generator=g) * 0.3 for k, s in param_shapes(TINY).items()},
               str(path / "model.safetensors"))
-    TINY.to_json(path / "config.json")
+    write_bert_config(TINY, path / "config.json")
     return path
 
 
@@ -246,7 +247,7 @@ def test_bf16_options_need_the_hardware_or_the_flag(fake_cpu, tiny_dir, tmp_path
     --allow-slow-bf16 on a CPU without bf16, run after one notice with it; accepted silently with bf16."""
     cpu = torch.device("cpu")
     args = bench.parse_args(["--model", str(tiny_dir), "--autocast", "bf16", *FAST])
-    config = BertConfig.from_json(tiny_dir / "config.json")
+    config = read_bert_config(tiny_dir / "config.json")
     distill_args = settings.parse_args(["--task", "mrpc", "--autocast", "bf16", "--device", "cpu"])
 
     def bench_check(allow: bool):

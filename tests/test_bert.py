@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from ddattn.method.attention import AttentionBackward, RecomputedAttention
-from ddattn.method.bert import BertConfig, bert_forward, load_pretrained, param_shapes
+from ddattn.method.bert import BertConfig, bert_forward, param_shapes
 from ddattn.errors import UserError
 from ddattn.method.unroll import attention_kl
+from ddattn.files import load_pretrained, read_bert_config, write_bert_config
 from tests.conftest import TINY, tiny_theta
 
 
@@ -94,9 +95,9 @@ def test_attention_kl_gradgradcheck():
     assert torch.autograd.gradgradcheck(attention_kl, (labels, scores))
 
 
-def test_too_long_input_is_a_user_error():
+def test_too_long_input_is_refused():
     theta = tiny_theta()
-    with pytest.raises(UserError, match="exceeds"):
+    with pytest.raises(ValueError, match="exceeds"):
         bert_forward(theta, TINY, torch.ones(1, TINY.max_positions + 1, dtype=torch.long))
 
 
@@ -108,7 +109,7 @@ def test_load_pretrained_reports_every_problem(tmp_path):
     tensors["layers.0.ffn.up.weight"] = torch.zeros(3, 3)
     tensors["extra.weight"] = torch.zeros(1)
     save_file(tensors, tmp_path / "model.safetensors")
-    TINY.to_json(tmp_path / "config.json")
+    write_bert_config(TINY, tmp_path / "config.json")
     with pytest.raises(UserError) as e:
         load_pretrained(tmp_path)
     message = str(e.value)
@@ -117,9 +118,9 @@ def test_load_pretrained_reports_every_problem(tmp_path):
 
 
 def test_config_round_trip(tmp_path):
-    TINY.to_json(tmp_path / "config.json")
-    assert BertConfig.from_json(tmp_path / "config.json") == TINY
+    write_bert_config(TINY, tmp_path / "config.json")
+    assert read_bert_config(tmp_path / "config.json") == TINY
     (tmp_path / "bad.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(UserError, match="not a ddattn BERT config"):
-        BertConfig.from_json(tmp_path / "bad.json")
+        read_bert_config(tmp_path / "bad.json")
     assert len(param_shapes(TINY)) == 5 + 12 * TINY.num_layers + 2

@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from ddattn import convert
-from ddattn.method.bert import bert_forward, load_pretrained
+from ddattn.method.bert import bert_forward
 from ddattn.errors import UserError, run_cli
+from ddattn.files import load_pretrained
 from tests.conftest import REPO
 
 HF_CONFIG = {"model_type": "bert", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 2,

@@ -23,6 +23,7 @@ from ddattn import baselines, data, distill, evaluate, inspect, paths, report, t
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.errors import UserError, run_cli
 from ddattn.settings import load_or_start
+from ddattn.files import load_distilled, read_distilled_metadata, save_distilled
 from tests.conftest import REPO
 from tests.test_baselines import cli_error, small_mrpc
 
@@ -76,7 +77,7 @@ def resumed_at(run: Path) -> str:
 
 def provenance(path: Path) -> dict:
     """What distill stored with a distilled dataset besides its config (task, model, step, ...)."""
-    return {k: v for k, v in DistilledData.read_metadata(path).items() if k != "config"}
+    return {k: v for k, v in read_distilled_metadata(path).items() if k != "config"}
 
 
 def write_eval_json(run: Path, task: str, settings: dict, **fields) -> None:
@@ -108,7 +109,7 @@ ROWS = "".join(f"{'good' if i % 2 else 'poor'} film {i},{'pos' if i % 2 else 'ne
 def test_distilled_data_that_does_not_fit_the_run_is_refused(finished, env, capsys, main, change, expected):
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
-    DistilledData.initial(replace(DistilledData.load(best).config, **change)).save(best, extra=provenance(best))
+    save_distilled(DistilledData.initial(replace(load_distilled(best).config, **change)), best, extra=provenance(best))
     assert expected in refused(main, [str(run), "--n-models", "1"] if main is evaluate.main else [str(run)], capsys, run)
     assert not (run / "eval.json").exists()
 
@@ -116,7 +117,7 @@ def test_distilled_data_that_does_not_fit_the_run_is_refused(finished, env, caps
 def test_distilled_data_of_another_task_or_checkpoint_is_refused(finished, env, capsys):
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
-    DistilledData.load(best).save(best, extra={**provenance(best), "task": "rte", "model": "bert-base"})
+    save_distilled(load_distilled(best), best, extra={**provenance(best), "task": "rte", "model": "bert-base"})
     line = refused(evaluate.main, [str(run), "--n-models", "1"], capsys, run)
     assert "task 'rte'" in line and "model 'bert-base'" in line
 
@@ -124,8 +125,8 @@ def test_distilled_data_of_another_task_or_checkpoint_is_refused(finished, env, 
 def test_distilled_tensors_that_contradict_their_config_are_refused(finished, env, capsys):
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
-    data = DistilledData.load(best)
-    DistilledData(data.config, {**data.tensors(), "x": torch.zeros(1, 1, 384)}).save(best, extra=provenance(best))
+    data = load_distilled(best)
+    save_distilled(DistilledData(data.config, {**data.tensors(), "x": torch.zeros(1, 1, 384)}), best, extra=provenance(best))
     assert "do not match its own config" in refused(inspect.main, [str(run)], capsys, run)
 
 
@@ -141,7 +142,7 @@ def test_report_refuses_an_eval_json_whose_distilled_data_has_another_class_coun
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
     write_eval_json(run, "mrpc", json.loads((run / "config.json").read_text()), distilled=best.name)
-    DistilledData.initial(replace(DistilledData.load(best).config, num_classes=3)).save(best, extra=provenance(best))
+    save_distilled(DistilledData.initial(replace(load_distilled(best).config, num_classes=3)), best, extra=provenance(best))
     line = refused(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "results")], capsys, run)
     assert "does not belong to this run: num_classes 3 (the run: 2)" in line
 
@@ -477,7 +478,7 @@ def test_atomic_files_follow_the_umask(tmp_path, mask):
     try:
         with paths.atomic_path(tmp_path / "a.json") as tmp:
             tmp.write_text("{}")
-        DistilledData.initial(SMALL_CONFIG).save(tmp_path / "d.safetensors")
+        save_distilled(DistilledData.initial(SMALL_CONFIG), tmp_path / "d.safetensors")
     finally:
         os.umask(old)
     for name in ("a.json", "d.safetensors"):

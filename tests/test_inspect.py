@@ -10,9 +10,10 @@ import torch
 from tokenizers import Tokenizer
 
 from ddattn import inspect
-from ddattn.method.bert import load_pretrained
+
 from ddattn.method.distilled import DistilledData
 from ddattn.paths import weights_dir
+from ddattn.files import load_pretrained, load_distilled, save_distilled
 from tests.test_baselines import cli_error, tiny_run
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "today", "."]
@@ -26,16 +27,16 @@ def run(tmp_path_factory) -> Path:
 def copy_with(run: Path, target: Path, config: dict = None, **tensors) -> Path:
     """A copy of the run whose distilled_best has some tensors replaced (None: removed) or config fields changed."""
     shutil.copytree(run, target, ignore=shutil.ignore_patterns("*.png", "checkpoint.pt"))
-    data = DistilledData.load(run / "distilled_best.safetensors")
+    data = load_distilled(run / "distilled_best.safetensors")
     merged = {k: v for k, v in {**data.tensors(), **tensors}.items() if v is not None}
-    DistilledData(replace(data.config, **(config or {})), merged).save(target / "distilled_best.safetensors")
+    save_distilled(DistilledData(replace(data.config, **(config or {})), merged), target / "distilled_best.safetensors")
     return target
 
 
 def test_text_names_every_sample_its_label_and_eta(run, capsys):
     inspect.main([str(run)])
     out = capsys.readouterr().out
-    data = DistilledData.load(run / "distilled_best.safetensors")
+    data = load_distilled(run / "distilled_best.safetensors")
     assert "sample 0 · class 0 (not_equivalent)" in out and "sample 1 · class 1 (equivalent)" in out
     assert out.count("nearest tokens") == 2
     assert f"η̃ = softplus(lr_raw): step 1: {torch.nn.functional.softplus(data.lr_raw[0]).item():.5g}" in out
@@ -72,7 +73,7 @@ def test_hard_labels_are_shown_as_stored_and_no_attention_labels_no_png(run, tmp
 
 
 def test_all_query_attention_labels_draw_the_cls_row(run):
-    data = DistilledData.load(run / "distilled_best.safetensors")
+    data = load_distilled(run / "distilled_best.safetensors")
     M, L, H, S = data.attn_logits.shape
     logits = torch.randn(M, L, H, S, S)
     full = DistilledData(replace(data.config, attention_type="all"), {**data.tensors(), "attn_logits": logits})

@@ -36,7 +36,7 @@ def assert_agree(cpu: dict, gpu: dict, what: str):
 def test_auto_is_gpu_on_cuda_only():
     assert kernels.resolve("auto", "cpu") == "cpu" and kernels.resolve("auto", torch.device("cuda", 0)) == "gpu"
     assert kernels.resolve("gpu", "cpu") == "gpu" and kernels.resolve("cpu", "cuda") == "cpu"
-    with pytest.raises(UserError, match="unknown kernel policy 'tpu'"):
+    with pytest.raises(ValueError, match="unknown kernel policy 'tpu'"):
         kernels.resolve("tpu", "cpu")
 
 

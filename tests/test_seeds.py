@@ -10,6 +10,7 @@ import torch
 
 import ddattn.distill
 import ddattn.evaluate
+from ddattn import checks
 from ddattn.method import seeds
 from ddattn.errors import UserError
 from tests.conftest import REPO
@@ -46,6 +47,8 @@ def test_the_generator_keeps_only_32_bits_of_a_seed():
 @pytest.mark.parametrize("bad", [-1, seeds.SEED_LIMIT])
 def test_out_of_range_seed_is_refused(bad):
     with pytest.raises(UserError, match="--seed"):
+        checks.check_seed(bad)
+    with pytest.raises(ValueError, match="seed must be in"):
         seeds.stream_seed("training-head", bad)
 
 

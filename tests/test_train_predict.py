@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 from ddattn import baselines, card, convert, evaluate, predict, train
 from ddattn import data as taskdata
-from ddattn.method.bert import bert_forward, load_pretrained
+from ddattn.method.bert import bert_forward
 from ddattn.settings import parse_args, saved_settings
 from ddattn.export import load_exported
 from ddattn.paths import weights_dir
+from ddattn.files import load_pretrained
 from tests.conftest import REPO
 from tests.test_baselines import cli_error, env_for, small_mrpc, tiny_run
 

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from ddattn import reference
+from ddattn import checks, reference
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.method.unroll import _hypergradient_finite_difference, attention_kl, hypergradient, outer_gradient, sgd_step
 from tests.conftest import TINY, tiny_theta
@@ -15,7 +15,7 @@ def make_distilled(steps=1, shots=1, batch_size=0, label_type="soft", attention_
     config = DistilledConfig(num_classes=2, seq_len=seq_len, hidden_size=TINY.hidden_size, num_layers=TINY.num_layers,
                              num_heads=TINY.num_heads, shots=shots, steps=steps, batch_size=batch_size,
                              label_type=label_type, attention_type=attention_type, inner_lr_init=0.3)
-    config.validate(TINY.max_positions)
+    checks.check_distilled_config(config, TINY.max_positions)
     distilled = DistilledData.initial(config, torch.Generator().manual_seed(seed), dtype=torch.float64)
     with torch.no_grad():   # move labels off one-hot and learning rates apart, so every gradient is generic
         distilled.label_logits.add_(torch.randn(distilled.label_logits.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))

@@ -35,18 +35,14 @@ Notation in shape comments (here, attention.py and unroll.py) and how it maps to
     Sq queries: S, or 1 where a layer computes the [CLS] row only
 """
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from . import kernels as policy
 from .attention import attend, choose_kernel, masked_scores
-from ..errors import UserError
 from .layers import layer_norm, linear
 
 Params = Dict[str, torch.Tensor]
@@ -67,21 +63,6 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    def to_json(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def from_json(cls, path: Path) -> "BertConfig":
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read model config {path}: {e}") from None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(values, dict) or set(values) != known:
-            raise UserError(f"{path} is not a ddattn BERT config (expected keys {sorted(known)}); "
-                            "convert the checkpoint with `make weights`")
-        return cls(**values)
 
 
 def param_shapes(config: BertConfig) -> Dict[str, tuple]:
@@ -105,29 +86,6 @@ def param_shapes(config: BertConfig) -> Dict[str, tuple]:
         })
     shapes.update({"pooler.weight": (D, D), "pooler.bias": (D,)})
     return shapes
-
-
-def load_pretrained(path: Path, dtype: torch.dtype = torch.float32, device="cpu"):
-    """Load a converted checkpoint directory (config.json + model.safetensors) → (config, theta)."""
-    path = Path(path)
-    for name in ("config.json", "model.safetensors"):
-        if not (path / name).is_file():
-            raise UserError(f"checkpoint file {path / name} is missing; run `make weights` "
-                            "(or `python -m ddattn.convert`) to create it")
-    config = BertConfig.from_json(path / "config.json")
-    try:
-        tensors = load_file(str(path / "model.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise UserError(f"cannot read {path / 'model.safetensors'}: {e}; re-run `make weights`") from None
-    expected = param_shapes(config)
-    problems = [f"missing {k}" for k in expected if k not in tensors]
-    problems += [f"unexpected {k}" for k in tensors if k not in expected]
-    problems += [f"{k} has shape {tuple(tensors[k].shape)}, expected {s}"
-                 for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
-    if problems:
-        raise UserError(f"{path / 'model.safetensors'} does not match its config: {'; '.join(problems)}")
-    theta = {k: tensors[k].to(device=device, dtype=dtype) for k in expected}
-    return config, theta
 
 
 def init_classifier(config: BertConfig, num_classes: int, generator: Optional[torch.Generator] = None,
@@ -266,7 +224,7 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
         inputs_embeds = F.embedding(input_ids, theta["embeddings.word"])                 # (B, S, D)
     B, S, D = inputs_embeds.shape
     if S > config.max_positions:
-        raise UserError(f"sequence length {S} exceeds the model's {config.max_positions} positions")
+        raise ValueError(f"sequence length {S} exceeds the model's {config.max_positions} positions")
     device = inputs_embeds.device
     kernels = policy.resolve(kernels, device)
     if token_type_ids is None:

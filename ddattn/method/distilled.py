@@ -13,23 +13,16 @@ Inner step t trains on a fixed-order slice of `batch_size` samples: with batch_s
 the same distilled data; with batch_size = M / T each step has its own (Table 3, "different distilled
 data for each step").
 
-Saved as one safetensors file whose metadata holds the JSON config, so `safetensors.safe_open` alone can
-read a distilled dataset.
+Saved as one safetensors file with its config (files.py).
 """
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..errors import UserError
-from ..paths import atomic_path
 
 LABEL_TYPES = ("hard", "soft", "unrestricted")
 ATTENTION_TYPES = ("none", "cls", "all")
@@ -66,26 +59,6 @@ class DistilledConfig:
             queries = (S,) if self.attention_type == "all" else ()
             shapes["attn_logits"] = (M, self.num_layers, self.num_heads, *queries, S)
         return shapes
-
-    def validate(self, max_positions: int) -> None:
-        """Refuse impossible settings up front, with one line each (checked in order)."""
-        require(self.num_classes >= 2, f"a task needs at least 2 classes, not {self.num_classes}")
-        require(self.shots >= 1, f"--shots must be ≥ 1, not {self.shots}")
-        require(self.steps >= 1, f"--steps must be ≥ 1, not {self.steps}")
-        require(1 <= self.seq_len <= max_positions,
-                f"--seq-len must be between 1 and the model's {max_positions} positions, not {self.seq_len}")
-        require(self.label_type in LABEL_TYPES, f"unknown label type {self.label_type!r}; choose from {LABEL_TYPES}")
-        require(self.attention_type in ATTENTION_TYPES,
-                f"unknown attention label type {self.attention_type!r}; choose from {ATTENTION_TYPES}")
-        require(self.attn_weight >= 0, f"--attn-weight (λ) must be ≥ 0, not {self.attn_weight}")
-        require(self.inner_lr_init > 0, f"--inner-lr must be > 0, not {self.inner_lr_init}")
-        require(0 <= self.batch_size <= self.num_samples and self.num_samples % self.step_batch_size == 0,
-                f"--batch-size {self.batch_size} must divide the {self.num_samples} distilled samples")
-
-
-def require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
 
 
 class DistilledData:
@@ -156,39 +129,3 @@ class DistilledData:
     def inner_lr(self, t: int) -> torch.Tensor:
         """η̃_t = softplus(lr_raw_t), a positive scalar."""
         return F.softplus(self.lr_raw[t])
-
-    # --- files -----------------------------------------------------------------------------------
-    def save(self, path: Path, extra: Optional[dict] = None) -> None:
-        """Write atomically: a temp file next to `path`, renamed when complete."""
-        metadata = {"ddattn_distilled": json.dumps({"config": asdict(self.config), **(extra or {})})}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-
-    @classmethod
-    def load(cls, path: Path, dtype: torch.dtype = torch.float32, device="cpu") -> "DistilledData":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                info = json.loads((f.metadata() or {})["ddattn_distilled"])
-                tensors = {k: f.get_tensor(k).to(device=device, dtype=dtype) for k in f.keys()}
-            config = DistilledConfig(**info["config"])
-        except Exception as e:  # safetensors' own error types, a missing key, bad JSON, unknown config fields
-            raise not_distilled(path, e) from None
-        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        if shapes != config.tensor_shapes():
-            raise UserError(f"{path}: its tensors {shapes} do not match its own config, which needs "
-                            f"{config.tensor_shapes()}")
-        return cls(config, tensors)
-
-    @staticmethod
-    def read_metadata(path: Path) -> dict:
-        """The JSON stored with a distilled dataset (its config and whatever the writer added)."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return json.loads((f.metadata() or {})["ddattn_distilled"])
-        except Exception as e:  # as in `load`
-            raise not_distilled(path, e) from None
-
-
-def not_distilled(path: Path, error: Exception) -> UserError:
-    return UserError(f"{path} is not a ddattn distilled dataset ({error})")

@@ -14,8 +14,6 @@ Not part of the method: both policies compute the same numbers (to rounding; tes
 
 import torch
 
-from ..errors import UserError
-
 KERNELS = ("auto", "cpu", "gpu")
 # Bytes of (rows, Sq, S) attention temporaries that the gpu policy lets one attention call hold; beyond it
 # the rows (batch × heads) are taken in chunks (attention.py).
@@ -25,7 +23,7 @@ ATTENTION_BUDGET = 2 ** 30
 def resolve(kernels: str, device) -> str:
     """"cpu" or "gpu": the policy `kernels` names, "auto" decided by the device (a torch.device or a name)."""
     if kernels not in KERNELS:
-        raise UserError(f"unknown kernel policy {kernels!r}; choose from {', '.join(KERNELS)}")
+        raise ValueError(f"unknown kernel policy {kernels!r}; choose from {', '.join(KERNELS)}")
     if kernels == "auto":
         return "gpu" if torch.device(device).type == "cuda" else "cpu"
     return kernels

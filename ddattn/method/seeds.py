@@ -13,8 +13,6 @@ of outer step 0" are different draws by construction.
 
 import torch
 
-from ..errors import UserError
-
 STREAMS = {
     "distilled-init": 0,      # x̃ and attention-label initialisation (Algorithm 1, lines 1–2)
     "real-init": 1,           # which real examples --init real copies
@@ -30,14 +28,10 @@ SEED_LIMIT, INDEX_LIMIT = 1 << SEED_BITS, 1 << INDEX_BITS
 assert len(STREAMS) <= 1 << STREAM_BITS
 
 
-def check_seed(seed: int, flag: str = "--seed") -> None:
-    if not 0 <= seed < SEED_LIMIT:
-        raise UserError(f"{flag} must be an integer in [0, {SEED_LIMIT - 1}], not {seed}")
-
-
 def stream_seed(stream: str, seed: int, index: int = 0) -> int:
     """The generator seed of draw `index` of `stream` in a run with `--seed seed`."""
-    check_seed(seed)
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, {SEED_LIMIT}), not {seed}")
     if not 0 <= index < INDEX_LIMIT:
         raise ValueError(f"stream index must be in [0, {INDEX_LIMIT}), not {index}")
     return (STREAMS[stream] << (SEED_BITS + INDEX_BITS)) | (seed << INDEX_BITS) | index
