@@ -37,9 +37,10 @@ from . import tasks
 from . import distributed
 from .method import seeds
 from .method.bert import BertConfig, Params, fresh_model
-from .distill import linear_schedule
+from .method.outer import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
-from .evaluate import compute_metrics, eval_batches, format_summary, headline_metric, mean_std, score
+from .evaluate import eval_batches
+from .method.evaluation import compute_metrics, format_summary, headline_metric, mean_std, score
 from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
 from .rundir import claim
 from .method.unroll import outer_loss

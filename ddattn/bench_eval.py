@@ -6,9 +6,9 @@ the same process, so that whatever else the machine does falls on all three alik
 
 - reference — `reference.predictions`, the way the authors' code evaluates: eager attention with its
   (S, S) probabilities, every row of the last layer, the split in file order in batches of 128;
-- fp32 — `evaluate.predict`, what `python -m ddattn.evaluate` runs: fused attention, the last layer for
+- fp32 — `evaluation.predict`, what `python -m ddattn.evaluate` runs: fused attention, the last layer for
   [CLS] only, no autograd state, rows sorted by length in batches of one length each (no padding); with
-  `--models-at-once K` (K > 1), K models scored in one batched computation (`evaluate.predict_models`);
+  `--models-at-once K` (K > 1), K models scored in one batched computation (`evaluation.predict_models`);
 - bf16 — the same with `--precision bf16`: linear layers in bfloat16; timed only where the CPU has fast
   bf16 (options.py's rule), or with --allow-slow-bf16, and left out with a notice otherwise.
 
@@ -28,11 +28,12 @@ import torch
 from . import data as taskdata
 from . import tasks
 from . import reference
-from .method.bert import BertConfig, fresh_model
+from .method.bert import fresh_model
 from .method.distilled import DistilledConfig, DistilledData
 from .errors import UserError
-from .evaluate import (check_models_at_once, choose_models_at_once, compute_metrics, eval_batches, headline_metric,
-                       load_run, predict_each)
+from .evaluate import check_models_at_once, choose_models_at_once, eval_batches
+from .method.evaluation import compute_metrics, headline_metric, predict_each
+from .rundir import load_run
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
 from .method.unroll import train_on_distilled

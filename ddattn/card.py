@@ -21,7 +21,7 @@ from . import tasks
 
 from .method.distilled import DistilledData
 from .errors import ArgumentParser, run_cli
-from .evaluate import load_run
+from .rundir import load_run
 from .inspect import attention_labels, describe_sample, plot_attention_labels
 from .paths import atomic_path, resolve_checkpoint
 from .report import BASELINE_ROWS

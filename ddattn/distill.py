@@ -43,80 +43,22 @@ from . import data as taskdata
 from . import tasks
 from . import distributed
 from .method import seeds
-from .method.bert import bert_forward, fresh_model
 from .card import write_card
 from .method.distilled import DistilledData
 from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
-from .evaluate import eval_batches, evaluate_distilled, mean_std
+from .evaluate import eval_batches
+from .method.evaluation import evaluate_distilled, mean_std
 from .method.kernels import resolve as resolve_kernels
 from .options import AUTOCAST, DTYPES
 from .paths import atomic_path, resolve_checkpoint
 from .rundir import RunDirectory
 from .settings import distilled_config, load_or_start, preset_summary, saved_settings
-from .method.unroll import hypergradient, row_sum
+from .method.outer import (Outer, OuterStep, algorithm_1, init_attention_from_model, init_from_real, linear_schedule,
+                           make_optimizer, real_init_rows)
 from .files import load_pretrained, save_distilled
 
 
-# --- pieces of the loop --------------------------------------------------------------------------
-def init_from_real(distilled: DistilledData, pretrained, train, seed: int) -> None:
-    """x̃_i ← the input embeddings of one random real training example of class i mod C (padded/cut to S):
-    its word embeddings, plus, for the second text of a pair, the difference between the token-type
-    embeddings 1 and 0 — distilled samples are read with token type 0, so this makes x̃_i enter BERT
-    exactly as the real pair does."""
-    g = seeds.generator("real-init", seed)
-    C, S = distilled.config.num_classes, distilled.config.seq_len
-    word, token_type = pretrained["embeddings.word"], pretrained["embeddings.token_type"]
-    with torch.no_grad():
-        for i in range(distilled.config.num_samples):
-            candidates = torch.nonzero(train.labels == i % C).flatten()
-            if len(candidates) == 0:
-                raise UserError(f"--init real: the training split has no example of class {i % C}")
-            row = candidates[torch.randint(len(candidates), (1,), generator=g)]
-            real = {k: v[0].to(distilled.x.device) for k, v in taskdata.collate(train, row, width=S).items()}
-            distilled.x[i] = word[real["input_ids"]] + token_type[real["token_type_ids"]] - token_type[0]   # (S, D)
-
-
-def init_attention_from_model(distilled: DistilledData, pretrained, config, kernels: str = "auto") -> None:
-    """ã_i ← the pretrained model's own attention on x̃_i: the logits are its attention scores, so
-    softmax(ã) equals its attention and the attention loss (Eq. 6) starts at 0 instead of at a random
-    target's KL. (The head does not matter: attention is computed before it.)"""
-    kind = distilled.config.attention_type
-    if kind == "none":
-        return
-    with torch.no_grad():
-        out = bert_forward(pretrained, config, inputs_embeds=distilled.x, attention=kind, kernels=kernels)
-        distilled.attn_logits.copy_(out.cls_scores if kind == "cls" else out.scores)   # (M, L, H, S[, S])
-
-
-def make_optimizer(distilled: DistilledData, args):
-    group_lr = {"x": args.lr_x, "label_logits": args.lr_labels, "attn_logits": args.lr_attn, "lr_raw": args.lr_inner}
-    groups = [{"params": [tensor], "lr": group_lr[name] or args.lr, "name": name}
-              for name, tensor in distilled.learnable().items()]
-    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_class(groups, weight_decay=args.weight_decay)
-
-
-def clip_grad_norm(parameters: List[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ (2-norm, ε = 1e-6) with the norm summed by `row_sum`, which gives
-    the same bits on any number of threads: one process and torchrun ranks clip alike."""
-    norm = torch.stack([row_sum(p.grad * p.grad) for p in parameters]).sum().sqrt()
-    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    for p in parameters:
-        p.grad.mul_(scale)
-    return norm
-
-
-def linear_schedule(optimizer, total_steps: int, warmup: float):
-    """Linear warmup over the first `warmup` fraction of steps, then linear decay to 0 (Appendix B)."""
-    warmup_steps = int(warmup * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
+# --- pieces of the loop ---------------------------------------------------------------------------
 def to_host(records: List[dict]) -> List[dict]:
     """`records` with every tensor read as Python numbers (nested lists as `.tolist()` gives, exactly the
     same values): one device-to-host copy for all of them, the only wait for the device."""
@@ -154,7 +96,10 @@ class Deadline:
     def timing(self, part: str) -> Iterator[None]:
         started = time.time()
         yield
-        self.total[part] += time.time() - started
+        self.add(part, time.time() - started)
+
+    def add(self, part: str, seconds: float) -> None:
+        self.total[part] += seconds
         self.count[part] += 1
 
     def mean(self, part: str) -> float:
@@ -219,11 +164,16 @@ class Distillation:
         # Algorithm 1, lines 1–2: D̃ = (x̃, ỹ, ã) and η̃ ← η̃_0 (then, with --init real / --attn-init model, from data)
         self.distilled = DistilledData.initial(config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device)
         if args.init == "real":
-            init_from_real(self.distilled, self.pretrained, self.train, args.seed)
+            init_from_real(self.distilled, self.pretrained, self.real_examples())
         if args.attn_init == "model":
             init_attention_from_model(self.distilled, self.pretrained, self.bert_config, self.kernels)
-        self.optimizer = make_optimizer(self.distilled, args)
+        self.optimizer = make_optimizer(self.distilled, args.lr, {"x": args.lr_x, "label_logits": args.lr_labels,
+                                        "attn_logits": args.lr_attn, "lr_raw": args.lr_inner}, args.optimizer,
+                                        args.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
+        self.outer = Outer(self.pretrained, self.bert_config, self.task.num_classes, self.distilled, self.optimizer,
+                           self.scheduler, args.seed, args.clip, args.mode, args.real_batch_size,
+                           AUTOCAST[args.autocast], distributed.all_reduce_sum, self.kernels)
         self.step, self.best_val = 0, math.inf
         if distributed.is_main():
             run.claim()                        # only once every setting has been checked
@@ -296,40 +246,30 @@ class Distillation:
     def provenance(self, **extra) -> dict:
         return {"task": self.task.name, "model": str(self.args.model), "step": self.step, **extra}
 
-    def real_batch(self) -> List[Dict[str, torch.Tensor]]:
-        """This rank's micro-batches of outer step `step`'s real mini-batch (Algorithm 1, line 13)."""
-        epoch, offset = divmod(self.step, self.steps_per_epoch)
+    def real_examples(self) -> Dict[str, torch.Tensor]:
+        """For --init real: one random training example of each sample's class, S tokens wide."""
+        config = self.distilled.config
+        if len(torch.unique(self.train.labels)) < config.num_classes:
+            missing = sorted(set(range(config.num_classes)) - set(self.train.labels.tolist()))
+            raise UserError(f"--init real: the training split has no example of class {missing[0]}")
+        rows = real_init_rows(self.train.labels, config.num_samples, config.num_classes, self.args.seed)
+        return taskdata.collate(self.train, rows, self.device, width=config.seq_len)
+
+    def real_batch(self, s: int) -> List[Dict[str, torch.Tensor]]:
+        """This rank's micro-batches of outer step s's real mini-batch (Algorithm 1, line 13)."""
+        epoch, offset = divmod(s, self.steps_per_epoch)
         order = self.train_idx[torch.randperm(len(self.train_idx),
                                               generator=seeds.generator("real-batch-order", self.args.seed, epoch))]
         rows = order[offset * self.args.real_batch_size:(offset + 1) * self.args.real_batch_size]
         micro_batches = rows.split(self.micro_batch_size)
         return [taskdata.collate(self.train, micro, self.device) for micro in distributed.shard(micro_batches)]
 
-    def outer_step(self) -> dict:
-        """One outer step: θ_0 ~ p(θ_0), the hypergradient on a real batch, one Adam update of D̃. Its record
-        (a metrics.jsonl line) holds device tensors, read later by `read_metrics`: nothing here waits for the
-        device. `finite`: is each of loss, inner losses, gradients (by name) and D̃ after the update finite.
-        `seconds` is the host's time (on a GPU the device's backlog is waited for at the reads)."""
-        started = time.perf_counter()
-        theta0 = fresh_model(self.pretrained, self.bert_config, self.task.num_classes,      # line 4: θ_0 ~ p(θ_0)
-                             seed=seeds.stream_seed("training-head", self.args.seed, self.step))
-        # lines 5–13: the inner loop on D̃, then ∇_D̃ of the real batch's loss at θ_T (unroll.py)
-        result = hypergradient(theta0, self.bert_config, self.distilled, self.real_batch(), mode=self.args.mode,
-                               real_batch_size=self.args.real_batch_size, autocast=AUTOCAST[self.args.autocast],
-                               all_reduce=distributed.all_reduce_sum, kernels=self.kernels)
-        finite = [torch.isfinite(x).all() for x in (result.loss, result.inner_losses, *result.grads.values())]
-        for name, tensor in self.distilled.learnable().items():
-            tensor.grad = result.grads[name]
-        grad_norm = clip_grad_norm(list(self.distilled.learnable().values()), self.args.clip)
-        self.optimizer.step()                         # lines 14–15: D̃ ← D̃ − α ∇_D̃ L (Adam, Appendix B)
-        finite += [torch.isfinite(v).all() for v in self.distilled.learnable().values()]
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, "loss": result.loss,
-                "inner_losses": result.inner_losses, "inner_lr": self.inner_lrs(), "grad_norm": grad_norm,
-                "alpha": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
-                "finite": torch.stack(finite)}
+    def record(self, s: int, result: OuterStep, seconds: float) -> dict:
+        """Outer step s's metrics.jsonl line, still on the device (read by `read_metrics`). `alpha` and
+        `inner_lr` are as the update left them: those of the next step. `seconds`: the host's time."""
+        return {"step": s + 1, "epoch": s // self.steps_per_epoch, "loss": result.loss,
+                "inner_losses": result.inner_losses, "inner_lr": self.inner_lrs(), "grad_norm": result.grad_norm,
+                "alpha": self.scheduler.get_last_lr()[0], "seconds": seconds, "finite": result.finite}
 
     def inner_lrs(self) -> torch.Tensor:
         """(T,) η̃_t of the current D̃, detached."""
@@ -379,7 +319,7 @@ class Distillation:
         return mean_std(distributed.gather(runs))
 
     def run_to_end(self) -> bool:
-        """The outer steps, then the best D̃ and the card; False when stopped early (checkpointed)."""
+        """The outer steps, then the best D̃; False when stopped early (checkpointed)."""
         self.progress = tqdm(total=self.total_steps, initial=self.step, desc=f"distil {self.task.name}", unit="step",
                              dynamic_ncols=True, disable=not distributed.is_main())
         with self.progress:   # closed (its line ended) before any error message
@@ -392,33 +332,38 @@ class Distillation:
             raise UserError(f"no validation of {self.run.path} had a finite loss, so there is no distilled_best; "
                             "the learning rates are probably too high")
         self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
-        if distributed.is_main():
-            self.log(f"card: {write_card(self.run.path)}")
         return True
 
     def loop(self) -> bool:
-        """Outer steps until the last (True) or until `should_stop` (False, after a checkpoint)."""
-        while self.step < self.total_steps:                         # Algorithm 1, line 3: outer steps s = 1..S
-            if self.should_stop():
-                self.save()
-                return False
-            self.advance()
-        return True
+        """Algorithm 1 from the current step (method/outer.py), with `after_step` around each outer step;
+        False when stopped early (after a checkpoint)."""
+        if self.step < self.total_steps and self.should_stop():
+            self.save()
+            return False
+        self.step_started = time.perf_counter()
+        return algorithm_1(self.outer, range(self.step, self.total_steps), self.real_batch, self.after_step)
 
-    def advance(self) -> None:
-        """One outer step and what follows it: a read of the metrics every --log-every steps, validation and
-        checkpoint when due (each reads the metrics first). Between reads nothing waits for the device."""
-        with self.deadline.timing("step"):
-            self.pending.append(self.outer_step())
-            self.progress.update(1)
-            if self.step % self.args.log_every == 0:
-                self.read_metrics()
+    def after_step(self, s: int, result: OuterStep) -> bool:
+        """What follows outer step s: a read of the metrics every --log-every steps, validation and
+        checkpoint when due (each reads the metrics first; between reads nothing waits for the device),
+        then whether to go on."""
+        self.step = s + 1
+        self.pending.append(self.record(s, result, time.perf_counter() - self.step_started))
+        self.progress.update(1)
+        if self.step % self.args.log_every == 0:
+            self.read_metrics()
+        self.deadline.add("step", time.perf_counter() - self.step_started)
         if self.validates(self.step):
             with self.deadline.timing("validation"):
                 self.after_validation(self.validate())
         if self.validates(self.step) or self.step % self.args.checkpoint_every == 0:
             with self.deadline.timing("save"):
                 self.save()
+        if self.step < self.total_steps and self.should_stop():
+            self.save()
+            return False
+        self.step_started = time.perf_counter()
+        return True
 
     def validates(self, step: int) -> bool:
         return step % self.val_every == 0 or step == self.total_steps
@@ -460,6 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         distillation = Distillation(args, run, checkpoint, started)
         with on_stop_signals(distillation.stop):    # from here on a stop signal ends the run after its step
             finished = distillation.run_to_end()
+        if finished and distributed.is_main():
+            distillation.log(f"card: {write_card(run.path)}")
     finally:
         run.release()
         distributed.teardown()

@@ -25,7 +25,7 @@ from . import tasks
 
 from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import distilled_path, load_run
+from .rundir import distilled_path, load_run
 from .paths import resolve_checkpoint
 from .files import load_pretrained
 

@@ -2,7 +2,7 @@
 
 `python -m ddattn.bench --reference` and `--eval` time these in the same run as ddattn's own code and
 print the ratio, so every speed claim is measured against a reference on the same machine and settings.
-They are the same maths as `unroll.hypergradient` and `evaluate.evaluate_distilled` (tests/test_unroll.py
+They are the same maths as `unroll.hypergradient` and `evaluation.evaluate_distilled` (tests/test_unroll.py
 checks that they agree), done the way a first implementation would, close to the authors' code (Hugging
 Face BERT, `torch.autograd.grad(create_graph=True)`, eager attention):
 

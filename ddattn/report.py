@@ -32,9 +32,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from . import checks
 from . import tasks
-from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .evaluate import headline_metric
+from .method.evaluation import headline_metric
 from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
 from .files import read_distilled_metadata
 

@@ -16,8 +16,9 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from . import checks
+from . import checks, tasks
 from .errors import UserError
+from .files import load_distilled, read_distilled_metadata
 from .paths import atomic_path
 
 LOCK_NAME = ".lock"
@@ -163,3 +164,23 @@ class RunDirectory:
             if text != path.read_text():
                 with atomic_path(path) as tmp:
                     tmp.write_text(text)
+
+
+# --- reading a finished run back -----------------------------------------------------------------
+def load_run(run_dir: Path, which: str = "best"):
+    """A run's settings and its distilled data (distilled_best or distilled_last), checked to belong
+    together: same task, class count, shapes and checkpoint."""
+    config_path, data_path = run_dir / "config.json", distilled_path(run_dir, which)
+    for path in (config_path, data_path):
+        if not path.is_file():
+            raise UserError(f"{path} is missing: is {run_dir} a finished `python -m ddattn.distill` run?")
+    settings = checks.read_json(config_path)
+    checks.require_fields(settings, checks.RUN_FIELDS, config_path)
+    distilled = load_distilled(data_path)
+    num_classes = tasks.task_from_settings(settings).num_classes
+    checks.check_distilled_for_run(read_distilled_metadata(data_path), settings, num_classes, data_path)
+    return settings, distilled
+
+
+def distilled_path(run_dir: Path, which: str) -> Path:
+    return run_dir / f"distilled_{which}.safetensors"

@@ -17,14 +17,12 @@ import torch
 
 from . import checks
 from . import tasks
-from .method import seeds
-from .method.bert import BertConfig
 from .method.distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
 from .distributed import local_device
 from .errors import ArgumentParser, UserError
 from .method.kernels import KERNELS
 from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, option_problem
-from .paths import resolve_checkpoint, runs_dir
+from .paths import runs_dir
 from .rundir import RunDirectory
 from .method.unroll import MODES
 

@@ -13,7 +13,7 @@ from . import tasks
 from .method import seeds
 from .method.bert import fresh_model
 from .errors import ArgumentParser, run_cli
-from .evaluate import load_run
+from .rundir import load_run
 from .export import Classifier, export_classifier, refuse_existing
 from .paths import resolve_checkpoint
 from .method.unroll import train_on_distilled

@@ -1,4 +1,4 @@
-"""Many models at once in evaluation (evaluate.predict_models): the same predictions as one at a time.
+"""Many models at once in evaluation (evaluation.predict_models): the same predictions as one at a time.
 
 Real MiniLM in fp32 and a distilled set whose models' predictions vary from example to example and
 from model to model (results/runs/sst2/cpu-sl-al, dev 77 %), on the first 64 SST-2 dev sentences."""
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ddattn import data as taskdata
-from ddattn import evaluate, tasks
+from ddattn import evaluate, rundir, tasks
+from ddattn.method import evaluation
 
 from ddattn.errors import UserError
 from ddattn.paths import weights_dir
@@ -25,7 +26,7 @@ def setting(sst2_data):
     model_dir = weights_dir() / "minilm-l6"
     if not (model_dir / "model.safetensors").is_file():
         pytest.fail(f"{model_dir} is missing: run `make weights` (python -m ddattn.convert) first")
-    settings, distilled = evaluate.load_run(RUN)
+    settings, distilled = rundir.load_run(RUN)
     config, pretrained = load_pretrained(model_dir)
     split = taskdata.load_split(tasks.get_task("sst2"), "eval", model_dir / "tokenizer.json", settings["max_length"],
                                 str(sst2_data))
@@ -36,13 +37,13 @@ def setting(sst2_data):
 @pytest.fixture(scope="module")
 def trained(setting):
     config, pretrained, distilled, _ = setting
-    return [evaluate.trained_model(pretrained, config, distilled, seed) for seed in SEEDS]
+    return [evaluation.trained_model(pretrained, config, distilled, seed) for seed in SEEDS]
 
 
 def test_models_at_once_predict_what_one_at_a_time_predicts(setting, trained):
     config, _, _, batches = setting
-    one = [evaluate.predict(theta, config, batches) for theta in trained]
-    losses, predictions, labels = evaluate.predict_models(trained, config, batches)
+    one = [evaluation.predict(theta, config, batches) for theta in trained]
+    losses, predictions, labels = evaluation.predict_models(trained, config, batches)
     assert predictions.shape == (len(SEEDS), 64)
     assert torch.equal(predictions, torch.stack([p for _, p, _ in one]))
     assert torch.equal(labels, one[0][2])
@@ -55,7 +56,7 @@ def test_models_at_once_predict_what_one_at_a_time_predicts(setting, trained):
 def test_evaluate_distilled_in_chunks_matches_one_at_a_time(setting):
     """Three models two at a time (a chunk of two, then one): the same runs, in seed order, as one at a time."""
     config, pretrained, distilled, batches = setting
-    runs = {k: evaluate.evaluate_distilled(pretrained, config, distilled, lambda: batches, SEEDS, ["accuracy"],
+    runs = {k: evaluation.evaluate_distilled(pretrained, config, distilled, lambda: batches, SEEDS, ["accuracy"],
                                            models_at_once=k) for k in (1, 2)}
     assert [r["seed"] for r in runs[2]] == SEEDS
     for one, many in zip(runs[1], runs[2]):

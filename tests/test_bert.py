@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddattn.method.attention import AttentionBackward, RecomputedAttention
-from ddattn.method.bert import BertConfig, bert_forward, param_shapes
+from ddattn.method.bert import bert_forward, param_shapes
 from ddattn.errors import UserError
 from ddattn.method.unroll import attention_kl
 from ddattn.files import load_pretrained, read_bert_config, write_bert_config

@@ -9,11 +9,10 @@ import torch
 from ddattn import distill, reference
 
 from ddattn.method import attention, kernels
-from ddattn.evaluate import predict
+from ddattn.method.evaluation import predict
 from ddattn.method.attention import AttentionBackward, RecomputedAttention
 from ddattn.method.bert import bert_forward
 from ddattn.method.distilled import DistilledConfig, DistilledData
-from ddattn.errors import UserError
 from ddattn.method.layers import LinearBackward, layer_norm, linear
 from ddattn.opcount import count_ops
 from ddattn.method.unroll import hypergradient, sgd_step, train_on_distilled
@@ -172,7 +171,7 @@ def test_count_ops_sees_host_syncs():
 
 
 def test_evaluation_agrees_under_both_policies(tiny):
-    """train_on_distilled and `evaluate.predict` (fused attention, a padded batch), in float64 and bf16."""
+    """train_on_distilled and `evaluation.predict` (fused attention, a padded batch), in float64 and bf16."""
     config, theta = tiny
     distilled = make_distilled(2, 1, 0, "soft", "cls")
     ids, types, mask = tiny_inputs()

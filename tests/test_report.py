@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddattn import report, sweep
-from ddattn.evaluate import compute_metrics, f1_positive, headline_metric, mean_std
+from ddattn.method.evaluation import compute_metrics, f1_positive, headline_metric, mean_std
 from tests.test_baselines import cli_error
 
 T = torch.tensor

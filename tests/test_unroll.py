@@ -133,7 +133,7 @@ def test_attention_kl_is_kl_of_softmaxes():
 
 @pytest.mark.parametrize("attention_type", ["cls", "all"])
 def test_attention_labels_initialised_from_the_model_start_with_zero_attention_loss(tiny, attention_type):
-    from ddattn.distill import init_attention_from_model
+    from ddattn.method.outer import init_attention_from_model
     from ddattn.method.unroll import inner_losses
     config, theta = tiny
     distilled = make_distilled(attention_type=attention_type)
@@ -144,14 +144,16 @@ def test_attention_labels_initialised_from_the_model_start_with_zero_attention_l
 
 def test_real_init_of_a_pair_enters_bert_as_the_real_pair(tiny):
     """--init real: x̃ read with token type 0 sums to the real pair's word + token-type embeddings."""
-    from ddattn.data import EncodedSplit
-    from ddattn.distill import init_from_real
+    from ddattn.data import EncodedSplit, collate
+    from ddattn.method.outer import init_from_real, real_init_rows
     config, theta = tiny
     ids = torch.tensor([[1, 5, 6, 2, 7, 8, 2], [1, 9, 2, 11, 12, 13, 2]], dtype=torch.int32)
     types = torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1]], dtype=torch.int8)
     split = EncodedSplit(ids, types, torch.tensor([7, 7], dtype=torch.int32), torch.tensor([0, 1]))
     distilled = make_distilled(seq_len=7)
-    init_from_real(distilled, theta, split, seed=0)
+    rows = real_init_rows(split.labels, num_samples=2, num_classes=2, seed=0)
+    assert rows.tolist() == [0, 1]                                   # one example of each sample's class
+    init_from_real(distilled, theta, collate(split, rows, width=7))
     word, token_type = theta["embeddings.word"], theta["embeddings.token_type"]
     for i in range(2):
         real = word[ids[i].long()] + token_type[types[i].long()]
