@@ -12,7 +12,7 @@ from ddattn import evaluate, tasks
 from ddattn.bert import load_pretrained
 from ddattn.errors import UserError
 from ddattn.paths import weights_dir
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"
 SEEDS = [0, 1, 2]

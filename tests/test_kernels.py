@@ -15,10 +15,7 @@ from ddattn.errors import UserError
 from ddattn.layers import LinearBackward, layer_norm, linear
 from ddattn.opcount import count_ops
 from ddattn.unroll import hypergradient, sgd_step, train_on_distilled
-from tests.conftest import TINY, tiny_theta
-from tests.test_bert import tiny_inputs
-from tests.test_faults import TINY as TINY_RUN, env  # noqa: F401  (env: a fixture)
-from tests.test_unroll import make_distilled, real_batch
+from tests.helpers import TINY, TINY_RUN, logged_steps, make_distilled, real_batch, tiny_inputs, tiny_theta
 
 ATOL = 1e-10      # float64: the policies differ only in the order of additions
 
@@ -184,7 +181,7 @@ def test_evaluation_agrees_under_both_policies(tiny):
 
 
 # --- the setting: saved with a run; a run from before it resumes as "auto" -------------------------------------
-def test_kernels_is_saved_and_an_older_run_resumes_as_auto(env):  # noqa: F811
+def test_kernels_is_saved_and_an_older_run_resumes_as_auto(env):
     distill.main([*TINY_RUN, "--name", "k", "--kernels", "gpu"])
     run = env / "runs" / "mrpc" / "k"
     config = json.loads((run / "config.json").read_text())
@@ -193,4 +190,4 @@ def test_kernels_is_saved_and_an_older_run_resumes_as_auto(env):  # noqa: F811
     (run / "config.json").write_text(json.dumps(config))
     distill.main(["--resume", str(run), "--max-steps", "3"])
     assert json.loads((run / "config.json").read_text())["kernels"] == "auto"
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert logged_steps(run) == [1, 2, 3]

@@ -12,7 +12,7 @@ import ddattn.distill
 import ddattn.evaluate
 from ddattn import seeds
 from ddattn.errors import UserError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 RUN_SEEDS = [0, 1, 2, 3, 7, 999, seeds.SEED_LIMIT - 1]
