@@ -77,7 +77,8 @@ def test_export_has_hugging_face_names_and_config(exported):
 
 
 def test_transformers_loads_the_export_and_agrees(exported):
-    """Where transformers is installed: its tokenizer and BertForSequenceClassification read the export as ours does."""
+    """Its tokenizer and BertForSequenceClassification read the export as ours does. Skipped where transformers
+    is not installed (it is no dependency of ddattn); CI runs it in a throwaway environment (.ci/transformers)."""
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForSequenceClassification.from_pretrained(str(exported)).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(exported))
