@@ -1,14 +1,12 @@
 """Shared fixtures (the plain helpers are in tests/helpers.py): the tiny random BERT, the golden fixture,
 MiniLM, task data, and the runs that several test files read."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import GOLDEN, REPO, TINY, make_tiny_run, small_mrpc, tiny_theta
+from tests.helpers import GOLDEN, TINY, fetch, make_tiny_run, small_mrpc, tiny_theta
 
 
 @pytest.fixture
@@ -33,12 +31,6 @@ def minilm():
     if not (path / "model.safetensors").is_file():
         pytest.fail(f"{path} is missing: run `make weights` (python -m ddattn.convert) first")
     return load_pretrained(path, dtype=torch.float64)
-
-
-def fetch(task: str, data_dir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", task, "--data-dir", str(data_dir)],
-                          cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,7 @@ def tiny_inputs(batch=3, length=8, seed=0):
 
 
 def make_distilled(steps=1, shots=1, batch_size=0, label_type="soft", attention_type="cls", seq_len=8, seed=1):
+    """D̃ for TINY in float64 (2 classes, η̃_0 = 0.3), with generic values (see below)."""
     config = DistilledConfig(num_classes=2, seq_len=seq_len, hidden_size=TINY.hidden_size, num_layers=TINY.num_layers,
                              num_heads=TINY.num_heads, shots=shots, steps=steps, batch_size=batch_size,
                              label_type=label_type, attention_type=attention_type, inner_lr_init=0.3)
@@ -59,6 +60,7 @@ def make_distilled(steps=1, shots=1, batch_size=0, label_type="soft", attention_
 
 
 def real_batch(seed=2, batch=3, length=8):
+    """A real mini-batch for TINY: random ids and token types, the first row padded, labels 0, 1, 1."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[0, length - 3:] = 0                       # one padded sequence
@@ -100,7 +102,14 @@ def snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-# --- the small MRPC copy and the runs made on it ---------------------------------------------------------------
+# --- task data, the small MRPC copy and the runs made on it --------------------------------------------------
+def fetch(task: str, data_dir: Path) -> None:
+    """`python -m ddattn.fetch --task TASK --data-dir DATA_DIR` (copies from ../shared/data)."""
+    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", task, "--data-dir", str(data_dir)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 TRAIN_ROWS, DEV_ROWS = 200, 32
 
 
@@ -110,9 +119,7 @@ def small_mrpc(base: Path) -> Path:
     pytest's base temp dir)."""
     root = base / "small-data"
     if not (root / "mrpc" / "dev.tsv").is_file():
-        done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(root)],
-                              cwd=REPO, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+        fetch("mrpc", root)
         for name, rows in (("train.tsv", TRAIN_ROWS), ("dev.tsv", DEV_ROWS)):
             path = root / "mrpc" / name
             path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows + 1]), encoding="utf-8")
