@@ -1,7 +1,7 @@
 """Per-model metric difference bf16 − fp32 between two eval.json of one run (same head seeds):
 `python bench/bf16_difference.py RUN/eval.json RUN/eval-bf16.json`."""
 import json, sys
-from ddattn.evaluate import headline_metric
+from ddattn.method.evaluation import headline_metric
 fp32, bf16 = (json.load(open(p)) for p in sys.argv[1:3])
 metric = headline_metric(fp32["summary"])
 a = {r["seed"]: r[metric] for r in fp32["runs"]}

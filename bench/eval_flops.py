@@ -13,7 +13,8 @@ from pathlib import Path
 from ddattn import data as taskdata
 from ddattn import reference, tasks
 from ddattn.method.bert import BertConfig
-from ddattn.evaluate import eval_batches, load_run
+from ddattn.evaluate import eval_batches
+from ddattn.rundir import load_run
 from ddattn.paths import resolve_checkpoint
 from ddattn.files import read_bert_config
 

@@ -59,6 +59,13 @@ from .files import load_pretrained, save_distilled
 
 
 # --- pieces of the loop ---------------------------------------------------------------------------
+def optimizer_for(distilled: DistilledData, args) -> torch.optim.Optimizer:
+    """Adam over D̃ (method/outer.py) with the α of --lr, or of --lr-x / --lr-labels / --lr-attn / --lr-inner
+    for their tensor."""
+    group_lrs = {"x": args.lr_x, "label_logits": args.lr_labels, "attn_logits": args.lr_attn, "lr_raw": args.lr_inner}
+    return make_optimizer(distilled, args.lr, group_lrs, args.optimizer, args.weight_decay)
+
+
 def to_host(records: List[dict]) -> List[dict]:
     """`records` with every tensor read as Python numbers (nested lists as `.tolist()` gives, exactly the
     same values): one device-to-host copy for all of them, the only wait for the device."""
@@ -167,9 +174,7 @@ class Distillation:
             init_from_real(self.distilled, self.pretrained, self.real_examples())
         if args.attn_init == "model":
             init_attention_from_model(self.distilled, self.pretrained, self.bert_config, self.kernels)
-        self.optimizer = make_optimizer(self.distilled, args.lr, {"x": args.lr_x, "label_logits": args.lr_labels,
-                                        "attn_logits": args.lr_attn, "lr_raw": args.lr_inner}, args.optimizer,
-                                        args.weight_decay)
+        self.optimizer = optimizer_for(self.distilled, args)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
         self.outer = Outer(self.pretrained, self.bert_config, self.task.num_classes, self.distilled, self.optimizer,
                            self.scheduler, args.seed, args.clip, args.mode, args.real_batch_size,

@@ -1,31 +1,13 @@
-"""Shared fixtures: a tiny random BERT for fast exact tests, and the golden fixture's location."""
+"""Shared fixtures (the plain helpers are in tests/helpers.py): the tiny random BERT, the golden fixture,
+MiniLM, task data, and the runs that several test files read."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddattn.method.bert import BertConfig, init_classifier, param_shapes
-
-REPO = Path(__file__).resolve().parent.parent
-GOLDEN = Path(os.environ.get("DDATTN_GOLDEN", REPO.parent / "shared" / "fixtures" / "minilm_golden.safetensors"))
-
-TINY = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32)
-
-
-def tiny_theta(config: BertConfig = TINY, num_classes: int = 2, seed: int = 0, dtype=torch.float64):
-    """Random parameters for `config`: weights N(0, 0.3²) so every nonlinearity is exercised, LayerNorm ≈ 1."""
-    g = torch.Generator().manual_seed(seed)
-    theta = {}
-    for name, shape in param_shapes(config).items():
-        value = torch.randn(shape, generator=g, dtype=dtype) * 0.3
-        theta[name] = value + 1.0 if name.endswith("norm.weight") else value
-    theta.update(init_classifier(config, num_classes, g, dtype=dtype))
-    theta["classifier.weight"] *= 10   # a head large enough that logits depend on the input
-    return theta
+from ddattn.files import load_pretrained
+from tests.helpers import GOLDEN, TINY, fetch, make_tiny_run, small_mrpc, tiny_theta
 
 
 @pytest.fixture
@@ -43,7 +25,7 @@ def golden_path():
 @pytest.fixture(scope="session")
 def minilm():
     """The converted default checkpoint in float64 (`make test` converts it first)."""
-    from ddattn.files import load_pretrained
+
     from ddattn.paths import weights_dir
 
     path = weights_dir() / "minilm-l6"
@@ -56,7 +38,27 @@ def minilm():
 def sst2_data(tmp_path_factory):
     """A data directory with SST-2 (copied from ../shared/data by `python -m ddattn.fetch`)."""
     path = tmp_path_factory.mktemp("data")
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "sst2", "--data-dir", str(path)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    fetch("sst2", path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mrpc_data(tmp_path_factory):
+    """<root>/data/mrpc filled the way `make data TASK=mrpc` fills it (helpers.use_data links it in)."""
+    root = tmp_path_factory.mktemp("shared")
+    fetch("mrpc", root / "data")
+    return root
+
+
+@pytest.fixture
+def env(tmp_path, tmp_path_factory, monkeypatch):
+    """Runs under tmp_path/runs, the small MRPC copy as data (shared by the session), for in-process runs."""
+    monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DDATTN_DATA_DIR", str(small_mrpc(tmp_path_factory.getbasetemp())))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """runs/mrpc/tiny under the session's base dir (helpers.make_tiny_run), made once."""
+    return make_tiny_run(tmp_path_factory.getbasetemp())

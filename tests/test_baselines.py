@@ -1,11 +1,10 @@
 """Baselines (`python -m ddattn.baselines`) and evaluation determinism (`python -m ddattn.evaluate`) on a
-small copy of MRPC: 200 training pairs and 32 dev pairs, so that scoring one model takes a fraction of a
-second. Also the helpers the other test files share: that data, a tiny distillation run, CLI-error checks.
+small copy of MRPC (helpers.small_mrpc): 200 training pairs and 32 dev pairs, so that scoring one model
+takes a fraction of a second.
 """
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,60 +13,7 @@ import pytest
 import torch
 
 from ddattn import baselines, evaluate
-
-from ddattn.method import seeds
-from ddattn.errors import run_cli
-from tests.conftest import REPO
-
-TRAIN_ROWS, DEV_ROWS = 200, 32
-TINY_DISTILL = ["--task", "mrpc", "--train-limit", "64", "--val-size", "16", "--real-batch-size", "16",
-                "--seq-len", "8", "--max-length", "32", "--epochs", "1", "--val-models", "1", "--name", "tiny",
-                "--label-type", "soft", "--shots", "1"]   # the paper's soft labels, 1 shot (the cpu preset: hard, 3 on MRPC)
-
-
-# --- shared helpers (also imported by test_inspect.py and test_report.py) --------------------------------
-def heads(n: int, seed: int = 0) -> list:
-    """The head seeds of the first n evaluation models of a run with --seed `seed`."""
-    return [seeds.stream_seed("evaluation-head", seed, i) for i in range(n)]
-
-
-def small_mrpc(base: Path) -> Path:
-    """A data dir filled by `python -m ddattn.fetch --task mrpc`, then cut to the first 200 train / 32 dev
-    pairs. Made once per test session (under pytest's base temp dir)."""
-    root = base / "small-data"
-    if not (root / "mrpc" / "dev.tsv").is_file():
-        done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(root)],
-                              cwd=REPO, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        for name, rows in (("train.tsv", TRAIN_ROWS), ("dev.tsv", DEV_ROWS)):
-            path = root / "mrpc" / name
-            path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows + 1]), encoding="utf-8")
-    return root
-
-
-def env_for(base: Path) -> dict:
-    return {**os.environ, "DDATTN_RUNS_DIR": str(base / "runs"), "DDATTN_DATA_DIR": str(small_mrpc(base))}
-
-
-def tiny_run(base: Path) -> Path:
-    """runs/mrpc/tiny: the brief's tiny `python -m ddattn.distill` run (2 samples of 8 tokens), made once."""
-    run = base / "runs" / "mrpc" / "tiny"
-    if not (run / "distilled_best.safetensors").is_file():
-        done = subprocess.run([sys.executable, "-m", "ddattn.distill", *TINY_DISTILL], cwd=REPO, env=env_for(base),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    return run
-
-
-def cli_error(main, argv, capsys) -> str:
-    """Run a CLI in-process: exit 2, no traceback, exactly one line starting with `error: `."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+from tests.helpers import DEV_ROWS, REPO, cli_error, env_for, heads, one_error_line, small_mrpc
 
 
 @pytest.fixture
@@ -202,17 +148,18 @@ def test_random_real_picks_the_lr_on_held_out_training_data(base):
     assert set(search) == {1e-2, 1e4}
     assert result["settings"]["lr"] == 1e-2 and "never the eval split" in result["settings"]["selection"]
     assert result["settings"]["shots"] == 1 and result["settings"]["steps"] == 1
-    assert result["summary"]["acc_f1"]["std"] >= 0 and len(result["runs"][0]) == 5     # seed, loss, acc, f1, acc_f1
+    assert set(result["runs"][0]) == {"seed", "loss", "accuracy", "f1", "acc_f1"}
+    a, b = (r["acc_f1"] for r in result["runs"])                      # two models: mean and population std
+    assert result["summary"]["acc_f1"] == pytest.approx({"mean": (a + b) / 2, "std": abs(a - b) / 2})
 
 
 # --- evaluation --------------------------------------------------------------------------------------------
-def test_evaluation_is_deterministic(base, tmp_path):
+def test_evaluation_is_deterministic(base, tiny_run, tmp_path):
     """The same seeds give the same eval.json numbers, from the command line and in-process alike."""
-    run = tiny_run(base)
-    done = subprocess.run([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "2", "--out",
+    done = subprocess.run([sys.executable, "-m", "ddattn.evaluate", str(tiny_run), "--n-models", "2", "--out",
                            str(tmp_path / "a.json")], cwd=REPO, env=env_for(base), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    evaluate.main([str(run), "--n-models", "2", "--out", str(tmp_path / "b.json")])
+    evaluate.main([str(tiny_run), "--n-models", "2", "--out", str(tmp_path / "b.json")])
     a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
     assert a["examples"] == DEV_ROWS and [r["seed"] for r in a["runs"]] == heads(2) and a["n_models"] == 2
     assert a["settings"]["label_type"] == "soft" and a["checkpoint"] == "minilm-l6"
@@ -235,4 +182,4 @@ def test_bad_input_is_one_error_line(base, capsys, argv, message):
 def test_command_line_error_exits_2(base):
     done = subprocess.run([sys.executable, "-m", "ddattn.baselines", "full", "--task", "mrpc", "--shots", "0"],
                           cwd=REPO, env=env_for(base), capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip() == "error: --shots must be ≥ 1, not 0"
+    assert one_error_line(done) == done.stderr.strip() == "error: --shots must be ≥ 1, not 0"

@@ -14,7 +14,7 @@ from ddattn.method import evaluation
 from ddattn.errors import UserError
 from ddattn.paths import weights_dir
 from ddattn.files import load_pretrained
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"
 SEEDS = [0, 1, 2]

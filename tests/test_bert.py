@@ -8,16 +8,7 @@ from ddattn.method.bert import bert_forward, param_shapes
 from ddattn.errors import UserError
 from ddattn.method.unroll import attention_kl
 from ddattn.files import load_pretrained, read_bert_config, write_bert_config
-from tests.conftest import TINY, tiny_theta
-
-
-def tiny_inputs(batch=3, length=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, TINY.vocab_size, (batch, length), generator=g)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    mask[1, 5:] = 0
-    mask[2, 3:] = 0
-    return ids, torch.randint(0, 2, (batch, length), generator=g), mask
+from tests.helpers import TINY, tiny_inputs, tiny_theta
 
 
 def test_shapes_and_attention_rows():

@@ -21,9 +21,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from ddattn import convert
 from ddattn.method.bert import bert_forward
-from ddattn.errors import UserError, run_cli
+from ddattn.errors import UserError
 from ddattn.files import load_pretrained
-from tests.conftest import REPO
+from tests.helpers import REPO, cli_error, one_error_line
 
 HF_CONFIG = {"model_type": "bert", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 2,
              "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 32,
@@ -105,15 +105,6 @@ def assert_converted(out, hf):
     reference = bert_forward({k: v.double() for k, v in expected.items()}, config, ids, attention_mask=mask)
     assert torch.equal(ours.cls_hidden, reference.cls_hidden) and torch.equal(ours.cls_scores, reference.cls_scores)
     assert (config.hidden_size, config.num_layers, config.num_heads) == (8, 2, 2)
-
-
-def cli_error(capsys, *argv):
-    """Run the CLI in-process, expecting exit status 2 and exactly one `error:` line on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(convert.main, list(argv))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    return err
 
 
 def run_module(*argv, **env):
@@ -218,13 +209,11 @@ def test_every_weight_problem_is_listed_in_one_line(tmp_path):
     state["encoder.layer.2.output.dense.weight"] = torch.zeros(8, 16)
     src = write_hf_dir(tmp_path / "hf", state)
     out = tmp_path / "weights" / "tiny"
-    result = run_module("--src", str(src), "--out", str(out))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    line = one_error_line(run_module("--src", str(src), "--out", str(out)))
     for problem in ["missing encoder.layer.1.attention.self.key.bias",
                     "unexpected encoder.layer.2.output.dense.weight",
                     "encoder.layer.0.intermediate.dense.weight has shape (16, 7), expected (16, 8)"]:
-        assert problem in result.stderr
+        assert problem in line
     assert not out.parent.exists()
 
 
@@ -239,7 +228,7 @@ def test_every_weight_problem_is_listed_in_one_line(tmp_path):
 def test_non_bert_config_is_refused(tmp_path, capsys, change, message):
     config = {k: v for k, v in {**HF_CONFIG, **change}.items() if v is not None}
     src = write_hf_dir(tmp_path / "hf", hf_state(), config=config)
-    assert message in cli_error(capsys, "--src", str(src), "--out", str(tmp_path / "out"))
+    assert message in cli_error(convert.main, ["--src", str(src), "--out", str(tmp_path / "out")], capsys)
     assert_nothing_written(tmp_path / "out")
 
 
@@ -252,20 +241,21 @@ def test_old_config_without_model_type_is_accepted(tmp_path):
 
 def test_missing_files_are_one_line_errors(tmp_path, capsys):
     src = write_hf_dir(tmp_path / "hf", hf_state())
-    out = str(tmp_path / "out")
+    argv = ["--src", str(src), "--out", str(tmp_path / "out")]
     (src / "model.safetensors").rename(tmp_path / "moved.safetensors")
-    assert "has no model.safetensors or pytorch_model.bin" in cli_error(capsys, "--src", str(src), "--out", out)
+    assert "has no model.safetensors or pytorch_model.bin" in cli_error(convert.main, argv, capsys)
     (tmp_path / "moved.safetensors").rename(src / "model.safetensors")
     (src / "vocab.txt").unlink()
-    assert "has neither tokenizer.json nor vocab.txt" in cli_error(capsys, "--src", str(src), "--out", out)
-    assert "is not a directory" in cli_error(capsys, "--src", str(tmp_path / "nowhere"), "--out", out)
+    assert "has neither tokenizer.json nor vocab.txt" in cli_error(convert.main, argv, capsys)
+    argv[1] = str(tmp_path / "nowhere")
+    assert "is not a directory" in cli_error(convert.main, argv, capsys)
     assert_nothing_written(tmp_path / "out")
 
 
 def test_corrupt_weights_are_one_line_errors(tmp_path, capsys):
     src = write_hf_dir(tmp_path / "hf", hf_state())
     (src / "model.safetensors").write_bytes(b"\x00" * 100)
-    assert "cannot read" in cli_error(capsys, "--src", str(src), "--out", str(tmp_path / "out"))
+    assert "cannot read" in cli_error(convert.main, ["--src", str(src), "--out", str(tmp_path / "out")], capsys)
     assert_nothing_written(tmp_path / "out")
 
 
@@ -283,7 +273,7 @@ def test_bin_files_are_never_unpickled_as_code(tmp_path, capsys):
     src = write_hf_dir(tmp_path / "hf", hf_state(), fmt="bin")
     marker = tmp_path / "code-ran"
     torch.save({**hf_state(), "payload": Planted(marker)}, src / "pytorch_model.bin")
-    assert "cannot read" in cli_error(capsys, "--src", str(src), "--out", str(tmp_path / "out"))
+    assert "cannot read" in cli_error(convert.main, ["--src", str(src), "--out", str(tmp_path / "out")], capsys)
     assert not marker.exists()
     assert_nothing_written(tmp_path / "out")
 
@@ -330,8 +320,8 @@ def test_download_from_hub(tmp_path, hub, fmt, tokenizer):
 
 
 def test_hub_errors(hub, capsys):
-    assert "has none of config.json" in cli_error(capsys, "--model", "acme/absent")
-    assert "is not a Hugging Face model id" in cli_error(capsys, "--model", "../etc")
+    assert "has none of config.json" in cli_error(convert.main, ["--model", "acme/absent"], capsys)
+    assert "is not a Hugging Face model id" in cli_error(convert.main, ["--model", "../etc"], capsys)
 
 
 def test_offline_download_is_a_one_line_error(tmp_path):
@@ -340,8 +330,7 @@ def test_offline_download_is_a_one_line_error(tmp_path):
         port = s.getsockname()[1]
     result = run_module("--model", "acme/tiny-bert", DDATTN_HF_ENDPOINT=f"http://127.0.0.1:{port}",
                         DDATTN_WEIGHTS_DIR=str(tmp_path / "weights"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: cannot download") and result.stderr.count("\n") == 1, result.stderr
+    assert one_error_line(result).startswith("error: cannot download")
     assert not (tmp_path / "weights" / "acme--tiny-bert").exists()
 
 

@@ -5,74 +5,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-
-# A few seconds per run: 96 MRPC training pairs, batches of 16, 8-token distilled samples.
-SMALL = ["--task", "mrpc", "--train-limit", "96", "--val-size", "32", "--real-batch-size", "16", "--seq-len", "8",
-         "--max-length", "32", "--epochs", "2", "--val-models", "1", "--val-every", "3", "--checkpoint-every", "1",
-         "--lr", "0.05", "--seed", "3"]
-
-
-def distill(tmp_path, *args, timeout=300, wait=True):
-    env = {**os.environ, "DDATTN_RUNS_DIR": str(tmp_path / "runs"), "DDATTN_DATA_DIR": str(tmp_path / "data")}
-    command = [sys.executable, "-m", "ddattn.distill", *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def mrpc_data(tmp_path_factory):
-    """data/mrpc filled the way `make data TASK=mrpc` fills it."""
-    root = tmp_path_factory.mktemp("shared")
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(root / "data")],
-                          cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return root
-
-
-def one_error_line(done):
-    """Exit 2, no traceback, and one `error:` line (a progress bar may stand above it on stderr)."""
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    lines = [l for l in done.stderr.splitlines() if "error:" in l]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    return lines[0]
-
-
-def use(tmp_path, data_root):
-    (tmp_path / "data").symlink_to(data_root / "data")
+from tests.helpers import (REPO, SMALL_RUN, logged_steps, metrics, one_error_line, resumed_at, run_distill, use_data,
+                           wait_for_lines)
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, mrpc_data):
-    """The SMALL run, never interrupted."""
+    """The SMALL_RUN run, never interrupted."""
     base = tmp_path_factory.mktemp("straight")
-    use(base, mrpc_data)
-    assert distill(base, *SMALL, "--name", "straight").returncode == 0
+    use_data(base, mrpc_data)
+    assert run_distill(base, *SMALL_RUN, "--name", "straight").returncode == 0
     return base / "runs" / "mrpc" / "straight"
-
-
-def wait_for_lines(process, path, lines: int, timeout=240):
-    """Wait until `path` has `lines` lines; the process must still be running."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if path.exists() and len(path.read_text().splitlines()) >= lines:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be stopped"
-
-
-def metrics(run) -> list:
-    """metrics.jsonl without the timings."""
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 def assert_same_run(run, straight) -> None:
@@ -80,14 +29,8 @@ def assert_same_run(run, straight) -> None:
     for name in ("distilled_last", "distilled_best"):
         a, b = (load_file(r / f"{name}.safetensors") for r in (straight, run))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    assert metrics(run) == metrics(straight) and [m["step"] for m in metrics(run)] == list(range(1, 9))
+    assert metrics(run) == metrics(straight) and logged_steps(run) == list(range(1, 9))
     assert (run / "validation.jsonl").read_text() == (straight / "validation.jsonl").read_text()
-
-
-def resumed_at(run) -> str:
-    """Where the last resume of `run` started, as its run.log says ("3/8": outer step 3 of 8)."""
-    lines = [l for l in (run / "run.log").read_text().splitlines() if l.startswith(f"resumed {run} at")]
-    return lines[-1].split(" at outer step ")[1]
 
 
 def test_run_directory_is_complete(straight):
@@ -95,9 +38,8 @@ def test_run_directory_is_complete(straight):
     for name in ["config.json", "checkpoint.pt", "distilled_best.safetensors", "distilled_last.safetensors",
                  "metrics.jsonl", "validation.jsonl", "run.log"]:
         assert (run / name).is_file(), name
-    records = metrics(run)
-    assert [m["step"] for m in records] == list(range(1, 9))             # 2 epochs × 4 full batches of 16
-    assert all(m["loss"] > 0 and m["grad_norm"] > 0 and len(m["inner_lr"]) == 1 for m in records)
+    assert logged_steps(run) == list(range(1, 9))                         # 2 epochs × 4 full batches of 16
+    assert all(m["loss"] > 0 and m["grad_norm"] > 0 and len(m["inner_lr"]) == 1 for m in metrics(run))
     with safe_open(str(run / "distilled_best.safetensors"), "pt") as f:   # plain safetensors can read it
         info = json.loads(f.metadata()["ddattn_distilled"])
         assert info["task"] == "mrpc" and info["config"]["label_type"] == "hard"     # the cpu preset on MRPC:
@@ -108,32 +50,33 @@ def test_run_directory_is_complete(straight):
 
 @pytest.mark.parametrize("flags", [["--mode", "finite-difference"], ["--autocast", "bf16", "--allow-slow-bf16"]])
 def test_approximate_options_run(tmp_path, mrpc_data, flags):
-    use(tmp_path, mrpc_data)
-    done = distill(tmp_path, *SMALL, "--max-steps", "2", "--name", "approx", *flags)
+    use_data(tmp_path, mrpc_data)
+    done = run_distill(tmp_path, *SMALL_RUN, "--max-steps", "2", "--name", "approx", *flags)
     assert done.returncode == 0, done.stderr
-    metrics = [json.loads(l) for l in (tmp_path / "runs" / "mrpc" / "approx" / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 2 and all(m["grad_norm"] > 0 for m in metrics)
+    records = metrics(tmp_path / "runs" / "mrpc" / "approx")
+    assert len(records) == 2 and all(m["grad_norm"] > 0 for m in records)
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data, straight):
-    use(tmp_path, mrpc_data)
+    use_data(tmp_path, mrpc_data)
     run = tmp_path / "runs" / "mrpc" / "killed"
-    process = distill(tmp_path, *SMALL, "--name", "killed", wait=False)
+    process = run_distill(tmp_path, *SMALL_RUN, "--name", "killed", wait=False)
     wait_for_lines(process, run / "metrics.jsonl", 3)             # kill -9 once a few steps are checkpointed
     process.send_signal(signal.SIGKILL)
     process.wait()
     step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
-    assert step < 8
-    resumed = distill(tmp_path, "--resume", str(run))
+    assert 2 <= step < 8                                          # step 3 began after step 2's checkpoint
+    resumed = run_distill(tmp_path, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert resumed_at(run) == f"{step}/8"
     assert_same_run(run, straight)
 
 
 def test_sigterm_checkpoints_the_step_in_flight_and_resumes_there(tmp_path, mrpc_data, straight):
-    use(tmp_path, mrpc_data)
+    use_data(tmp_path, mrpc_data)
     run = tmp_path / "runs" / "mrpc" / "stopped"       # checkpoints only at validations (3, 6, 8); a line per step
-    process = distill(tmp_path, *SMALL, "--checkpoint-every", "100", "--log-every", "1", "--name", "stopped", wait=False)
+    process = run_distill(tmp_path, *SMALL_RUN, "--checkpoint-every", "100", "--log-every", "1", "--name", "stopped",
+                          wait=False)
     wait_for_lines(process, run / "metrics.jsonl", 4)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
@@ -143,15 +86,15 @@ def test_sigterm_checkpoints_the_step_in_flight_and_resumes_there(tmp_path, mrpc
     assert [l for l in out.splitlines() if l.startswith("preempted")] == [
         f"preempted (SIGTERM): checkpoint at outer step {step} in {run}; "
         f"resume with python -m ddattn.distill --resume {run}"]
-    resumed = distill(tmp_path, "--resume", str(run))
+    resumed = run_distill(tmp_path, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert resumed_at(run) == f"{step}/8"
     assert_same_run(run, straight)
 
 
 def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
-    use(tmp_path, mrpc_data)
-    done = distill(tmp_path, *SMALL, "--name", "diverge", "--inner-lr", "1e38")
+    use_data(tmp_path, mrpc_data)
+    done = run_distill(tmp_path, *SMALL_RUN, "--name", "diverge", "--inner-lr", "1e38")
     line = one_error_line(done)
     assert "non-finite" in line and "outer step 1" in line
 
@@ -169,9 +112,9 @@ def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
     (["--model", "no-such-model"], "make weights"),
 ])
 def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):
-    use(tmp_path, mrpc_data)
-    args = SMALL + flags
-    assert expected in one_error_line(distill(tmp_path, *args))
+    use_data(tmp_path, mrpc_data)
+    args = SMALL_RUN + flags
+    assert expected in one_error_line(run_distill(tmp_path, *args))
     assert not (tmp_path / "runs" / "mrpc").exists() or not any((tmp_path / "runs" / "mrpc").iterdir())
 
 
@@ -184,8 +127,8 @@ def test_custom_task_distils_and_evaluates(tmp_path):
     custom = ["--task", "custom", "--train-file", str(tmp_path / "mine" / "train.csv"), "--eval-file",
               str(tmp_path / "mine" / "test.csv"), "--text-columns", "review", "--label-column", "stars",
               "--labels", "bad,good"]
-    done = distill(tmp_path, *custom, "--name", "mine", "--real-batch-size", "8", "--val-size", "8", "--seq-len", "8",
-                   "--epochs", "1", "--val-models", "1", "--max-length", "16")
+    done = run_distill(tmp_path, *custom, "--name", "mine", "--real-batch-size", "8", "--val-size", "8", "--seq-len", "8",
+                       "--epochs", "1", "--val-models", "1", "--max-length", "16")
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "custom" / "mine"
     evaluated = subprocess.run([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "2"], cwd=REPO,
@@ -193,5 +136,5 @@ def test_custom_task_distils_and_evaluates(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads((run / "eval.json").read_text())
     assert result["examples"] == 8 and len(result["runs"]) == 2
-    bad = distill(tmp_path, "--task", "custom", "--train-file", "x.csv")
+    bad = run_distill(tmp_path, "--task", "custom", "--train-file", "x.csv")
     assert "--task custom needs" in one_error_line(bad)

@@ -11,17 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-from tests.test_baselines import heads
-from tests.test_distill import SMALL, distill, metrics, mrpc_data, resumed_at, use, wait_for_lines  # noqa: F401
-#                                                                  (mrpc_data is a fixture)
+from ddattn.method.unroll import hypergradient
+from tests.helpers import (REPO, SMALL_RUN, TINY, heads, make_distilled, metrics, real_batch, resumed_at, run_distill,
+                           tiny_theta, use_data, wait_for_lines)
 
 WORKER = r'''
 import sys, torch
 from ddattn import distributed
 from ddattn.method.unroll import hypergradient
-from tests.conftest import TINY, tiny_theta
-from tests.test_unroll import make_distilled, real_batch
+from tests.helpers import TINY, make_distilled, real_batch, tiny_theta
 
 distributed.setup(torch.device("cpu"))
 distilled, batch = make_distilled(steps=2, shots=2, batch_size=2), real_batch(batch=3)
@@ -55,10 +53,6 @@ def worker(launcher: subprocess.Popen, rank: int) -> int:
 
 
 def test_sharded_hypergradient_equals_single_process(tmp_path):
-    from ddattn.method.unroll import hypergradient
-    from tests.conftest import TINY, tiny_theta
-    from tests.test_unroll import make_distilled, real_batch
-
     (tmp_path / "worker.py").write_text(WORKER)
     done = torchrun(str(tmp_path / "worker.py"), str(tmp_path / "grads.pt"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -71,13 +65,13 @@ def test_sharded_hypergradient_equals_single_process(tmp_path):
 
 
 def test_two_process_distillation_and_evaluation_match_one(tmp_path, mrpc_data, monkeypatch):
-    use(tmp_path, mrpc_data)
+    use_data(tmp_path, mrpc_data)
     # The same two micro-batches in one process and in two: the float32 sums are the same, bit for bit —
     # with the same number of BLAS threads per process (torchrun's workers get 1). With 2 threads the single
     # process's matrix products split their work differently and x̃ and ã differ in the last bits (3 shots).
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    flags = [*SMALL, "--max-steps", "3", "--val-every", "3", "--val-models", "2", "--micro-batch-size", "8"]
-    assert distill(tmp_path, *flags, "--name", "one").returncode == 0
+    flags = [*SMALL_RUN, "--max-steps", "3", "--val-every", "3", "--val-models", "2", "--micro-batch-size", "8"]
+    assert run_distill(tmp_path, *flags, "--name", "one").returncode == 0
     env_runs = {"DDATTN_RUNS_DIR": str(tmp_path / "runs"), "DDATTN_DATA_DIR": str(tmp_path / "data")}
     os.environ.update(env_runs)
     try:
@@ -104,10 +98,10 @@ def test_two_process_distillation_and_evaluation_match_one(tmp_path, mrpc_data, 
 def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path, mrpc_data, monkeypatch):
     """SIGTERM to rank 1 only: both ranks agree to stop after the same step, rank 0 checkpoints it and says so
     in one line, and the resumed run ends bit-identical to one process's uninterrupted run."""
-    use(tmp_path, mrpc_data)
+    use_data(tmp_path, mrpc_data)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")      # as in the test above: one thread, the same bits
-    flags = [*SMALL, "--max-steps", "6", "--micro-batch-size", "8", "--checkpoint-every", "100", "--log-every", "1"]
-    assert distill(tmp_path, *flags, "--name", "one").returncode == 0
+    flags = [*SMALL_RUN, "--max-steps", "6", "--micro-batch-size", "8", "--checkpoint-every", "100", "--log-every", "1"]
+    assert run_distill(tmp_path, *flags, "--name", "one").returncode == 0
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))
     run, one = (tmp_path / "runs" / "mrpc" / name for name in ("two", "one"))

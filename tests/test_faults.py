@@ -24,22 +24,10 @@ from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.errors import UserError, run_cli
 from ddattn.settings import load_or_start
 from ddattn.files import load_distilled, read_distilled_metadata, save_distilled
-from tests.conftest import REPO
-from tests.test_baselines import cli_error, small_mrpc
-
-TINY = ["--task", "mrpc", "--max-steps", "2", "--seq-len", "8", "--train-limit", "64", "--val-size", "16",
-        "--real-batch-size", "8", "--max-length", "16", "--val-models", "1", "--shots", "1"]   # D̃: (2, 8, 384)
+from tests.helpers import REPO, TINY_RUN, cli_error, logged_steps, resumed_at, small_mrpc, snapshot
 
 
 # --- fixtures and helpers --------------------------------------------------------------------------------
-@pytest.fixture
-def env(tmp_path, tmp_path_factory, monkeypatch):
-    """Runs under tmp_path/runs, the small MRPC copy as data (shared by the session)."""
-    monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DDATTN_DATA_DIR", str(small_mrpc(tmp_path_factory.getbasetemp())))
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished tiny run (made once), to be copied and damaged."""
@@ -47,17 +35,13 @@ def finished(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as m:
         m.setenv("DDATTN_RUNS_DIR", str(base / "runs"))
         m.setenv("DDATTN_DATA_DIR", str(small_mrpc(tmp_path_factory.getbasetemp())))
-        distill.main([*TINY, "--name", "done"])
+        distill.main([*TINY_RUN, "--name", "done"])
     return base / "runs" / "mrpc" / "done"
 
 
 def copy_run(finished: Path, env: Path) -> Path:
     """The finished run copied into env's runs dir (runs/mrpc/done)."""
     return Path(shutil.copytree(finished, env / "runs" / "mrpc" / "done"))
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def refused(main, argv, capsys, folder: Path = None) -> str:
@@ -67,12 +51,6 @@ def refused(main, argv, capsys, folder: Path = None) -> str:
     if folder:
         assert snapshot(folder) == before
     return line
-
-
-def resumed_at(run: Path) -> str:
-    """Where the last resume of `run` started, as its run.log says ("2/3": outer step 2 of 3)."""
-    lines = [line for line in (run / "run.log").read_text().splitlines() if line.startswith(f"resumed {run} at")]
-    return lines[-1].split(" at outer step ")[1]
 
 
 def provenance(path: Path) -> dict:
@@ -170,7 +148,7 @@ def test_resume_refuses_a_checkpoint_tensor_that_would_only_broadcast(finished, 
 def test_impossible_settings_are_refused_before_anything_is_written(env, capsys, flags, expected):
     if flags[0] == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert expected in refused(distill.main, [*TINY, *flags, "--name", "bad"], capsys)
+    assert expected in refused(distill.main, [*TINY_RUN, *flags, "--name", "bad"], capsys)
     assert not (env / "runs").exists()
 
 
@@ -182,14 +160,14 @@ def test_impossible_settings_are_refused_before_anything_is_written(env, capsys,
 ])
 def test_custom_labels_and_headers_that_would_mislead_are_refused(env, capsys, train, labels, expected):
     flags = csv_task(env / "mine", train, labels=labels)
-    assert expected in refused(distill.main, [*TINY[2:], *flags, "--name", "c"], capsys, env / "mine")
+    assert expected in refused(distill.main, [*TINY_RUN[2:], *flags, "--name", "c"], capsys, env / "mine")
     assert not (env / "runs").exists()
 
 
 # --- 2. one process per run ----------------------------------------------------------------------------------
 def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, capsys):
     run = env / "runs" / "mrpc" / "shared"
-    first = subprocess.Popen([sys.executable, "-m", "ddattn.distill", *TINY, "--max-steps", "500",
+    first = subprocess.Popen([sys.executable, "-m", "ddattn.distill", *TINY_RUN, "--max-steps", "500",
                               "--checkpoint-every", "1", "--name", "shared"], cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
@@ -197,7 +175,7 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, c
         while not (run / "checkpoint.pt").is_file() and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert first.poll() is None and (run / ".lock").read_text().strip() == str(first.pid)
-        for argv in (["--resume", str(run)], [*TINY, "--name", "shared", "--overwrite"]):
+        for argv in (["--resume", str(run)], [*TINY_RUN, "--name", "shared", "--overwrite"]):
             assert f"is in use by process {first.pid}" in cli_error(distill.main, argv, capsys)
     finally:
         first.send_signal(signal.SIGKILL)
@@ -207,8 +185,7 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, c
     err = capsys.readouterr().err
     assert f"taking over the lock of process {first.pid}" in err and not (run / ".lock").exists()
     assert resumed_at(run) == f"{step}/{step + 1}"
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, step + 2))
+    assert logged_steps(run) == list(range(1, step + 2))
 
 
 def test_a_fresh_run_racing_a_live_one_is_refused_at_the_lock(env, capsys):
@@ -219,7 +196,7 @@ def test_a_fresh_run_racing_a_live_one_is_refused_at_the_lock(env, capsys):
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        line = refused(distill.main, [*TINY, "--name", "busy"], capsys, run)
+        line = refused(distill.main, [*TINY_RUN, "--name", "busy"], capsys, run)
         assert f"in use by process {holder.pid}" in line
     finally:
         holder.kill()
@@ -301,8 +278,7 @@ def test_resume_drops_a_torn_last_log_line_with_a_note(finished, env, capsys):
         f.write('{"step": 3, "epoch": 0, "lo')                        # kill -9 in the middle of an append
     distill.main(["--resume", str(run), "--max-steps", "3"])
     assert "dropped a half-written last line" in capsys.readouterr().err and resumed_at(run) == "2/3"
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    assert logged_steps(run) == [1, 2, 3]
 
 
 def test_evaluate_and_its_card_read_past_a_torn_log_line(finished, env, capsys):
@@ -337,12 +313,11 @@ def test_resume_with_more_steps_extends_the_run(finished, env, capsys):
     distill.main(["--resume", str(run), "--max-steps", "3", "--seq-len", "8"])    # a repeated setting is fine
     assert json.loads((run / "config.json").read_text())["max_steps"] == 3 and resumed_at(run) == "2/3"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    assert logged_steps(run) == [1, 2, 3]
 
 
 def test_resume_with_more_epochs_is_refused_where_max_steps_caps_the_run(finished, env, capsys):
-    run = copy_run(finished, env)                                          # TINY stops at --max-steps 2
+    run = copy_run(finished, env)                                          # TINY_RUN stops at --max-steps 2
     line = refused(distill.main, ["--resume", str(run), "--epochs", "5"], capsys, run)
     assert "--max-steps 2" in line and "--epochs alone cannot extend" in line
 
@@ -353,19 +328,18 @@ def test_rerun_after_a_kill_before_the_first_checkpoint_starts_clean(finished, e
     (run / "checkpoint.pt").unlink()                                       # killed before its first checkpoint
     (run / "distilled_last.safetensors").unlink()
     (run / ".checkpoint.pt.abc123.part").write_bytes(b"half a checkpoint")
-    distill.main([*TINY, "--name", "done"])
+    distill.main([*TINY_RUN, "--name", "done"])
     assert "removing the files of an earlier run" in capsys.readouterr().err
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2] and len((run / "validation.jsonl").read_text().splitlines()) == 1
+    assert logged_steps(run) == [1, 2] and len((run / "validation.jsonl").read_text().splitlines()) == 1
     assert not list(run.glob("*.part")) and not list(run.glob(".*.part"))
 
 
 def test_a_fresh_run_over_a_checkpointed_one_is_refused_or_overwritten(finished, env, capsys):
     run = copy_run(finished, env)
     (run / "eval.json").write_text("{}")
-    line = refused(distill.main, [*TINY, "--name", "done"], capsys, run)
+    line = refused(distill.main, [*TINY_RUN, "--name", "done"], capsys, run)
     assert "already holds a run" in line and "--overwrite" in line
-    distill.main([*TINY, "--name", "done", "--overwrite", "--lr", "0.02"])
+    distill.main([*TINY_RUN, "--name", "done", "--overwrite", "--lr", "0.02"])
     assert not (run / "eval.json").exists() and json.loads((run / "config.json").read_text())["lr"] == 0.02
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -378,20 +352,20 @@ def test_a_fresh_run_over_a_checkpointed_one_is_refused_or_overwritten(finished,
 ])
 def test_unreadable_text_files_name_file_and_line(env, capsys, train, encoding, expected):
     flags = csv_task(env / "mine", train, encoding=encoding)
-    assert expected in refused(distill.main, [*TINY[2:], *flags, "--name", "c"], capsys, env / "mine")
+    assert expected in refused(distill.main, [*TINY_RUN[2:], *flags, "--name", "c"], capsys, env / "mine")
     assert not (env / "runs").exists()
 
 
 def test_an_unterminated_quote_is_reported_at_its_own_line(env, capsys):
     lines = ROWS.splitlines(keepends=True)
     flags = csv_task(env / "mine", "text,label\n" + "".join(lines[:5]) + '"an open quote,pos\n' + "".join(lines[5:]))
-    line = refused(distill.main, [*TINY[2:], *flags, "--name", "c"], capsys, env / "mine")
+    line = refused(distill.main, [*TINY_RUN[2:], *flags, "--name", "c"], capsys, env / "mine")
     assert "train.csv:7: expected 2 fields, found 1 (a quote opened on this line and never closed?)" in line
 
 
 def test_a_bad_eval_file_is_refused_before_distilling(env, capsys):
     flags = csv_task(env / "mine", "text,label\n" + ROWS, evaluation="words,label\nok,pos\n")
-    line = refused(distill.main, [*TINY[2:], *flags, "--name", "c"], capsys, env / "mine")
+    line = refused(distill.main, [*TINY_RUN[2:], *flags, "--name", "c"], capsys, env / "mine")
     assert "eval.csv:1: header lacks column(s) text" in line
     assert not (env / "runs").exists()
 
@@ -403,7 +377,7 @@ def test_a_malformed_tokenizer_is_one_line(env, capsys):
         (model / name).symlink_to(paths.weights_dir() / "minilm-l6" / name)
     (model / "tokenizer.json").write_text('{"version": "1.0", "model": ')
     assert f"cannot read tokenizer {model / 'tokenizer.json'}" in refused(
-        distill.main, [*TINY, "--model", str(model)], capsys, model)
+        distill.main, [*TINY_RUN, "--model", str(model)], capsys, model)
 
 
 def test_a_corrupt_data_cache_is_rebuilt_with_a_note(env, capsys):
@@ -425,7 +399,7 @@ def test_an_unwritable_runs_dir_is_refused_before_the_work(env, capsys, monkeypa
     """We run as root, for whom chmod does not make a folder read-only: the runs dir lies under a file."""
     (env / "a-file").write_text("")
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(env / "a-file" / "runs"))
-    assert "cannot write the run directory" in refused(distill.main, [*TINY, "--name", "x"], capsys)
+    assert "cannot write the run directory" in refused(distill.main, [*TINY_RUN, "--name", "x"], capsys)
 
 
 @pytest.mark.parametrize("command", ["baselines", "report"])
@@ -456,7 +430,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(finished, env, capsys, monkeypatc
     monkeypatch.setattr(distill.torch, "save", torch_save)                 # space freed: resume redoes step 3
     distill.main(["--resume", str(run), "--max-steps", "3"])
     assert resumed_at(run) == "2/3"
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert logged_steps(run) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("out,expected", [("dir", "is a directory"), ("a-file/eval.json", "cannot write in")])
@@ -501,7 +475,7 @@ def read_from(event) -> str:
 
 
 def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch):
-    args, run, checkpoint = load_or_start([*TINY, "--max-steps", "9", "--log-every", "9", "--val-every", "9",
+    args, run, checkpoint = load_or_start([*TINY_RUN, "--max-steps", "9", "--log-every", "9", "--val-every", "9",
                                            "--checkpoint-every", "9", "--name", "quiet"])
     loop = distill.Distillation(args, run, checkpoint)
     try:
@@ -522,7 +496,7 @@ def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch)
     assert reads.count("batch width") == 0                                           # read with numpy
     assert loop.step == 3 and not (run.path / "metrics.jsonl").exists()             # nothing read yet
     loop.read_metrics()
-    assert [json.loads(line)["step"] for line in (run.path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert logged_steps(run.path) == [1, 2, 3]
 
 
 def test_a_non_finite_step_ends_the_run_at_the_next_read(env, capsys, monkeypatch):
@@ -533,10 +507,10 @@ def test_a_non_finite_step_ends_the_run_at_the_next_read(env, capsys, monkeypatc
         result = hypergradient(*args, **kwargs)
         return replace(result, loss=result.loss * math.nan) if len(calls) == 3 else result
     monkeypatch.setattr(distill, "hypergradient", nan_loss_at_step_3)
-    line = cli_error(distill.main, [*TINY, "--max-steps", "6", "--log-every", "4", "--name", "nan"], capsys)
+    line = cli_error(distill.main, [*TINY_RUN, "--max-steps", "6", "--log-every", "4", "--name", "nan"], capsys)
     assert "non-finite loss at outer step 3" in line and "nothing was saved yet" in line and len(calls) == 4
     run = env / "runs" / "mrpc" / "nan"
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert logged_steps(run) == [1, 2]
     assert not list(run.glob("*.pt")) and not list(run.glob("*.safetensors"))
 
 
@@ -555,7 +529,7 @@ class FakeTime:
 def test_a_time_limit_checkpoints_and_stops_before_it(env, capsys, monkeypatch):
     monkeypatch.setattr(distill, "time", FakeTime())
     with pytest.raises(SystemExit) as stopped:
-        run_cli(distill.main, [*TINY, "--max-steps", "6", "--time-limit", "100", "--name", "limited"])
+        run_cli(distill.main, [*TINY_RUN, "--max-steps", "6", "--time-limit", "100", "--name", "limited"])
     run = env / "runs" / "mrpc" / "limited"
     step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("preempted")]

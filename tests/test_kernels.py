@@ -16,10 +16,7 @@ from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.method.layers import LinearBackward, layer_norm, linear
 from ddattn.opcount import count_ops
 from ddattn.method.unroll import hypergradient, sgd_step, train_on_distilled
-from tests.conftest import TINY, tiny_theta
-from tests.test_bert import tiny_inputs
-from tests.test_faults import TINY as TINY_RUN, env  # noqa: F401  (env: a fixture)
-from tests.test_unroll import make_distilled, real_batch
+from tests.helpers import TINY, TINY_RUN, logged_steps, make_distilled, real_batch, resumed_at, tiny_inputs, tiny_theta
 
 ATOL = 1e-10      # float64: the policies differ only in the order of additions
 
@@ -51,6 +48,11 @@ def test_forward_agrees(attention_type, fused, masked):
     assert_agree(*({f: getattr(out[k], f) for f in fields} for k in ("cpu", "gpu")), "forward")
 
 
+def update(stepped: dict, theta: dict) -> dict:
+    """θ_1 − θ_0 = −η̃ ∇_θ L of every tensor of θ_1; None for the word embeddings, which no step trains."""
+    return {n: None if n == "embeddings.word" else stepped[n] - theta[n] for n in stepped}
+
+
 LABELS_ATTENTION = list(itertools.product(("hard", "soft", "unrestricted"), ("none", "cls", "all")))
 
 
@@ -62,9 +64,7 @@ def test_inner_step_agrees(label_type, attention_type):
         steps = {k: sgd_step({n: v.clone().requires_grad_(n != "embeddings.word") for n, v in theta.items()}, TINY,
                              distilled, 0, create_graph, k) for k in ("cpu", "gpu")}
         (cpu_theta, cpu_losses), (gpu_theta, gpu_losses) = steps["cpu"], steps["gpu"]
-        trained = [n for n in theta if n != "embeddings.word"]                  # η̃ ∇_θ L of every trained tensor
-        assert_agree({n: cpu_theta[n] - theta[n] for n in trained}, {n: gpu_theta[n] - theta[n] for n in trained},
-                     f"inner step (create_graph={create_graph})")
+        assert_agree(update(cpu_theta, theta), update(gpu_theta, theta), f"inner step (create_graph={create_graph})")
         torch.testing.assert_close(gpu_losses, cpu_losses, rtol=0, atol=ATOL)
 
 
@@ -185,7 +185,7 @@ def test_evaluation_agrees_under_both_policies(tiny):
 
 
 # --- the setting: saved with a run; a run from before it resumes as "auto" -------------------------------------
-def test_kernels_is_saved_and_an_older_run_resumes_as_auto(env):  # noqa: F811
+def test_kernels_is_saved_and_an_older_run_resumes_as_auto(env):
     distill.main([*TINY_RUN, "--name", "k", "--kernels", "gpu"])
     run = env / "runs" / "mrpc" / "k"
     config = json.loads((run / "config.json").read_text())
@@ -194,4 +194,4 @@ def test_kernels_is_saved_and_an_older_run_resumes_as_auto(env):  # noqa: F811
     (run / "config.json").write_text(json.dumps(config))
     distill.main(["--resume", str(run), "--max-steps", "3"])
     assert json.loads((run / "config.json").read_text())["kernels"] == "auto"
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert resumed_at(run) == "2/3" and logged_steps(run) == [1, 2, 3]

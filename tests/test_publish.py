@@ -3,7 +3,7 @@
 import json
 
 from ddattn import publish
-from tests.test_baselines import cli_error
+from tests.helpers import cli_error
 
 
 def test_copies_the_files_of_an_evaluated_run(tmp_path):

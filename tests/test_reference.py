@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ddattn.method.bert import bert_forward
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.method.unroll import hypergradient
-from tests.conftest import TINY, tiny_theta
+from tests.helpers import TINY, tiny_theta
 
 
 def naive_hypergradient(theta0, config, distilled, batch):

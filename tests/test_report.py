@@ -9,7 +9,7 @@ import torch
 
 from ddattn import report, sweep
 from ddattn.method.evaluation import compute_metrics, f1_positive, headline_metric, mean_std
-from tests.test_baselines import cli_error
+from tests.helpers import cli_error
 
 T = torch.tensor
 

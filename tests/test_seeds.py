@@ -2,8 +2,6 @@
 trained against (the paper's protocol, Sec. 3.1), for any --seed of the run or of the evaluation."""
 
 import itertools
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import ddattn.evaluate
 from ddattn import checks
 from ddattn.method import seeds
 from ddattn.errors import UserError
-from tests.conftest import REPO
+from tests.helpers import use_data
 
 
 RUN_SEEDS = [0, 1, 2, 3, 7, 999, seeds.SEED_LIMIT - 1]
@@ -52,11 +50,9 @@ def test_out_of_range_seed_is_refused(bad):
         seeds.stream_seed("training-head", bad)
 
 
-def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, monkeypatch):
+def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, mrpc_data, monkeypatch):
     """A tiny distillation and evaluation with the same --seed: record every head each one draws."""
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", "mrpc", "--data-dir", str(tmp_path / "data")],
-                          cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    use_data(tmp_path, mrpc_data)
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("DDATTN_DATA_DIR", str(tmp_path / "data"))
     drawn = {"training": [], "validation or evaluation": []}

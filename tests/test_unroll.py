@@ -5,31 +5,10 @@ import itertools
 import pytest
 import torch
 
-from ddattn import checks, reference
-from ddattn.method.distilled import DistilledConfig, DistilledData
+from ddattn import reference
+from ddattn.method.distilled import DistilledData
 from ddattn.method.unroll import _hypergradient_finite_difference, attention_kl, hypergradient, outer_gradient, sgd_step
-from tests.conftest import TINY, tiny_theta
-
-
-def make_distilled(steps=1, shots=1, batch_size=0, label_type="soft", attention_type="cls", seq_len=8, seed=1):
-    config = DistilledConfig(num_classes=2, seq_len=seq_len, hidden_size=TINY.hidden_size, num_layers=TINY.num_layers,
-                             num_heads=TINY.num_heads, shots=shots, steps=steps, batch_size=batch_size,
-                             label_type=label_type, attention_type=attention_type, inner_lr_init=0.3)
-    checks.check_distilled_config(config, TINY.max_positions)
-    distilled = DistilledData.initial(config, torch.Generator().manual_seed(seed), dtype=torch.float64)
-    with torch.no_grad():   # move labels off one-hot and learning rates apart, so every gradient is generic
-        distilled.label_logits.add_(torch.randn(distilled.label_logits.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-        distilled.lr_raw.add_(torch.linspace(-0.2, 0.2, steps, dtype=torch.float64))
-    return distilled
-
-
-def real_batch(seed=2, batch=3, length=8):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    mask[0, length - 3:] = 0                       # one padded sequence
-    return {"input_ids": torch.randint(1, TINY.vocab_size, (batch, length), generator=g),
-            "token_type_ids": torch.randint(0, 2, (batch, length), generator=g),
-            "attention_mask": mask, "labels": torch.tensor([0, 1, 1][:batch])}
+from tests.helpers import TINY, make_distilled, real_batch, tiny_theta
 
 
 CASES = [(T, same, label, attn) for T, same, label, attn in itertools.product(
