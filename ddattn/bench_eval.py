@@ -94,7 +94,7 @@ def run(args) -> dict:
                               args.n_models)
 
     def fast(theta0s, precision):
-        thetas = [train_on_distilled(theta0, config, distilled)[0][-1] for theta0 in theta0s]
+        thetas = [train_on_distilled(theta0, config, distilled)[0] for theta0 in theta0s]
         return [torch.empty_like(p).index_put_((order,), p)                                 # file order
                 for _, p, _ in predict_each(thetas, config, lambda: eval_set, k, precision)]
 

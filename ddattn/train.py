@@ -26,8 +26,9 @@ def train_classifier(run_dir: Path, which: str = "best", seed: int = 0) -> Class
     task = tasks.task_from_settings(settings)
     model_dir = resolve_checkpoint(settings["model"])
     config, pretrained = load_pretrained(model_dir)
-    thetas, _ = train_on_distilled(fresh_model(pretrained, config, task.num_classes, seeds.stream_seed("evaluation-head", 0, seed)), config, distilled)
-    return Classifier(config, thetas[-1], model_dir / "tokenizer.json", task.label_names, settings["max_length"],
+    theta0 = fresh_model(pretrained, config, task.num_classes, seeds.stream_seed("evaluation-head", 0, seed))
+    theta_T, _ = train_on_distilled(theta0, config, distilled)
+    return Classifier(config, theta_T, model_dir / "tokenizer.json", task.label_names, settings["max_length"],
                       task.is_pair, task.name)
 
 

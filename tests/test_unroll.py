@@ -137,3 +137,40 @@ def test_real_init_of_a_pair_enters_bert_as_the_real_pair(tiny):
     for i in range(2):
         real = word[ids[i].long()] + token_type[types[i].long()]
         assert torch.allclose(distilled.x[i] + token_type[0], real, atol=1e-12)
+
+
+def test_recompute_in_segments_gives_the_same_bits_as_keeping_every_step(monkeypatch):
+    """T = 10 (segments of k = 4: θ_4 … rebuilt from θ_4): the same loss and gradients, bit for bit, as
+    one segment holding every θ_t (k = T, the sweep before segments)."""
+    from ddattn.method import unroll
+    distilled = make_distilled(10, 10, 2, "soft", "cls")
+    theta, batch = tiny_theta(), real_batch()
+    assert unroll.segment_length(10) == 4
+    segments = hypergradient(theta, TINY, distilled, batch, mode="recompute")
+    monkeypatch.setattr(unroll, "segment_length", lambda T: T)
+    every_step = hypergradient(theta, TINY, distilled, batch, mode="recompute")
+    assert torch.equal(segments.loss, every_step.loss) and torch.equal(segments.inner_losses, every_step.inner_losses)
+    for name in every_step.grads:
+        assert torch.equal(segments.grads[name], every_step.grads[name]), name
+
+
+@pytest.mark.parametrize("T", [1, 2, 9, 16])
+def test_recompute_holds_about_two_sqrt_t_parameter_sets(monkeypatch, T):
+    """The θ_t that `recompute` holds at once (tracked by one of each θ's tensors): at most 2⌈√T⌉, where
+    keeping every step would hold T − 1."""
+    import weakref
+    from ddattn.method import unroll
+    alive, most = [], [0]
+    steps = unroll.sgd_steps
+
+    def tracked(*args, **kwargs):
+        for theta, losses in steps(*args, **kwargs):
+            alive.append(weakref.ref(theta["pooler.bias"]))
+            most[0] = max(most[0], sum(ref() is not None for ref in alive))
+            yield theta, losses
+    monkeypatch.setattr(unroll, "sgd_steps", tracked)
+    distilled = make_distilled(T, T, 2, "soft", "cls")
+    hypergradient(tiny_theta(), TINY, distilled, real_batch(), mode="recompute")
+    assert most[0] <= 2 * unroll.segment_length(T)
+    if T == 16:
+        assert most[0] < T - 1 == 15

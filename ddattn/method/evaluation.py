@@ -149,7 +149,7 @@ def trained_model(pretrained: Params, config: BertConfig, distilled: DistilledDa
                   kernels: str = "auto") -> Params:
     """θ_T of one evaluated model: θ_0 with the head drawn from `seed`, T SGD steps on D̃ (Eq. 2)."""
     theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
-    return train_on_distilled(theta0, config, distilled, kernels=kernels)[0][-1]
+    return train_on_distilled(theta0, config, distilled, kernels=kernels)[0]
 
 
 def predict_each(thetas: Sequence[Params], config: BertConfig, make_batches, models_at_once: int,

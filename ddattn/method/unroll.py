@@ -21,16 +21,21 @@ is exactly zero and it stays θ_0's.
 Two exact ways to get the hypergradient, equal to rounding, and one approximate:
 - `graph`: keep autograd's graph across all T steps and call backward once (the paper's way; memory
   grows linearly in T, the paper's Limitation (i)).
-- `recompute`: keep only θ_0..θ_{T−1}. Take the last step with its graph into the outer loss and pull
-  the gradient back to v = ∂L_outer/∂θ_{T−1}; then sweep backward, rebuilding one step at a time with a
-  graph and taking one vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v. Activation memory no longer
-  grows with T; the price is one extra forward+backward for each step but the last.
+- `recompute`: no graph across steps. A forward sweep without a graph keeps θ at every k-th step
+  (k = ⌈√T⌉) and the θs of the last segment; the last step is taken with its graph into the outer loss
+  and the gradient pulled back to v = ∂L_outer/∂θ_{T−1}; then a backward sweep, segment by segment
+  (the segment's θs rebuilt from its first, bit for bit), rebuilds one step at a time with a graph and
+  takes one vector–Jacobian product of θ_{t+1}(θ_t, D̃) with v. Activations are those of one step, and
+  about 2√T parameter sets are held instead of T; the price is one extra forward+backward for each step
+  but the last, and one more forward (without a graph) for most steps when T > 2.
 - `finite-difference`: the reverse sweep of `recompute`, with each vector–Hessian product taken as a
-  central difference of two first-order gradients (no double backward; approximate, error measured).
+  central difference of two first-order gradients (no double backward; approximate, error measured;
+  it keeps all of θ_0..θ_T).
 """
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -238,34 +243,48 @@ def _hypergradient_graph(theta0, config, distilled, outer, kernels) -> Hypergrad
     return Hypergradient(loss, dict(zip(learnable, grads)), torch.stack(losses))
 
 
-def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None,
-                       kernels: str = "auto") -> Tuple[List[Params], torch.Tensor]:
-    """θ_T = F(θ_0; D̃, η̃, T) (Eq. 2): T (or `steps`) SGD steps on D̃ without any graph, for evaluation
-    and the forward sweep of `recompute`. Returns [θ_0, ..., θ_T] (detached) and the (T, 3) inner losses.
-    `kernels`: "cpu", "gpu" or "auto" (by θ_0's device; kernels.py)."""
-    kernels = policy.resolve(kernels, next(iter(theta0.values())).device)
+def sgd_steps(theta: Params, config: BertConfig, distilled: DistilledData, start: int, stop: int,
+              kernels: str = "auto") -> Iterator[Tuple[Params, torch.Tensor]]:
+    """θ_{start+1}, …, θ_stop from θ = θ_start, one SGD step on D̃ at a time and without any graph:
+    yields each θ_{t+1} (detached) with its step's (3,) inner losses."""
+    kernels = policy.resolve(kernels, next(iter(theta.values())).device)
     frozen_distilled = distilled.detached()
-    thetas, losses = [{n: v.detach() for n, v in theta0.items()}], []
-    for t in range(distilled.config.steps if steps is None else steps):
-        theta_next, step_losses = sgd_step(_with_grad(thetas[-1]), config, frozen_distilled, t, create_graph=False,
-                                           kernels=kernels)
-        thetas.append(theta_next)                           # no graph (sgd_step without create_graph)
+    theta = {n: v.detach() for n, v in theta.items()}
+    for t in range(start, stop):
+        theta, step_losses = sgd_step(_with_grad(theta), config, frozen_distilled, t, create_graph=False,
+                                      kernels=kernels)
+        yield theta, step_losses
+
+
+def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None,
+                       kernels: str = "auto") -> Tuple[Params, torch.Tensor]:
+    """θ_T = F(θ_0; D̃, η̃, T) (Eq. 2): T (or `steps`) SGD steps on D̃ without any graph, for evaluation.
+    Returns θ_T (detached; one θ in memory at a time) and the (T, 3) inner losses."""
+    theta, losses = {n: v.detach() for n, v in theta0.items()}, []
+    for theta, step_losses in sgd_steps(theta0, config, distilled, 0,
+                                        distilled.config.steps if steps is None else steps, kernels):
         losses.append(step_losses)
-    return thetas, torch.stack(losses) if losses else torch.zeros(0, 3)
+    return theta, torch.stack(losses) if losses else torch.zeros(0, 3)
+
+
+def segment_length(T: int) -> int:
+    """k = ⌈√T⌉: `recompute` keeps θ at every k-th step and rebuilds the rest of a segment when it gets
+    there, so it holds about 2√T parameter sets instead of T."""
+    return math.isqrt(T - 1) + 1 if T > 1 else 1
 
 
 def _hypergradient_recompute(theta0, config, distilled, outer, kernels) -> Hypergradient:
     T = distilled.config.steps
-    thetas, losses = train_on_distilled(theta0, config, distilled, T - 1, kernels)   # forward sweep: keep θ_t only
+    k = segment_length(T)
     learnable = distilled.learnable()
     names = trainable_names(theta0)
 
-    def step_vjp(t: int, cotangent=None):
-        """Rebuild step t with a graph and pull `cotangent` = ∂L/∂θ_{t+1} back to θ_t and D̃ (one
-        vector–Jacobian product of θ_{t+1}(θ_t, D̃)). The last step (no cotangent yet) is built only
-        once: its θ_T goes straight on into the outer loss, and g_T is the cotangent. Returns (∂L/∂θ_t,
-        this step's ∂L/∂D̃ by name, outer loss or None, inner losses)."""
-        theta_t = _with_grad(thetas[t])
+    def step_vjp(theta: Params, t: int, cotangent=None):
+        """Rebuild step t from θ_t = `theta` with a graph and pull `cotangent` = ∂L/∂θ_{t+1} back to θ_t
+        and D̃ (one vector–Jacobian product of θ_{t+1}(θ_t, D̃)). The last step (no cotangent yet) is
+        built only once: its θ_T goes straight on into the outer loss, and g_T is the cotangent. Returns
+        (∂L/∂θ_t, this step's ∂L/∂D̃ by name, outer loss or None, inner losses)."""
+        theta_t = _with_grad(theta)
         theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True, kernels=kernels)
         loss = None
         if cotangent is None:
@@ -276,12 +295,30 @@ def _hypergradient_recompute(theta0, config, distilled, outer, kernels) -> Hyper
                                     grad_outputs=cotangent, materialize_grads=True)
         return grads[:len(wrt_theta)], dict(zip(learnable, grads[len(wrt_theta):])), loss, step_losses
 
-    v, totals, loss, last_losses = step_vjp(T - 1)
-    for t in reversed(range(T - 1)):                               # reverse sweep, one step at a time
-        v, step_grads, _, _ = step_vjp(t, v)
-        for k, g in step_grads.items():
-            totals[k] += g
-    return Hypergradient(loss, totals, torch.cat([losses.to(last_losses), last_losses[None]]))
+    # forward sweep to θ_{T−1}, no graph: keep θ_0, θ_k, θ_2k, … and every θ of the last segment
+    last_start = (T - 1) // k * k
+    kept, losses = {0: {n: v.detach() for n, v in theta0.items()}}, []
+    for t, (theta, step_losses) in enumerate(sgd_steps(theta0, config, distilled, 0, T - 1, kernels), start=1):
+        losses.append(step_losses)
+        if t % k == 0 or t >= last_start:
+            kept[t] = theta
+    v, totals, loss, last_losses = None, None, None, None
+    for start in reversed(range(0, T, k)):                         # reverse sweep, one segment at a time
+        stop = min(start + k, T)
+        segment = [kept.pop(start)]                                # θ_start … θ_{stop−1}
+        if start == last_start:
+            segment += [kept.pop(t) for t in range(start + 1, stop)]
+        else:                                                      # rebuilt from θ_start: the same bits
+            segment += [theta for theta, _ in sgd_steps(segment[0], config, distilled, start, stop - 1, kernels)]
+        for t in reversed(range(start, stop)):
+            v, step_grads, step_loss, step_losses = step_vjp(segment.pop(), t, v)
+            if totals is None:                                     # the last step: g_T, the outer loss
+                totals, loss, last_losses = step_grads, step_loss, step_losses
+            else:
+                for name, g in step_grads.items():
+                    totals[name] += g
+    inner = torch.stack(losses).to(last_losses) if losses else last_losses.new_zeros(0, 3)
+    return Hypergradient(loss, totals, torch.cat([inner, last_losses[None]]))
 
 
 def _hypergradient_finite_difference(theta0, config, distilled, outer, kernels: str = "cpu",
@@ -293,7 +330,9 @@ def _hypergradient_finite_difference(theta0, config, distilled, outer, kernels: 
         (H_θθ v, H_D̃θ v) ≈ (∇_(θ,D̃) L_in(θ_t + r v) − ∇_(θ,D̃) L_in(θ_t − r v)) / 2r,   r = ε / ‖v‖
     and g_t ≈ the mean of the two gradients. Error O(r²) plus rounding / r; measured in bench/README.md."""
     T = distilled.config.steps
-    thetas, losses = train_on_distilled(theta0, config, distilled, T, kernels)   # θ_0 … θ_T, no graph
+    steps = list(sgd_steps(theta0, config, distilled, 0, T, kernels))            # θ_1 … θ_T, no graph
+    thetas = [{n: v.detach() for n, v in theta0.items()}] + [theta for theta, _ in steps]
+    losses = torch.stack([step_losses for _, step_losses in steps])
     loss, g_T = outer(thetas[-1])
     learnable, names = distilled.learnable(), trainable_names(theta0)
     v = dict(zip(names, g_T))
