@@ -55,5 +55,7 @@ table: setup
 	$(PY) -m ddattn.report --runs-dir $(RUNS)
 
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m ddattn.convert --model minilm-l6
 	$(PY) -m pytest

@@ -31,13 +31,16 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=32)
     args = p.parse_args()
     g = torch.Generator().manual_seed(0)
-    q, k, v, grad_context, gq, gk, gv = (0.3 * torch.randn(args.batch, args.heads, args.seq_len, args.head_dim,
-                                                           generator=g) for _ in range(7))
+    q, k, v, grad_context, gq, gk, gv = (
+        0.3 * torch.randn(args.batch, args.heads, args.seq_len, args.head_dim, generator=g) for _ in range(7)
+    )
     print(f"{torch.get_num_threads()} threads, B={args.batch} H={args.heads} S={args.seq_len} Dh={args.head_dim}")
-    for name, fn, inputs in [("forward", _attention_probs_v, (q, k, v)),
-                             ("backward", _attention_backward, (q, k, v, grad_context)),
-                             ("double backward", _attention_double_backward, (q, k, v, grad_context, gq, gk, gv))]:
-        rows = [t.flatten(0, 1) for t in inputs]                          # the gpu policy's (B·H, S, Dh)
+    for name, fn, inputs in [
+        ("forward", _attention_probs_v, (q, k, v)),
+        ("backward", _attention_backward, (q, k, v, grad_context)),
+        ("double backward", _attention_double_backward, (q, k, v, grad_context, gq, gk, gv)),
+    ]:
+        rows = [t.flatten(0, 1) for t in inputs]  # the gpu policy's (B·H, S, Dh)
         together, per_head = best_ms(_by_heads, "gpu", fn, *rows), best_ms(_by_heads, "cpu", fn, *inputs)
         print(f"{name:>16}: all heads {together:6.1f} ms, one head at a time {per_head:6.1f} ms")
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from ddattn.bench import NUM_CLASSES, PeakMemory
+from ddattn.files import load_pretrained
 from ddattn.method.bert import bert_forward, fresh_model
 from ddattn.method.distilled import DistilledConfig, DistilledData
-from ddattn.paths import resolve_checkpoint
 from ddattn.method.unroll import hypergradient, outer_gradient, soft_cross_entropy, trainable_names
-from ddattn.files import load_pretrained
+from ddattn.paths import resolve_checkpoint
 
 
 def plain_inner_loss(trainable, frozen, config, x, label_logits, attn_logits, weight):
@@ -31,7 +31,7 @@ def plain_inner_loss(trainable, frozen, config, x, label_logits, attn_logits, we
     out = bert_forward({**frozen, **trainable}, config, inputs_embeds=x, attention="all")
     task = soft_cross_entropy(out.logits, torch.softmax(label_logits, -1))
     log_target = F.log_softmax(attn_logits, -1)
-    cls_scores = out.scores[..., 0, :]                                      # (b, L, H, S)
+    cls_scores = out.scores[..., 0, :]  # (b, L, H, S)
     kl = (log_target.exp() * (log_target - F.log_softmax(cls_scores, -1))).sum(-1)
     return task + weight * kl.mean()
 
@@ -48,16 +48,19 @@ def forward_over_reverse(theta0, config, distilled, micro_batches):
     def loss(*args):
         return plain_inner_loss(args[0], frozen, config, *args[1:], distilled.config.attn_weight)
 
-    grad_theta = torch.func.grad(loss)(*inputs)                             # ∇_θ L_in at θ_0
+    grad_theta = torch.func.grad(loss)(*inputs)  # ∇_θ L_in at θ_0
     theta1 = {**frozen, **{n: trainable[n] - eta.detach() * grad_theta[n] for n in names}}
     _, g_T = outer_gradient(theta1, config, micro_batches, 32)
     v = dict(zip(names, g_T))
     tangents = (v, *(torch.zeros_like(t) for t in inputs[1:]))
     _, hvp = torch.func.jvp(torch.func.grad(loss, argnums=(0, 1, 2, 3)), inputs, tangents)
     g_dot_v = sum((grad_theta[n] * v[n]).sum() for n in names)
-    grads = {"x": -eta.detach() * hvp[1], "label_logits": -eta.detach() * hvp[2],
-             "attn_logits": -eta.detach() * hvp[3],
-             "lr_raw": torch.autograd.grad(eta, lr_raw, grad_outputs=-g_dot_v)[0]}
+    grads = {
+        "x": -eta.detach() * hvp[1],
+        "label_logits": -eta.detach() * hvp[2],
+        "attn_logits": -eta.detach() * hvp[3],
+        "lr_raw": torch.autograd.grad(eta, lr_raw, grad_outputs=-g_dot_v)[0],
+    }
     return grads
 
 
@@ -68,19 +71,30 @@ def main() -> None:
     args = p.parse_args()
     config, pretrained = load_pretrained(resolve_checkpoint("minilm-l6"))
     theta0 = fresh_model(pretrained, config, NUM_CLASSES, 0)
-    dconfig = DistilledConfig(num_classes=NUM_CLASSES, seq_len=args.seq_len, hidden_size=config.hidden_size,
-                              num_layers=config.num_layers, num_heads=config.num_heads, shots=1, steps=1)
+    dconfig = DistilledConfig(
+        num_classes=NUM_CLASSES,
+        seq_len=args.seq_len,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        shots=1,
+        steps=1,
+    )
     g = torch.Generator().manual_seed(0)
     distilled = DistilledData.initial(dconfig, g)
-    batch = {"input_ids": torch.randint(1, config.vocab_size, (32, 64), generator=g),
-             "token_type_ids": torch.zeros(32, 64, dtype=torch.long),
-             "attention_mask": torch.ones(32, 64, dtype=torch.long),
-             "labels": torch.randint(0, NUM_CLASSES, (32,), generator=g)}
+    batch = {
+        "input_ids": torch.randint(1, config.vocab_size, (32, 64), generator=g),
+        "token_type_ids": torch.zeros(32, 64, dtype=torch.long),
+        "attention_mask": torch.ones(32, 64, dtype=torch.long),
+        "labels": torch.randint(0, NUM_CLASSES, (32,), generator=g),
+    }
     micro_batches = [{k: v[rows] for k, v in batch.items()} for rows in torch.arange(32).split(16)]
     exact = hypergradient(theta0, config, distilled, micro_batches, mode="recompute").grads
-    for name, fn in [("reverse-over-reverse", lambda: hypergradient(theta0, config, distilled, micro_batches).grads),
-                     ("forward-over-reverse", lambda: forward_over_reverse(theta0, config, distilled, micro_batches))]:
-        fn()                                                                # warm-up
+    for name, fn in [
+        ("reverse-over-reverse", lambda: hypergradient(theta0, config, distilled, micro_batches).grads),
+        ("forward-over-reverse", lambda: forward_over_reverse(theta0, config, distilled, micro_batches)),
+    ]:
+        fn()  # warm-up
         memory = PeakMemory(torch.device("cpu"))
         memory.start()
         times = []
@@ -90,8 +104,10 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         peak, process = memory.stop()
         error = max(((grads[k] - e).norm() / e.norm()).item() for k, e in exact.items())
-        print(f"{name:>22}: {statistics.median(times):.2f} s (min {min(times):.2f}), peak {peak / 2**20:.0f} MB "
-              f"above the model ({process / 2**20:.0f} MB process), max relative error vs recompute {error:.1e}")
+        print(
+            f"{name:>22}: {statistics.median(times):.2f} s (min {min(times):.2f}), peak {peak / 2**20:.0f} MB "
+            f"above the model ({process / 2**20:.0f} MB process), max relative error vs recompute {error:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,20 +31,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checks
+from . import checks, distributed, tasks
 from . import data as taskdata
-from . import tasks
-from . import distributed
-from .method import seeds
-from .method.bert import BertConfig, Params, fresh_model
-from .method.outer import linear_schedule
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .evaluate import eval_batches
+from .files import load_pretrained
+from .method import seeds
+from .method.bert import BertConfig, Params, fresh_model
 from .method.evaluation import compute_metrics, format_summary, headline_metric, mean_std, score
+from .method.outer import linear_schedule
+from .method.unroll import outer_loss
 from .paths import code_version, resolve_checkpoint, runs_dir, write_json_atomic
 from .rundir import claim
-from .method.unroll import outer_loss
-from .files import load_pretrained
 
 Batch = Dict[str, torch.Tensor]
 
@@ -52,13 +50,14 @@ Batch = Dict[str, torch.Tensor]
 @dataclass
 class Setting:
     """What every baseline reads: the task, its two encoded splits, and (loaded on demand) the model."""
+
     args: object
     task: tasks.Task
     train: taskdata.EncodedSplit
     evaluation: taskdata.EncodedSplit
-    n_train: int                          # training examples used: all, or the first --train-limit
+    n_train: int  # training examples used: all, or the first --train-limit
     device: torch.device
-    out: Path                             # runs/<task>/<baseline>/
+    out: Path  # runs/<task>/<baseline>/
     config: Optional[BertConfig] = None
     pretrained: Optional[Params] = None
 
@@ -78,8 +77,15 @@ def trainable(theta0: Params) -> Params:
     return {n: v.detach().clone().requires_grad_(True) for n, v in theta0.items()}
 
 
-def fit(theta: Params, config: BertConfig, batches: Iterable[Batch], optimizer, scheduler=None,
-        clip: float = 0.0, bar: Optional[tqdm] = None) -> Params:
+def fit(
+    theta: Params,
+    config: BertConfig,
+    batches: Iterable[Batch],
+    optimizer,
+    scheduler=None,
+    clip: float = 0.0,
+    bar: Optional[tqdm] = None,
+) -> Params:
     """One optimiser step per batch on its cross-entropy (real attention masks, fused attention); returns
     the trained parameters, detached."""
     for batch in batches:
@@ -106,27 +112,40 @@ def no_decay(name: str) -> bool:
 def adamw(theta: Params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with decay on the weight matrices only; the fused kernel (one pass over all parameters) is
     several times faster than the default on CPU."""
-    groups = [{"params": [v for n, v in theta.items() if no_decay(n) == skip], "weight_decay": 0.0 if skip else weight_decay}
-              for skip in (False, True)]
+    groups = [
+        {"params": [v for n, v in theta.items() if no_decay(n) == skip], "weight_decay": 0.0 if skip else weight_decay}
+        for skip in (False, True)
+    ]
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
-def shuffled_epochs(split: taskdata.EncodedSplit, indices: torch.Tensor, batch_size: int, epochs: int, seed: int,
-                    device, group_by_length: bool = False) -> Iterable[Batch]:
+def shuffled_epochs(
+    split: taskdata.EncodedSplit,
+    indices: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    device,
+    group_by_length: bool = False,
+) -> Iterable[Batch]:
     """`epochs` passes over `indices` in mini-batches, reshuffled each epoch from one seeded generator;
     `group_by_length`: each epoch's batches are `length_grouped`."""
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         if not group_by_length:
-            yield from taskdata.batches(split, batch_size, indices=indices, shuffle=True, generator=generator, device=device)
+            yield from taskdata.batches(
+                split, batch_size, indices=indices, shuffle=True, generator=generator, device=device
+            )
             continue
-        for rows in length_grouped(indices[torch.randperm(len(indices), generator=generator)], split.lengths,
-                                   batch_size, generator):
+        for rows in length_grouped(
+            indices[torch.randperm(len(indices), generator=generator)], split.lengths, batch_size, generator
+        ):
             yield taskdata.collate(split, rows, device)
 
 
-def length_grouped(rows: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
-                   group: int = 50) -> List[torch.Tensor]:
+def length_grouped(
+    rows: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator, group: int = 50
+) -> List[torch.Tensor]:
     """Shuffled `rows` cut into batches of similar lengths, so that little of each batch is padding: every
     run of `group` batches' worth of rows is sorted by length and cut into batches, and the batches are
     shuffled (as Hugging Face's `group_by_length`). Same examples per epoch, less randomness per batch."""
@@ -144,14 +163,17 @@ def nan_to(value: float, x: float) -> float:
 def majority(s: Setting) -> Tuple[dict, List[dict], dict]:
     """Always predict the most frequent training class. Its "loss" is the cross-entropy of the best constant
     prediction, the training class frequencies."""
-    counts = torch.bincount(s.train.labels[:s.n_train], minlength=s.task.num_classes)
+    counts = torch.bincount(s.train.labels[: s.n_train], minlength=s.task.num_classes)
     winner = int(counts.argmax())
     labels = s.evaluation.labels
     prior = counts.double() / counts.sum()
     loss = F.nll_loss(prior.log().expand(len(labels), -1), labels).item()
     run = {"loss": loss, **compute_metrics(s.task.metrics, torch.full_like(labels, winner), labels)}
-    settings = {"majority_class": winner, "majority_label": s.task.label_names[winner],
-                "train_class_counts": counts.tolist()}
+    settings = {
+        "majority_class": winner,
+        "majority_label": s.task.label_names[winner],
+        "train_class_counts": counts.tolist(),
+    }
     return settings, [run], {}
 
 
@@ -163,9 +185,12 @@ def fine_tune_full(s: Setting, rows: torch.Tensor, lr: float, epochs: int) -> Pa
     optimizer = adamw(theta, lr, a.weight_decay)
     total = epochs * math.ceil(len(rows) / a.batch_size)
     scheduler = linear_schedule(optimizer, total, a.warmup)
-    batches = shuffled_epochs(s.train, rows, a.batch_size, epochs, seeds.stream_seed("baseline", a.seed, 1), s.device,
-                              a.group_by_length)
-    with tqdm(total=total, desc=f"full {s.task.name}, lr {lr:g}, {epochs} epochs", unit="step", dynamic_ncols=True) as bar:
+    batches = shuffled_epochs(
+        s.train, rows, a.batch_size, epochs, seeds.stream_seed("baseline", a.seed, 1), s.device, a.group_by_length
+    )
+    with tqdm(
+        total=total, desc=f"full {s.task.name}, lr {lr:g}, {epochs} epochs", unit="step", dynamic_ncols=True
+    ) as bar:
         return fit(theta, s.config, batches, optimizer, scheduler, clip=a.clip, bar=bar)
 
 
@@ -173,10 +198,20 @@ def full_recipe(s: Setting) -> dict:
     """Everything but (lr, epochs) that decides a fine-tuning run of `full`: a finished candidate is reused
     only under the same recipe."""
     a = s.args
-    return {"task": s.task.name, "model": str(a.model), "max_length": a.max_length, "seed": a.seed,
-            "train_examples": s.n_train, "val_size": a.val_size, "batch_size": a.batch_size,
-            "weight_decay": a.weight_decay, "warmup": a.warmup, "clip": a.clip, "group_by_length": a.group_by_length,
-            "eval_examples": len(s.evaluation)}
+    return {
+        "task": s.task.name,
+        "model": str(a.model),
+        "max_length": a.max_length,
+        "seed": a.seed,
+        "train_examples": s.n_train,
+        "val_size": a.val_size,
+        "batch_size": a.batch_size,
+        "weight_decay": a.weight_decay,
+        "warmup": a.warmup,
+        "clip": a.clip,
+        "group_by_length": a.group_by_length,
+        "eval_examples": len(s.evaluation),
+    }
 
 
 def finished_candidates(path: Path, recipe: dict) -> List[dict]:
@@ -212,33 +247,61 @@ def full(s: Setting) -> Tuple[dict, List[dict], dict]:
             started = time.perf_counter()
             theta = fine_tune_full(s, pool, lr, epochs)
             validation, run = (score(theta, s.config, batches, s.task.metrics) for batches in (val_set, eval_set))
-            candidates.append({"lr": lr, "epochs": epochs, "validation": validation, "summary": mean_std([run]),
-                               "runs": [run], "seconds": time.perf_counter() - started})
+            candidates.append(
+                {
+                    "lr": lr,
+                    "epochs": epochs,
+                    "validation": validation,
+                    "summary": mean_std([run]),
+                    "runs": [run],
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             write_json_atomic(saved, {"recipe": recipe, "candidates": [*done.values(), *candidates]})
-            print(f"lr {lr:g}, {epochs} epochs: held-out {format_summary(mean_std([validation]))}; "
-                  f"eval {format_summary(candidates[-1]['summary'])}")
+            print(
+                f"lr {lr:g}, {epochs} epochs: held-out {format_summary(mean_std([validation]))}; "
+                f"eval {format_summary(candidates[-1]['summary'])}"
+            )
     metric = headline_metric(candidates[0]["summary"])
     chosen = max(candidates, key=lambda c: (nan_to(-math.inf, c["validation"][metric]), -c["validation"]["loss"]))
     best_on_eval = max(candidates, key=lambda c: nan_to(-math.inf, c["summary"][metric]["mean"]))
-    settings = {"lr": chosen["lr"], "epochs": chosen["epochs"], "lr_grid": list(a.lrs), "epochs_grid": list(a.epochs),
-                "weight_decay": a.weight_decay, "batch_size": a.batch_size, "warmup": a.warmup, "clip": a.clip,
-                "optimizer": "adamw", "val_size": a.val_size, "trained_on": len(pool), "group_by_length": a.group_by_length,
-                "selection": f"the (lr, epochs) with the best {metric} on {a.val_size} held-out training examples "
-                             "(never the eval split); trained on the rest of the training split"}
-    paper = {"lr": best_on_eval["lr"], "epochs": best_on_eval["epochs"], "summary": best_on_eval["summary"],
-             "selection": f"the best {metric} on the eval split, as the paper (Appendix B): an optimistic upper bound"}
+    settings = {
+        "lr": chosen["lr"],
+        "epochs": chosen["epochs"],
+        "lr_grid": list(a.lrs),
+        "epochs_grid": list(a.epochs),
+        "weight_decay": a.weight_decay,
+        "batch_size": a.batch_size,
+        "warmup": a.warmup,
+        "clip": a.clip,
+        "optimizer": "adamw",
+        "val_size": a.val_size,
+        "trained_on": len(pool),
+        "group_by_length": a.group_by_length,
+        "selection": f"the (lr, epochs) with the best {metric} on {a.val_size} held-out training examples "
+        "(never the eval split); trained on the rest of the training split",
+    }
+    paper = {
+        "lr": best_on_eval["lr"],
+        "epochs": best_on_eval["epochs"],
+        "summary": best_on_eval["summary"],
+        "selection": f"the best {metric} on the eval split, as the paper (Appendix B): an optimistic upper bound",
+    }
     return settings, chosen["runs"], {"candidates": candidates, "best_on_eval": paper}
 
 
 # --- k random real examples per class --------------------------------------------------------------------
-def draw_shots(labels: torch.Tensor, pool: torch.Tensor, shots: int, num_classes: int,
-               generator: torch.Generator) -> torch.Tensor:
+def draw_shots(
+    labels: torch.Tensor, pool: torch.Tensor, shots: int, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """`shots` random rows of each class from `pool`, ordered like D̃ (row i has class i mod C)."""
     picks = []
     for c in range(num_classes):
         candidates = pool[labels[pool] == c]
         if len(candidates) < shots:
-            raise UserError(f"the training pool has {len(candidates)} examples of class {c}, fewer than --shots {shots}")
+            raise UserError(
+                f"the training pool has {len(candidates)} examples of class {c}, fewer than --shots {shots}"
+            )
         picks.append(candidates[torch.randperm(len(candidates), generator=generator)[:shots]])
     return torch.stack(picks, dim=1).flatten()
 
@@ -278,13 +341,26 @@ def random_real(s: Setting) -> Tuple[dict, List[dict], dict]:
         if not math.isfinite(best["validation"]["loss"]["mean"]):
             raise UserError(f"every learning rate in --lr-grid {a.lr_grid} diverged; try smaller ones")
         bar.set_postfix(lr=f"{best['lr']:g} (chosen)")
-        runs = scored_models(s, pool, best["lr"], 
-                             [seeds.stream_seed("evaluation-head", a.seed, i) for i in range(a.n_models)],
-                             s.eval_set(), bar)
-    settings = {"shots": a.shots, "steps": a.steps, "lr": best["lr"], "lr_grid": list(a.lr_grid),
-                "val_size": a.val_size, "val_models": a.val_models, "label_type": "hard", "optimizer": "sgd",
-                "selection": "the lr with the lowest mean cross-entropy on a held-out slice of the training "
-                             "split (never the eval split)"}
+        runs = scored_models(
+            s,
+            pool,
+            best["lr"],
+            [seeds.stream_seed("evaluation-head", a.seed, i) for i in range(a.n_models)],
+            s.eval_set(),
+            bar,
+        )
+    settings = {
+        "shots": a.shots,
+        "steps": a.steps,
+        "lr": best["lr"],
+        "lr_grid": list(a.lr_grid),
+        "val_size": a.val_size,
+        "val_models": a.val_models,
+        "label_type": "hard",
+        "optimizer": "sgd",
+        "selection": "the lr with the lowest mean cross-entropy on a held-out slice of the training "
+        "split (never the eval split)",
+    }
     return settings, runs, {"lr_search": search}
 
 
@@ -293,8 +369,11 @@ BASELINES = {"majority": majority, "full": full, "random-real": random_real}
 
 # --- command line ------------------------------------------------------------------------------------
 def parse_args(argv: Optional[Sequence[str]]):
-    p = ArgumentParser(prog="python -m ddattn.baselines", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m ddattn.baselines",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("baseline", choices=sorted(BASELINES))
     p.add_argument("--task", required=True, choices=sorted(tasks.TASKS))
     p.add_argument("--model", default="minilm-l6", help="converted checkpoint: a name under weights/ or a directory")
@@ -311,8 +390,11 @@ def parse_args(argv: Optional[Sequence[str]]):
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with linear warmup, then linear decay")
     g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
-    g.add_argument("--group-by-length", action="store_true",
-                   help="batches of similar lengths (less padding: ~3× fewer tokens on SST-2); same examples per epoch")
+    g.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="batches of similar lengths (less padding: ~3× fewer tokens on SST-2); same examples per epoch",
+    )
     g = p.add_argument_group("random-real: k real examples per class, T SGD steps")
     g.add_argument("--shots", type=int, default=1, help="k real examples per class")
     g.add_argument("--steps", type=int, default=1, help="T plain SGD steps on the whole k·C batch")
@@ -327,9 +409,17 @@ def parse_args(argv: Optional[Sequence[str]]):
 
 
 def check_args(a) -> None:
-    at_least_one = {"--max-length": a.max_length, "--eval-batch-size": a.eval_batch_size, "--batch-size": a.batch_size,
-                    "--shots": a.shots, "--steps": a.steps, "--val-size": a.val_size, "--val-models": a.val_models,
-                    "--n-models": a.n_models, "--epochs": min(a.epochs)}
+    at_least_one = {
+        "--max-length": a.max_length,
+        "--eval-batch-size": a.eval_batch_size,
+        "--batch-size": a.batch_size,
+        "--shots": a.shots,
+        "--steps": a.steps,
+        "--val-size": a.val_size,
+        "--val-models": a.val_models,
+        "--n-models": a.n_models,
+        "--epochs": min(a.epochs),
+    }
     for flag, value in at_least_one.items():
         if value < 1:
             raise UserError(f"{flag} must be ≥ 1, not {value}")
@@ -346,8 +436,9 @@ def check_args(a) -> None:
 def load_setting(args) -> Setting:
     task = tasks.get_task(args.task)
     tokenizer = resolve_checkpoint(args.model) / "tokenizer.json"
-    train, evaluation = (taskdata.load_split(task, split, tokenizer, args.max_length, args.data_dir)
-                         for split in ("train", "eval"))
+    train, evaluation = (
+        taskdata.load_split(task, split, tokenizer, args.max_length, args.data_dir) for split in ("train", "eval")
+    )
     n_train = min(len(train), args.train_limit) if args.train_limit else len(train)
     if args.baseline in ("random-real", "full") and n_train <= args.val_size:
         raise UserError(f"{n_train} training examples cannot hold --val-size {args.val_size} and a training pool")
@@ -359,25 +450,45 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     s = load_setting(args)
     out = s.out
-    checks.writable_dir(out, "DDATTN_RUNS_DIR")     # now, not after the work
-    lock = claim(out)                                # one process per baseline folder: no result replaces another's
+    checks.writable_dir(out, "DDATTN_RUNS_DIR")  # now, not after the work
+    lock = claim(out)  # one process per baseline folder: no result replaces another's
     try:
         started = time.perf_counter()
-        commit = code_version()          # the code that runs, read before HEAD can move
+        commit = code_version()  # the code that runs, read before HEAD can move
         settings, runs, extra = BASELINES[args.baseline](s)
         summary = mean_std(runs)
-        write_json_atomic(out / "eval.json", {
-            "task": s.task.name, "split": "eval", "examples": len(s.evaluation), "checkpoint": str(args.model),
-            "n_models": len(runs),
-            "settings": {"baseline": args.baseline, **settings, "model": str(args.model), "max_length": args.max_length,
-                         "seed": args.seed, "train_examples": s.n_train, "train_limit": args.train_limit,
-                         "data_dir": args.data_dir},
-            "summary": summary, "runs": runs, **extra, "seconds": time.perf_counter() - started,
-            "device": str(s.device), "commit": commit})
+        write_json_atomic(
+            out / "eval.json",
+            {
+                "task": s.task.name,
+                "split": "eval",
+                "examples": len(s.evaluation),
+                "checkpoint": str(args.model),
+                "n_models": len(runs),
+                "settings": {
+                    "baseline": args.baseline,
+                    **settings,
+                    "model": str(args.model),
+                    "max_length": args.max_length,
+                    "seed": args.seed,
+                    "train_examples": s.n_train,
+                    "train_limit": args.train_limit,
+                    "data_dir": args.data_dir,
+                },
+                "summary": summary,
+                "runs": runs,
+                **extra,
+                "seconds": time.perf_counter() - started,
+                "device": str(s.device),
+                "commit": commit,
+            },
+        )
     finally:
         lock.release()
-    print(f"{args.baseline} {s.task.name} eval ({len(s.evaluation)} examples), {len(runs)} model(s): "
-          f"{format_summary(summary)} → {out / 'eval.json'}")
+    print(
+        f"{args.baseline} {s.task.name} eval ({len(s.evaluation)} examples), {len(runs)} model(s): "
+        f"{format_summary(summary)} → {out / 'eval.json'}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,22 +41,22 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import checks, reference
-from .method.bert import BertConfig, Params, fresh_model, param_shapes
-from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
-from .method.kernels import KERNELS, resolve as resolve_kernels
-from .opcount import count_ops
-from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
-from .options import (ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability,
-                      option_problem)
-from .method.unroll import MODES, hypergradient
 from .files import load_pretrained, read_bert_config
+from .method.bert import BertConfig, Params, fresh_model, param_shapes
+from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
+from .method.kernels import KERNELS
+from .method.kernels import resolve as resolve_kernels
+from .method.unroll import MODES, hypergradient
+from .opcount import count_ops
+from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability, option_problem
+from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
 
 EXACT_MODES = ("graph", "recompute")
-REFERENCE = "reference"   # reference.hypergradient: the same step written the straightforward way
-NUM_CLASSES = 2       # a binary task: M = 2 × shots distilled samples
-MB = 2 ** 20
+REFERENCE = "reference"  # reference.hypergradient: the same step written the straightforward way
+NUM_CLASSES = 2  # a binary task: M = 2 × shots distilled samples
+MB = 2**20
 DEFAULT_MODEL = "minilm-l6"
 # The default sweep (no flags): T = 1, 2, 4, 8 in both exact modes at S = 64, the cpu preset's S. The whole
 # run is 8 workers of 5 outer steps each (warm-up, 3 timed, 1 counted) and two peak readings: 1.6 TFLOP
@@ -65,10 +65,10 @@ DEFAULT_MODEL = "minilm-l6"
 # (--seq-len 512), as is one configuration (--steps 1).
 DEFAULT_SEQ_LEN = 64
 DEFAULT_STEPS = (1, 2, 4, 8)
-MATMUL_PEAK = "matmul-peak"     # a worker spec's "measure": the run's matmul peak, not an outer step
-PEAK_REPEATS = 10               # each peak reading: the best of this many n×n matmuls, after one warm-up
-PEAK_TOLERANCE = 0.10           # readings before and after the sweep further apart than this: say so
-MODEL_SHAPES = {"bert-base": BertConfig()}     # --model-shape: bert-base-uncased's published config
+MATMUL_PEAK = "matmul-peak"  # a worker spec's "measure": the run's matmul peak, not an outer step
+PEAK_REPEATS = 10  # each peak reading: the best of this many n×n matmuls, after one warm-up
+PEAK_TOLERANCE = 0.10  # readings before and after the sweep further apart than this: say so
+MODEL_SHAPES = {"bert-base": BertConfig()}  # --model-shape: bert-base-uncased's published config
 
 
 # --- measuring instruments (used inside the worker subprocess) -----------------------------------
@@ -77,7 +77,7 @@ def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024          # the kernel reports kB
+                return int(line.split()[1]) * 1024  # the kernel reports kB
     raise OSError(f"no {field} in /proc/self/status")
 
 
@@ -93,14 +93,15 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.method, self.base = "torch.cuda.max_memory_allocated", torch.cuda.memory_allocated(self.device)
             return
-        try:   # hand freed heap pages back to the OS, so they cannot hide in the baseline and be reused unseen
+        try:  # hand freed heap pages back to the OS, so they cannot hide in the baseline and be reused unseen
             import ctypes
+
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):
             pass
         try:
             with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")                                  # 5: reset VmHWM to the current VmRSS
+                f.write("5")  # 5: reset VmHWM to the current VmRSS
             self.method = "VmHWM after clear_refs"
         except OSError as e:
             self.method = f"ru_maxrss, includes the model-load peak (clear_refs not writable: {e.strerror})"
@@ -115,7 +116,8 @@ class PeakMemory:
             peak = _status_bytes("VmHWM")
         else:
             import resource
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # kB on Linux
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
         return max(0, peak - self.base), peak
 
 
@@ -130,19 +132,22 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int
         a @ b
         _sync(device)
         best = min(best, time.perf_counter() - started)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def count_flops(fn) -> int:
     """FLOPs that `fn()` dispatches: matmuls and attention, forward and (double) backward."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
     aten = torch.ops.aten
     # PyTorch's table knows the CUDA attention kernels, not the CPU one the outer loss's fused attention uses.
     cpu_attention = {
-        aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(grad, q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(
+            q, k, v
+        ),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *_, out_shape=None, **__: (
+            sdpa_backward_flop_count(grad, q, k, v)
+        ),
     }
     with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         fn()
@@ -151,12 +156,19 @@ def count_flops(fn) -> int:
 
 # Operators that are matrix products (the attention kernels included); everything else is elementwise
 # work, reductions, copies and the framework's own time.
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-              "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
-              "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_backward",
-              "aten::_scaled_dot_product_efficient_attention",
-              "aten::_scaled_dot_product_efficient_attention_backward",
-              "aten::_scaled_dot_product_cudnn_attention", "aten::_scaled_dot_product_cudnn_attention_backward")
+MATMUL_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_flash_attention_backward",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_efficient_attention_backward",
+    "aten::_scaled_dot_product_cudnn_attention",
+    "aten::_scaled_dot_product_cudnn_attention_backward",
+)
 
 
 def op_seconds(fn, device: torch.device) -> Dict[str, float]:
@@ -164,10 +176,11 @@ def op_seconds(fn, device: torch.device) -> Dict[str, float]:
     CPU; on a GPU the time of the kernels each operator launched (its CPU time there is only the launch)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+
     on_gpu = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]) as prof:
         fn()
-    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]    # operators, not kernels
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]  # operators, not kernels
     times = {e.key: (e.self_device_time_total if on_gpu else e.self_cpu_time_total) / 1e6 for e in events}
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
@@ -228,7 +241,11 @@ def _worker_setup(spec: dict):
 def matmul_peak_worker(spec: dict) -> dict:
     """One reading of the run's matmul peak, in a worker like the configurations' (same device, dtype, threads)."""
     device, dtype = _worker_setup(spec)
-    return {**spec, "matmul_gflops": matmul_gflops(device, dtype, spec["matmul_size"]), "threads": torch.get_num_threads()}
+    return {
+        **spec,
+        "matmul_gflops": matmul_gflops(device, dtype, spec["matmul_size"]),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def worker(spec: dict) -> dict:
@@ -240,20 +257,29 @@ def worker(spec: dict) -> dict:
     config, pretrained = load_model(spec, dtype, device)
     theta0 = fresh_model(pretrained, config, NUM_CLASSES, spec["seed"])
     distilled_config = DistilledConfig(
-        num_classes=NUM_CLASSES, seq_len=spec["seq_len"], hidden_size=config.hidden_size,
-        num_layers=config.num_layers, num_heads=config.num_heads, shots=spec["shots"], steps=spec["steps"],
-        attention_type=spec["attn"])
+        num_classes=NUM_CLASSES,
+        seq_len=spec["seq_len"],
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        shots=spec["shots"],
+        steps=spec["steps"],
+        attention_type=spec["attn"],
+    )
     checks.check_distilled_config(distilled_config, config.max_positions)
     g = torch.Generator().manual_seed(spec["seed"])
     distilled = DistilledData.initial(distilled_config, g, dtype=dtype, device=device)
     B, L = spec["real_batch"], spec["real_len"]
-    batch = {"input_ids": torch.randint(1, config.vocab_size, (B, L), generator=g),     # no padding: worst case
-             "token_type_ids": torch.zeros(B, L, dtype=torch.long),
-             "attention_mask": torch.ones(B, L, dtype=torch.long),
-             "labels": torch.randint(0, NUM_CLASSES, (B,), generator=g)}
+    batch = {
+        "input_ids": torch.randint(1, config.vocab_size, (B, L), generator=g),  # no padding: worst case
+        "token_type_ids": torch.zeros(B, L, dtype=torch.long),
+        "attention_mask": torch.ones(B, L, dtype=torch.long),
+        "labels": torch.randint(0, NUM_CLASSES, (B,), generator=g),
+    }
     whole_batch = {k: v.to(device) for k, v in batch.items()}
-    micro_batches = [{k: v[rows].to(device) for k, v in batch.items()}
-                     for rows in torch.arange(B).split(spec["micro_batch"])]
+    micro_batches = [
+        {k: v[rows].to(device) for k, v in batch.items()} for rows in torch.arange(B).split(spec["micro_batch"])
+    ]
     load_s = time.perf_counter() - started
 
     def outer_step(mode=spec["mode"], autocast=spec["autocast"]):
@@ -261,41 +287,66 @@ def worker(spec: dict) -> dict:
         if mode == REFERENCE:
             loss, grads = reference.hypergradient(theta0, config, distilled, whole_batch)
         else:
-            result = hypergradient(theta0, config, distilled, micro_batches, mode=mode, autocast=AUTOCAST[autocast],
-                                   kernels=kernels)
+            result = hypergradient(
+                theta0, config, distilled, micro_batches, mode=mode, autocast=AUTOCAST[autocast], kernels=kernels
+            )
             loss, grads = result.loss, result.grads
         _sync(device)
         return loss, grads
 
-    outer_step()           # warm-up: lazy initialisation, kernel selection, code pages faulted in
+    outer_step()  # warm-up: lazy initialisation, kernel selection, code pages faulted in
     memory = PeakMemory(device)
     memory.start()
-    times, cpu_times = [], []       # wall clock, and CPU time of this process (robust to other work on the machine)
+    times, cpu_times = [], []  # wall clock, and CPU time of this process (robust to other work on the machine)
     for _ in range(spec["repeat"]):
         started, cpu_started = time.perf_counter(), time.process_time()
         loss, grads = outer_step()
         times.append(time.perf_counter() - started)
         cpu_times.append(time.process_time() - cpu_started)
     peak, process_peak = memory.stop()
-    flops = count_flops(outer_step)                     # one more step, untimed and after the memory reading
-    ops = op_seconds(outer_step, device) if spec.get("profile") else None      # and one more, profiled
-    op_count = count_ops(outer_step) if spec.get("ops") else {}                 # and one more, its ops counted
+    flops = count_flops(outer_step)  # one more step, untimed and after the memory reading
+    ops = op_seconds(outer_step, device) if spec.get("profile") else None  # and one more, profiled
+    op_count = count_ops(outer_step) if spec.get("ops") else {}  # and one more, its ops counted
     median = statistics.median(times)
     errors = None
-    if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":   # approximate or reference: vs recompute
+    if spec["mode"] not in EXACT_MODES or spec["autocast"] != "none":  # approximate or reference: vs recompute
         _, exact = outer_step(mode="recompute", autocast="none")
         errors = {k: ((grads[k] - g).norm() / g.norm()).item() for k, g in exact.items()}
-    return {**spec, "kernels": kernels, **op_count,
-            "num_samples": distilled_config.num_samples, "outer_loss": loss.item(), "load_s": load_s,
-            "relative_error": errors, "max_relative_error": max(errors.values()) if errors else 0.0,
-            "times_s": times, "median_s": median, "min_s": min(times),
-            "cpu_times_s": cpu_times, "median_cpu_s": statistics.median(cpu_times),
-            "peak_mb": peak / MB, "process_peak_mb": process_peak / MB, "memory_method": memory.method,
-            "flops": flops, "gflop_per_step": flops / 1e9, "gflops_per_s": flops / median / 1e9,
-            **({"op_seconds": ops, "profiled_s": sum(ops.values()),
-                "matmul_s": sum(t for op, t in ops.items() if op in MATMUL_OPS)} if ops else {}),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
-            "cpu_capability": cpu_capability(), "device_name": device_name(device)}
+    return {
+        **spec,
+        "kernels": kernels,
+        **op_count,
+        "num_samples": distilled_config.num_samples,
+        "outer_loss": loss.item(),
+        "load_s": load_s,
+        "relative_error": errors,
+        "max_relative_error": max(errors.values()) if errors else 0.0,
+        "times_s": times,
+        "median_s": median,
+        "min_s": min(times),
+        "cpu_times_s": cpu_times,
+        "median_cpu_s": statistics.median(cpu_times),
+        "peak_mb": peak / MB,
+        "process_peak_mb": process_peak / MB,
+        "memory_method": memory.method,
+        "flops": flops,
+        "gflop_per_step": flops / 1e9,
+        "gflops_per_s": flops / median / 1e9,
+        **(
+            {
+                "op_seconds": ops,
+                "profiled_s": sum(ops.values()),
+                "matmul_s": sum(t for op, t in ops.items() if op in MATMUL_OPS),
+            }
+            if ops
+            else {}
+        ),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "device_name": device_name(device),
+    }
 
 
 def worker_main(spec_json: str) -> None:
@@ -308,8 +359,9 @@ def worker_main(spec_json: str) -> None:
         result = {**spec, "error": "out of memory: " + (str(e).splitlines() or [""])[0]}
     except UserError as e:
         result = {**spec, "error": str(e)}
-    except Exception as e:   # a bug or a broken setup: still a row of the table, with the traceback on stderr
+    except Exception as e:  # a bug or a broken setup: still a row of the table, with the traceback on stderr
         import traceback
+
         traceback.print_exc()
         result = {**spec, "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
     print(json.dumps(result), flush=True)
@@ -320,8 +372,9 @@ def worker_main(spec_json: str) -> None:
 def run_in_subprocess(spec: dict) -> dict:
     """Run one configuration in a fresh Python process and return its result (or its error)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "ddattn.bench", "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddattn.bench", "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if lines:
         return json.loads(lines[-1])
@@ -340,8 +393,13 @@ def peak_summary(readings: List[float]) -> dict:
     far they moved apart ((best − worst) ÷ best; above PEAK_TOLERANCE the machine's speed changed)."""
     best = max(readings)
     spread = (best - min(readings)) / best
-    return {"readings_gflops": readings, "gflops": best, "spread": spread, "tolerance": PEAK_TOLERANCE,
-            "moved": spread > PEAK_TOLERANCE}
+    return {
+        "readings_gflops": readings,
+        "gflops": best,
+        "spread": spread,
+        "tolerance": PEAK_TOLERANCE,
+        "moved": spread > PEAK_TOLERANCE,
+    }
 
 
 def apply_peak(results: List[dict], peak: Optional[dict]) -> None:
@@ -358,13 +416,17 @@ def peak_text(peak: Optional[dict], settings: dict) -> str:
     if not peak:
         return "No matmul peak could be measured: the % of peak column is empty."
     readings = " and ".join(f"{g:.1f}" for g in peak["readings_gflops"])
-    text = (f"Matmul peak: {settings['matmul_size']}² {settings['dtype']} matmuls, best of {PEAK_REPEATS}, in a worker "
-            f"with the rows' threads, before and after the sweep: {readings} GFLOP/s (spread "
-            f"{100 * peak['spread']:.1f} %, tolerance {100 * peak['tolerance']:.0f} %); every row's % of peak "
-            f"uses {peak['gflops']:.1f}.")
+    text = (
+        f"Matmul peak: {settings['matmul_size']}² {settings['dtype']} matmuls, best of {PEAK_REPEATS}, in a worker "
+        f"with the rows' threads, before and after the sweep: {readings} GFLOP/s (spread "
+        f"{100 * peak['spread']:.1f} %, tolerance {100 * peak['tolerance']:.0f} %); every row's % of peak "
+        f"uses {peak['gflops']:.1f}."
+    )
     if peak["moved"]:
-        text += (f" **Warning: the readings moved by more than {100 * peak['tolerance']:.0f} %: the machine's "
-                 "speed changed during the run (other work?), so its times are suspect.**")
+        text += (
+            f" **Warning: the readings moved by more than {100 * peak['tolerance']:.0f} %: the machine's "
+            "speed changed during the run (other work?), so its times are suspect.**"
+        )
     return text
 
 
@@ -393,8 +455,11 @@ def series(results: List[dict]) -> Dict[tuple, List[dict]]:
 def memory_slopes(results: List[dict]) -> Dict[tuple, float]:
     """Peak memory per inner step, MB: the slope of the least-squares line through (T, peak MB) of each
     line of `series` measured at two or more T."""
-    return {key: fit_line([r["steps"] for r in rows], [r["peak_mb"] for r in rows])[0]
-            for key, rows in series(results).items() if len({r["steps"] for r in rows}) > 1}
+    return {
+        key: fit_line([r["steps"] for r in rows], [r["peak_mb"] for r in rows])[0]
+        for key, rows in series(results).items()
+        if len({r["steps"] for r in rows}) > 1
+    }
 
 
 def slope_text(results: List[dict]) -> List[str]:
@@ -413,11 +478,24 @@ def slope_text(results: List[dict]) -> List[str]:
 
 
 # --- reporting -----------------------------------------------------------------------------------
-COLUMNS = ["S", "T", "mode", "autocast", "attn", "median s", "min s", "peak MB", "process MB", "GFLOP/step",
-           "GFLOP/s", "% of matmul peak", "rel. error vs exact"]
+COLUMNS = [
+    "S",
+    "T",
+    "mode",
+    "autocast",
+    "attn",
+    "median s",
+    "min s",
+    "peak MB",
+    "process MB",
+    "GFLOP/step",
+    "GFLOP/s",
+    "% of matmul peak",
+    "rel. error vs exact",
+]
 
 
-OP_COLUMNS = ["aten ops", "host syncs"]      # with --ops (opcount.py)
+OP_COLUMNS = ["aten ops", "host syncs"]  # with --ops (opcount.py)
 
 
 def table_row(r: dict, ops: bool = False) -> List[str]:
@@ -428,8 +506,18 @@ def table_row(r: dict, ops: bool = False) -> List[str]:
     error = f"{r['max_relative_error']:.1e}" if r.get("relative_error") else "exact"
     share = f"{r['pct_of_matmul_peak']:.0f} %" if "pct_of_matmul_peak" in r else "—"
     counts = [f"{r['aten_ops']:,}", str(r["host_syncs"])] if ops else []
-    return cells + [f"{r['median_s']:.3g}", f"{r['min_s']:.3g}", f"{r['peak_mb']:.0f}", f"{r['process_peak_mb']:.0f}",
-                    f"{r['gflop_per_step']:.4g}", f"{r['gflops_per_s']:.3g}", share, error, *counts, ""]
+    return cells + [
+        f"{r['median_s']:.3g}",
+        f"{r['min_s']:.3g}",
+        f"{r['peak_mb']:.0f}",
+        f"{r['process_peak_mb']:.0f}",
+        f"{r['gflop_per_step']:.4g}",
+        f"{r['gflops_per_s']:.3g}",
+        share,
+        error,
+        *counts,
+        "",
+    ]
 
 
 def model_label(settings: dict) -> str:
@@ -441,20 +529,24 @@ def model_label(settings: dict) -> str:
 def markdown(results: List[dict], env: dict) -> str:
     s = env["settings"]
     ops = bool(s.get("ops"))
-    lines = [f"# ddattn benchmark: {env['device']} ({env['device_name']})", "",
-             f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, "
-             f"torch {env['torch']}, {s['dtype']}, model {model_label(s)}, "
-             f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']} "
-             f"in micro-batches of {min(s.get('micro_batch') or s['real_batch'], s['real_batch'])}, "
-             f"kernels {s.get('kernels', 'cpu')} (ddattn's rows), "
-             f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
-             "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes). "
-             "Rel. error: the largest ‖g − g_exact‖ / ‖g_exact‖ over the distilled tensors, against an fp32 "
-             "`recompute` step on the same inputs. " + peak_text(env.get("matmul_peak"), s)
-             + (" Aten ops and host syncs: one more outer step under torch.profiler (ddattn/opcount.py)." if ops else ""),
-             "",
-             "| " + " | ".join(COLUMNS + OP_COLUMNS * ops + ["error"]) + " |",
-             "|" + "---:|" * 2 + "---|" * 3 + "---:|" * (len(COLUMNS) - 6) + "---|" + "---:|" * (2 * ops) + "---|"]
+    lines = [
+        f"# ddattn benchmark: {env['device']} ({env['device_name']})",
+        "",
+        f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, "
+        f"torch {env['torch']}, {s['dtype']}, model {model_label(s)}, "
+        f"M = {NUM_CLASSES * s['shots']} distilled samples, real batch {s['real_batch']}×{s['real_len']} "
+        f"in micro-batches of {min(s.get('micro_batch') or s['real_batch'], s['real_batch'])}, "
+        f"kernels {s.get('kernels', 'cpu')} (ddattn's rows), "
+        f"median of {s['repeat']} outer steps after 1 warm-up; {env['date']}.",
+        "Peak MB: above the loaded model and inputs; process MB: the whole process (MB = 2^20 bytes). "
+        "Rel. error: the largest ‖g − g_exact‖ / ‖g_exact‖ over the distilled tensors, against an fp32 "
+        "`recompute` step on the same inputs. "
+        + peak_text(env.get("matmul_peak"), s)
+        + (" Aten ops and host syncs: one more outer step under torch.profiler (ddattn/opcount.py)." if ops else ""),
+        "",
+        "| " + " | ".join(COLUMNS + OP_COLUMNS * ops + ["error"]) + " |",
+        "|" + "---:|" * 2 + "---|" * 3 + "---:|" * (len(COLUMNS) - 6) + "---|" + "---:|" * (2 * ops) + "---|",
+    ]
     lines += ["| " + " | ".join(table_row(r, ops)) + " |" for r in results]
     slopes = slope_text(results)
     lines += [""] + slopes if slopes else []
@@ -473,10 +565,17 @@ def reference_ratios(results: List[dict]) -> List[dict]:
     for r in results:
         ref = references.get((r["seq_len"], r["steps"], r["attn"]))
         if r["mode"] != REFERENCE and "error" not in r and ref:
-            ratios.append({"row": r, "time": r["median_s"] / ref["median_s"], "min_time": r["min_s"] / ref["min_s"],
-                           "cpu_time": r["median_cpu_s"] / ref["median_cpu_s"],
-                           "peak": r["peak_mb"] / ref["peak_mb"], "process": r["process_peak_mb"] / ref["process_peak_mb"],
-                           "reference": ref})
+            ratios.append(
+                {
+                    "row": r,
+                    "time": r["median_s"] / ref["median_s"],
+                    "min_time": r["min_s"] / ref["min_s"],
+                    "cpu_time": r["median_cpu_s"] / ref["median_cpu_s"],
+                    "peak": r["peak_mb"] / ref["peak_mb"],
+                    "process": r["process_peak_mb"] / ref["process_peak_mb"],
+                    "reference": ref,
+                }
+            )
     return ratios
 
 
@@ -484,37 +583,51 @@ def profile_table(results: List[dict]) -> str:
     """Where one profiled step's time goes (--profile): matrix products against everything else. The
     matmul seconds alone bound what any removal of the other work could reach."""
     references = reference_rows(results)
-    lines = ["", "Where the time goes (`--profile`: one more step under torch.profiler; self time of each operator: "
-             "CPU time on a CPU, its kernels' time on a GPU). "
-             "*Matmul-only ÷ reference*: this step's matmul seconds over the reference's median step, the ratio "
-             "it would reach if all its other work took no time.", "",
-             "| S | T | mode | profiled s | matmul s | other s | matmul share | largest other operators | matmul-only ÷ reference |",
-             "|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "",
+        "Where the time goes (`--profile`: one more step under torch.profiler; self time of each operator: "
+        "CPU time on a CPU, its kernels' time on a GPU). "
+        "*Matmul-only ÷ reference*: this step's matmul seconds over the reference's median step, the ratio "
+        "it would reach if all its other work took no time.",
+        "",
+        "| S | T | mode | profiled s | matmul s | other s | matmul share | largest other operators "
+        "| matmul-only ÷ reference |",
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
     for r in results:
         if "matmul_s" not in r:
             continue
         others = [(op, t) for op, t in r["op_seconds"].items() if op not in MATMUL_OPS][:3]
         ref = references.get((r["seq_len"], r["steps"], r["attn"]))
         bound = f"{r['matmul_s'] / ref['median_s']:.2f}" if ref and r is not ref else "—"
-        lines.append(f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['profiled_s']:.3f} | {r['matmul_s']:.3f} | "
-                     f"{r['profiled_s'] - r['matmul_s']:.3f} | {100 * r['matmul_s'] / r['profiled_s']:.0f} % | "
-                     + ", ".join(f"{op.removeprefix('aten::')} {t:.3f}" for op, t in others) + f" | {bound} |")
+        lines.append(
+            f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['profiled_s']:.3f} | {r['matmul_s']:.3f} | "
+            f"{r['profiled_s'] - r['matmul_s']:.3f} | {100 * r['matmul_s'] / r['profiled_s']:.0f} % | "
+            + ", ".join(f"{op.removeprefix('aten::')} {t:.3f}" for op, t in others)
+            + f" | {bound} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def ratio_table(results: List[dict]) -> str:
     """ddattn ÷ reference (ddattn/reference.py), both measured in this run: below 1 is better."""
-    lines = ["", "ddattn ÷ reference (the same step written the straightforward way, ddattn/reference.py), "
-             "measured in this run; below 1 is better.", "",
-             "| S | T | mode | autocast | attn | reference s | ddattn s | time ratio (median) | time ratio (min) "
-             "| CPU-time ratio | reference peak MB | ddattn peak MB | peak ratio | process MB ratio |",
-             "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 9]
+    lines = [
+        "",
+        "ddattn ÷ reference (the same step written the straightforward way, ddattn/reference.py), "
+        "measured in this run; below 1 is better.",
+        "",
+        "| S | T | mode | autocast | attn | reference s | ddattn s | time ratio (median) | time ratio (min) "
+        "| CPU-time ratio | reference peak MB | ddattn peak MB | peak ratio | process MB ratio |",
+        "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 9,
+    ]
     for x in reference_ratios(results):
         r, ref = x["row"], x["reference"]
-        lines.append(f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['autocast']} | {r['attn']} | "
-                     f"{ref['median_s']:.3g} | {r['median_s']:.3g} | **{x['time']:.2f}** | {x['min_time']:.2f} | "
-                     f"{x['cpu_time']:.2f} | "
-                     f"{ref['peak_mb']:.0f} | {r['peak_mb']:.0f} | **{x['peak']:.2f}** | {x['process']:.2f} |")
+        lines.append(
+            f"| {r['seq_len']} | {r['steps']} | {r['mode']} | {r['autocast']} | {r['attn']} | "
+            f"{ref['median_s']:.3g} | {r['median_s']:.3g} | **{x['time']:.2f}** | {x['min_time']:.2f} | "
+            f"{x['cpu_time']:.2f} | "
+            f"{ref['peak_mb']:.0f} | {r['peak_mb']:.0f} | **{x['peak']:.2f}** | {x['process']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -522,6 +635,7 @@ def plot(results: List[dict], path: Path) -> None:
     """Time and peak memory versus T, one line per mode (and per S and attn when several were run)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -545,7 +659,7 @@ def plot(results: List[dict], path: Path) -> None:
     all_steps = sorted({r["steps"] for rows in groups.values() for r in rows})
     for ax in (ax_time, ax_mem):
         if all_steps[-1] >= 8 * all_steps[0]:
-            ax.set_xscale("log", base=2)      # T = 1, 2, 4, ... 32 evenly spaced
+            ax.set_xscale("log", base=2)  # T = 1, 2, 4, ... 32 evenly spaced
         ax.set_xticks(all_steps, [str(t) for t in all_steps])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
@@ -574,63 +688,123 @@ def _flat(values: Sequence[str], convert, flag: str) -> list:
 
 
 def parse_args(argv: Optional[Sequence[str]]):
-    p = ArgumentParser(prog="python -m ddattn.bench",
-                       description="Time, peak memory and FLOPs of one distillation outer step, per configuration.",
-                       epilog="example: python -m ddattn.bench --seq-len 512 --steps 1 --no-plot")
-    p.add_argument("--model", help=f"converted checkpoint: a name under weights/ or a directory (default {DEFAULT_MODEL})")
-    p.add_argument("--model-shape", choices=sorted(MODEL_SHAPES),
-                   help="instead of --model: random weights of this published shape (bert-base: bert-base-uncased's "
-                        "12 layers, hidden 768, 12 heads, 30,522 tokens), so the paper's step is timed without its weights")
+    p = ArgumentParser(
+        prog="python -m ddattn.bench",
+        description="Time, peak memory and FLOPs of one distillation outer step, per configuration.",
+        epilog="example: python -m ddattn.bench --seq-len 512 --steps 1 --no-plot",
+    )
+    p.add_argument(
+        "--model", help=f"converted checkpoint: a name under weights/ or a directory (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--model-shape",
+        choices=sorted(MODEL_SHAPES),
+        help="instead of --model: random weights of this published shape (bert-base: bert-base-uncased's "
+        "12 layers, hidden 768, 12 heads, 30,522 tokens), so the paper's step is timed without its weights",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--seq-len", nargs="+", default=[str(DEFAULT_SEQ_LEN)], metavar="S",
-                   help=f"S, tokens per distilled sample (list; default {DEFAULT_SEQ_LEN}; the paper's is 512)")
-    p.add_argument("--steps", nargs="+", default=[str(t) for t in DEFAULT_STEPS], metavar="T",
-                   help=f"T, inner SGD steps (list; default {' '.join(map(str, DEFAULT_STEPS))}; one configuration: --steps 1)")
-    p.add_argument("--mode", nargs="+", default=list(EXACT_MODES), metavar="MODE",
-                   help="hypergradient modes: graph, recompute (exact; default both), finite-difference (approximate)")
-    p.add_argument("--reference", action="store_true",
-                   help="also time the same step written the straightforward way (ddattn/reference.py) before each "
-                        "configuration, and print ddattn's time and memory as ratios of it")
-    p.add_argument("--profile", action="store_true",
-                   help="run one more step under torch.profiler and report the matmul share of its time")
-    p.add_argument("--autocast", nargs="+", default=["none"], metavar="DTYPE",
-                   help="matmul precision: none (default), bf16, fp16 (torch.autocast; approximate)")
-    p.add_argument(ALLOW_SLOW_BF16, action="store_true",
-                   help="run bf16 (--autocast bf16, the --eval bf16 evaluator) even where this CPU or GPU has no fast "
-                        "bf16, which is refused (--autocast) or left out (--eval) otherwise (ddattn/options.py)")
-    p.add_argument("--attn", nargs="+", default=["cls"], metavar="ATTN",
-                   help="attention-label types: none, cls, all (default cls)")
+    p.add_argument(
+        "--seq-len",
+        nargs="+",
+        default=[str(DEFAULT_SEQ_LEN)],
+        metavar="S",
+        help=f"S, tokens per distilled sample (list; default {DEFAULT_SEQ_LEN}; the paper's is 512)",
+    )
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        default=[str(t) for t in DEFAULT_STEPS],
+        metavar="T",
+        help=f"T, inner SGD steps (list; default {' '.join(map(str, DEFAULT_STEPS))}; one configuration: --steps 1)",
+    )
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        default=list(EXACT_MODES),
+        metavar="MODE",
+        help="hypergradient modes: graph, recompute (exact; default both), finite-difference (approximate)",
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time the same step written the straightforward way (ddattn/reference.py) before each "
+        "configuration, and print ddattn's time and memory as ratios of it",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="run one more step under torch.profiler and report the matmul share of its time",
+    )
+    p.add_argument(
+        "--autocast",
+        nargs="+",
+        default=["none"],
+        metavar="DTYPE",
+        help="matmul precision: none (default), bf16, fp16 (torch.autocast; approximate)",
+    )
+    p.add_argument(
+        ALLOW_SLOW_BF16,
+        action="store_true",
+        help="run bf16 (--autocast bf16, the --eval bf16 evaluator) even where this CPU or GPU has no fast "
+        "bf16, which is refused (--autocast) or left out (--eval) otherwise (ddattn/options.py)",
+    )
+    p.add_argument(
+        "--attn", nargs="+", default=["cls"], metavar="ATTN", help="attention-label types: none, cls, all (default cls)"
+    )
     p.add_argument("--shots", type=int, default=1, help="distilled samples per class (2 classes)")
     p.add_argument("--real-batch", type=int, default=32, help="real examples in the outer loss")
     p.add_argument("--real-len", type=int, default=64, help="tokens per real example")
-    p.add_argument("--micro-batch", type=int, help="real examples per forward/backward (distill's default: 16 under "
-                   "--kernels cpu, the whole real batch under gpu)")
-    p.add_argument("--kernels", choices=KERNELS, default="auto",
-                   help="kernel policy of ddattn's rows: cpu, gpu, auto (gpu on CUDA, else cpu; kernels.py)")
-    p.add_argument("--ops", action="store_true",
-                   help="count one more outer step's aten ops and host syncs (torch.profiler; ddattn/opcount.py)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        help="real examples per forward/backward (distill's default: 16 under "
+        "--kernels cpu, the whole real batch under gpu)",
+    )
+    p.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default="auto",
+        help="kernel policy of ddattn's rows: cpu, gpu, auto (gpu on CUDA, else cpu; kernels.py)",
+    )
+    p.add_argument(
+        "--ops",
+        action="store_true",
+        help="count one more outer step's aten ops and host syncs (torch.profiler; ddattn/opcount.py)",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--repeat", type=int, default=3, help="timed outer steps after one warm-up")
-    p.add_argument("--matmul-size", type=int,
-                   help=f"n of the n×n matmul whose best rate (of {PEAK_REPEATS}, before and after the sweep) is the "
-                        "run's peak (default 2048, 8192 on CUDA)")
+    p.add_argument(
+        "--matmul-size",
+        type=int,
+        help=f"n of the n×n matmul whose best rate (of {PEAK_REPEATS}, before and after the sweep) is the "
+        "run's peak (default 2048, 8192 on CUDA)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (default 0: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path,
-                   help="results file (default bench/results/<device>.json); the .md table and .png plot go beside it")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="results file (default bench/results/<device>.json); the .md table and .png plot go beside it",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     evaluation = p.add_argument_group("evaluation throughput (--eval; ddattn/bench_eval.py)")
-    evaluation.add_argument("--eval", action="store_true",
-                            help="time N evaluated models (T steps on D̃ + the eval split) against a reference evaluator")
+    evaluation.add_argument(
+        "--eval",
+        action="store_true",
+        help="time N evaluated models (T steps on D̃ + the eval split) against a reference evaluator",
+    )
     evaluation.add_argument("--task", help="the task whose evaluation split is used (with a fresh D̃)")
     evaluation.add_argument("--run", type=Path, help="or a distillation run directory: its task and distilled_best")
     evaluation.add_argument("--n-models", type=int, default=2, help="models, each timed by every evaluator (default 2)")
     evaluation.add_argument("--eval-limit", type=int, default=0, help="only the split's first N rows (default: all)")
     evaluation.add_argument("--eval-batch-size", type=int, default=64, help="ddattn's evaluation batch size")
-    evaluation.add_argument("--models-at-once", default="auto", metavar="K|auto",
-                            help="ddattn scores K models in one batched computation (as python -m ddattn.evaluate; "
-                                 "auto: 1 on a CPU)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)   # --worker SPEC: how the parent runs one configuration
+    evaluation.add_argument(
+        "--models-at-once",
+        default="auto",
+        metavar="K|auto",
+        help="ddattn scores K models in one batched computation (as python -m ddattn.evaluate; auto: 1 on a CPU)",
+    )
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # --worker SPEC: how the parent runs one configuration
     args = p.parse_args(argv)
     if args.model_shape and args.model:
         raise UserError("--model-shape replaces --model's checkpoint with random weights: give one of them")
@@ -642,16 +816,23 @@ def parse_args(argv: Optional[Sequence[str]]):
 
 def environment(argv: Optional[Sequence[str]], threads: int) -> dict:
     """Where and when this was measured, and with which command."""
-    return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "cpu_count": os.cpu_count(),
-            "threads": threads or torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)])}
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python -m ddattn.bench", *(sys.argv[1:] if argv is None else argv)]),
+    }
 
 
 def eval_main(args, argv: Optional[Sequence[str]]) -> None:
     """--eval: evaluation throughput, ddattn (fp32, bf16) against the reference evaluator, one process."""
     from . import bench_eval
+
     if min(args.n_models, args.eval_batch_size) < 1 or args.eval_limit < 0:
         raise UserError("--n-models and --eval-batch-size must be ≥ 1, --eval-limit ≥ 0")
     result = bench_eval.run(args)
@@ -670,16 +851,22 @@ def model_config(args):
         return MODEL_SHAPES[args.model_shape], None
     model_dir = resolve_checkpoint(args.model)
     if not (model_dir / "config.json").is_file():
-        raise UserError(f"checkpoint {model_dir} not found: run `make weights` (python -m ddattn.convert) "
-                        "or pass --model DIR (or --model-shape bert-base for random weights)")
+        raise UserError(
+            f"checkpoint {model_dir} not found: run `make weights` (python -m ddattn.convert) "
+            "or pass --model DIR (or --model-shape bert-base for random weights)"
+        )
     return read_bert_config(model_dir / "config.json"), model_dir
 
 
 def sweep_axes(args) -> Dict[str, list]:
     """The lists the flags give, by spec key: S, T, modes, autocast types, attention types."""
-    return {"seq_len": _flat(args.seq_len, int, "--seq-len"), "steps": _flat(args.steps, int, "--steps"),
-            "mode": _flat(args.mode, str, "--mode"), "autocast": _flat(args.autocast, str, "--autocast"),
-            "attn": _flat(args.attn, str, "--attn")}
+    return {
+        "seq_len": _flat(args.seq_len, int, "--seq-len"),
+        "steps": _flat(args.steps, int, "--steps"),
+        "mode": _flat(args.mode, str, "--mode"),
+        "autocast": _flat(args.autocast, str, "--autocast"),
+        "attn": _flat(args.attn, str, "--attn"),
+    }
 
 
 def configurations(axes: Dict[str, list], reference: bool) -> List[dict]:
@@ -687,8 +874,13 @@ def configurations(axes: Dict[str, list], reference: bool) -> List[dict]:
     (with --reference: just before the rows it is compared with), then every mode × autocast."""
     variants = [(REFERENCE, "none")] if reference else []
     variants += [(mode, autocast) for mode in axes["mode"] for autocast in axes["autocast"]]
-    return [dict(seq_len=S, steps=T, mode=mode, autocast=autocast, attn=attn)
-            for S in axes["seq_len"] for attn in axes["attn"] for T in axes["steps"] for mode, autocast in variants]
+    return [
+        dict(seq_len=S, steps=T, mode=mode, autocast=autocast, attn=attn)
+        for S in axes["seq_len"]
+        for attn in axes["attn"]
+        for T in axes["steps"]
+        for mode, autocast in variants
+    ]
 
 
 def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.device) -> None:
@@ -696,19 +888,29 @@ def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.d
     seq_lens, steps, modes, autocasts, attns = (axes[k] for k in ("seq_len", "steps", "mode", "autocast", "attn"))
     problems = sorted(filter(None, (option_problem(m, a, device.type) for m in modes for a in autocasts)))
     checks = [
-        (all(1 <= s <= config.max_positions for s in seq_lens),
-         f"--seq-len must be between 1 and the model's {config.max_positions} positions, not {seq_lens}"),
+        (
+            all(1 <= s <= config.max_positions for s in seq_lens),
+            f"--seq-len must be between 1 and the model's {config.max_positions} positions, not {seq_lens}",
+        ),
         (all(t >= 1 for t in steps), f"--steps must be ≥ 1, not {steps}"),
         (set(modes) <= set(MODES), f"unknown --mode {sorted(set(modes) - set(MODES))}; choose from {list(MODES)}"),
-        (set(autocasts) <= set(AUTOCAST),
-         f"unknown --autocast {sorted(set(autocasts) - set(AUTOCAST))}; choose from {list(AUTOCAST)}"),
+        (
+            set(autocasts) <= set(AUTOCAST),
+            f"unknown --autocast {sorted(set(autocasts) - set(AUTOCAST))}; choose from {list(AUTOCAST)}",
+        ),
         (not problems, problems[0] if problems else ""),
-        (set(attns) <= set(ATTENTION_TYPES),
-         f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}"),
-        (1 <= args.real_len <= config.max_positions,
-         f"--real-len must be between 1 and the model's {config.max_positions} positions, not {args.real_len}"),
-        (min(args.shots, args.real_batch, args.micro_batch or 1, args.repeat) >= 1,
-         "--shots, --real-batch, --micro-batch and --repeat must be ≥ 1"),
+        (
+            set(attns) <= set(ATTENTION_TYPES),
+            f"unknown --attn {sorted(set(attns) - set(ATTENTION_TYPES))}; choose from {list(ATTENTION_TYPES)}",
+        ),
+        (
+            1 <= args.real_len <= config.max_positions,
+            f"--real-len must be between 1 and the model's {config.max_positions} positions, not {args.real_len}",
+        ),
+        (
+            min(args.shots, args.real_batch, args.micro_batch or 1, args.repeat) >= 1,
+            "--shots, --real-batch, --micro-batch and --repeat must be ≥ 1",
+        ),
         (args.threads >= 0, "--threads must be ≥ 0 (0: torch's default)"),
         (args.matmul_size is None or args.matmul_size >= 1, "--matmul-size must be ≥ 1"),
     ]
@@ -747,39 +949,66 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     kernels = resolve_kernels(args.kernels, device)
-    settings = dict(model=str(model_dir) if model_dir else None, model_shape=args.model_shape, device=str(device),
-                    dtype=args.dtype, shots=args.shots, real_batch=args.real_batch, real_len=args.real_len,
-                    kernels=kernels, micro_batch=args.micro_batch or (16 if kernels == "cpu" else args.real_batch),
-                    repeat=args.repeat, seed=args.seed, profile=args.profile, ops=args.ops,
-                    threads=args.threads,
-                    matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048))
-    env = {"device": device.type, "device_name": device_name(device), **environment(argv, args.threads),
-           "settings": settings}
+    settings = dict(
+        model=str(model_dir) if model_dir else None,
+        model_shape=args.model_shape,
+        device=str(device),
+        dtype=args.dtype,
+        shots=args.shots,
+        real_batch=args.real_batch,
+        real_len=args.real_len,
+        kernels=kernels,
+        micro_batch=args.micro_batch or (16 if kernels == "cpu" else args.real_batch),
+        repeat=args.repeat,
+        seed=args.seed,
+        profile=args.profile,
+        ops=args.ops,
+        threads=args.threads,
+        matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048),
+    )
+    env = {
+        "device": device.type,
+        "device_name": device_name(device),
+        **environment(argv, args.threads),
+        "settings": settings,
+    }
     specs = [dict(settings, **c) for c in configurations(axes, args.reference)]
     readings = [read_peak(settings, "before the sweep")]
     results = []
     for i, spec in enumerate(specs, 1):
-        print(f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} autocast={spec['autocast']} "
-              f"attn={spec['attn']}: ",
-              end="", flush=True)
+        print(
+            f"[{i}/{len(specs)}] S={spec['seq_len']} T={spec['steps']} {spec['mode']} autocast={spec['autocast']} "
+            f"attn={spec['attn']}: ",
+            end="",
+            flush=True,
+        )
         r = run_in_subprocess(spec)
         results.append(r)
-        print(f"error: {r['error']}" if "error" in r else
-              f"{r['median_s']:.3g} s/step, peak {r['peak_mb']:.0f} MB, {r['gflop_per_step']:.4g} GFLOP, "
-              f"{r['gflops_per_s']:.3g} GFLOP/s", flush=True)
-        write_json_atomic(json_path, {"environment": env, "results": results})   # a sweep cut short keeps its rows
+        print(
+            f"error: {r['error']}"
+            if "error" in r
+            else f"{r['median_s']:.3g} s/step, peak {r['peak_mb']:.0f} MB, {r['gflop_per_step']:.4g} GFLOP, "
+            f"{r['gflops_per_s']:.3g} GFLOP/s",
+            flush=True,
+        )
+        write_json_atomic(json_path, {"environment": env, "results": results})  # a sweep cut short keeps its rows
     readings = [g for g in readings + [read_peak(settings, "after the sweep")] if g is not None]
     env["matmul_peak"] = peak_summary(readings) if readings else None
     apply_peak(results, env["matmul_peak"])
     write_json_atomic(json_path, {"environment": env, "results": results})
-    table = (markdown(results, env) + (ratio_table(results) if args.reference else "")
-             + (profile_table(results) if args.profile else ""))
+    table = (
+        markdown(results, env)
+        + (ratio_table(results) if args.reference else "")
+        + (profile_table(results) if args.profile else "")
+    )
     md_path = json_path.with_suffix(".md")
     md_path.write_text(table)
     print("\n" + table)
     if env["matmul_peak"] and env["matmul_peak"]["moved"]:
-        print(f"warning: the matmul peak moved by {100 * env['matmul_peak']['spread']:.0f} % during the run "
-              f"(tolerance {100 * PEAK_TOLERANCE:.0f} %): the machine's speed changed, so the times are suspect")
+        print(
+            f"warning: the matmul peak moved by {100 * env['matmul_peak']['spread']:.0f} % during the run "
+            f"(tolerance {100 * PEAK_TOLERANCE:.0f} %): the machine's speed changed, so the times are suspect"
+        )
     print(f"wrote {json_path} and {md_path}")
     if not args.no_plot:
         plot(results, json_path.with_suffix(".png"))

@@ -26,18 +26,17 @@ from typing import Dict, List
 import torch
 
 from . import data as taskdata
-from . import tasks
-from . import reference
-from .method.bert import fresh_model
-from .method.distilled import DistilledConfig, DistilledData
+from . import reference, tasks
 from .errors import UserError
 from .evaluate import check_models_at_once, choose_models_at_once, eval_batches
+from .files import load_pretrained, read_bert_config
+from .method.bert import fresh_model
+from .method.distilled import DistilledConfig, DistilledData
 from .method.evaluation import compute_metrics, headline_metric, predict_each
-from .rundir import load_run
+from .method.unroll import train_on_distilled
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
-from .method.unroll import train_on_distilled
-from .files import load_pretrained, read_bert_config
+from .rundir import load_run
 
 EVALUATORS = ("reference", "fp32", "bf16")
 
@@ -47,14 +46,25 @@ def load_setting(args):
     paper's Algorithm 1 start: what a D̃ trains does not change the speed; agreement is checked all the same)."""
     if args.run:
         settings, distilled = load_run(args.run)
-        return (tasks.task_from_settings(settings), settings["max_length"], settings.get("data_dir"),
-                resolve_checkpoint(settings["model"]), distilled)
+        return (
+            tasks.task_from_settings(settings),
+            settings["max_length"],
+            settings.get("data_dir"),
+            resolve_checkpoint(settings["model"]),
+            distilled,
+        )
     if not args.task:
         raise UserError("--eval needs --task TASK or --run RUN_DIR")
     task, model_dir = tasks.get_task(args.task), resolve_checkpoint(args.model)
     config = read_bert_config(model_dir / "config.json")
-    dconfig = DistilledConfig(num_classes=task.num_classes, seq_len=64, hidden_size=config.hidden_size,
-                              num_layers=config.num_layers, num_heads=config.num_heads, inner_lr_init=0.1)
+    dconfig = DistilledConfig(
+        num_classes=task.num_classes,
+        seq_len=64,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        inner_lr_init=0.1,
+    )
     return task, 128, None, model_dir, DistilledData.initial(dconfig, torch.Generator().manual_seed(args.seed))
 
 
@@ -63,10 +73,13 @@ def evaluator_names(allow_slow_bf16: bool):
     cpu = torch.device("cpu")
     why = slow_bf16_reason(cpu)
     if why and not allow_slow_bf16:
-        print(f"notice: the bf16 evaluator is left out: {why}, so it would be slower than fp32 here "
-              f"({ALLOW_SLOW_BF16} times it anyway)", flush=True)
+        print(
+            f"notice: the bf16 evaluator is left out: {why}, so it would be slower than fp32 here "
+            f"({ALLOW_SLOW_BF16} times it anyway)",
+            flush=True,
+        )
         return EVALUATORS[:2], why
-    check_bf16("the bf16 evaluator", cpu, allowed=True)        # where bf16 is slow: the notice, once
+    check_bf16("the bf16 evaluator", cpu, allowed=True)  # where bf16 is slow: the notice, once
     return EVALUATORS, None
 
 
@@ -85,22 +98,29 @@ def run(args) -> dict:
     config, pretrained = load_pretrained(model_dir)
     distilled = distilled.detached()
     split = taskdata.load_split(task, "eval", model_dir / "tokenizer.json", max_length, data_dir)
-    rows = torch.arange(min(args.eval_limit or len(split), len(split)))        # the first rows, in file order
-    order = rows[split.lengths[rows].argsort(stable=True)]                     # eval_batches' order
-    eval_set = eval_batches(split, args.eval_batch_size, indices=rows, one_length=True)   # built once for all models
+    rows = torch.arange(min(args.eval_limit or len(split), len(split)))  # the first rows, in file order
+    order = rows[split.lengths[rows].argsort(stable=True)]  # eval_batches' order
+    eval_set = eval_batches(split, args.eval_batch_size, indices=rows, one_length=True)  # built once for all models
     labels = split.labels[rows]
     names, bf16_left_out = evaluator_names(args.allow_slow_bf16)
-    k = choose_models_at_once(args.models_at_once, pretrained["pooler.weight"].device, pretrained, config, eval_set,
-                              args.n_models)
+    k = choose_models_at_once(
+        args.models_at_once, pretrained["pooler.weight"].device, pretrained, config, eval_set, args.n_models
+    )
 
     def fast(theta0s, precision):
         thetas = [train_on_distilled(theta0, config, distilled)[0] for theta0 in theta0s]
-        return [torch.empty_like(p).index_put_((order,), p)                                 # file order
-                for _, p, _ in predict_each(thetas, config, lambda: eval_set, k, precision)]
+        return [
+            torch.empty_like(p).index_put_((order,), p)  # file order
+            for _, p, _ in predict_each(thetas, config, lambda: eval_set, k, precision)
+        ]
 
-    evaluators = {"reference": lambda theta0s: [reference.predictions(theta0, config, distilled, split, rows)
-                                                for theta0 in theta0s],
-                  "fp32": lambda theta0s: fast(theta0s, "fp32"), "bf16": lambda theta0s: fast(theta0s, "bf16")}
+    evaluators = {
+        "reference": lambda theta0s: [
+            reference.predictions(theta0, config, distilled, split, rows) for theta0 in theta0s
+        ],
+        "fp32": lambda theta0s: fast(theta0s, "fp32"),
+        "bf16": lambda theta0s: fast(theta0s, "bf16"),
+    }
     per_model: Dict[str, List[dict]] = {name: [] for name in names}
     agreement = {"fp32 = reference": [], **({"bf16 = fp32": []} if "bf16" in names else {})}
     for start in range(0, args.n_models, k):
@@ -109,9 +129,16 @@ def run(args) -> dict:
         predictions = {}
         for name in names:
             predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0s))
-            per_model[name] += [{"seed": seed, "wall_s": wall / len(seeds), "cpu_s": cpu / len(seeds),
-                                 "classes_predicted": len(p.unique()), **compute_metrics(task.metrics, p, labels)}
-                                for seed, p in zip(seeds, predictions[name])]
+            per_model[name] += [
+                {
+                    "seed": seed,
+                    "wall_s": wall / len(seeds),
+                    "cpu_s": cpu / len(seeds),
+                    "classes_predicted": len(p.unique()),
+                    **compute_metrics(task.metrics, p, labels),
+                }
+                for seed, p in zip(seeds, predictions[name])
+            ]
             which = f"models {seeds.start}–{seeds.stop - 1}" if len(seeds) > 1 else f"model {seeds.start}"
             print(f"{which} {name}: {wall / len(seeds):.1f} s ({cpu / len(seeds):.1f} s CPU) per model", flush=True)
         for fp32, ref in zip(predictions["fp32"], predictions["reference"]):
@@ -121,8 +148,9 @@ def run(args) -> dict:
     return {**summarise(per_model, agreement, task, len(rows), args, k), "bf16_left_out": bf16_left_out}
 
 
-def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args,
-              models_at_once: int) -> dict:
+def summarise(
+    per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args, models_at_once: int
+) -> dict:
     metric = headline_metric(per_model["fp32"][0])
     reference_wall = statistics.mean(r["wall_s"] for r in per_model["reference"])
     reference_cpu = statistics.mean(r["cpu_s"] for r in per_model["reference"])
@@ -131,35 +159,63 @@ def summarise(per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]
     for name, runs in per_model.items():
         wall, cpu = statistics.mean(r["wall_s"] for r in runs), statistics.mean(r["cpu_s"] for r in runs)
         differences = [r[metric] - m for r, m in zip(runs, fp32_metric)]
-        summary[name] = {"wall_s_per_model": wall, "cpu_s_per_model": cpu, "models_per_hour": 3600 / wall,
-                         "speed_vs_reference_wall": reference_wall / wall, "speed_vs_reference_cpu": reference_cpu / cpu,
-                         "metric": metric, "metric_mean": statistics.mean(r[metric] for r in runs),
-                         "metric_minus_fp32_points": 100 * statistics.mean(differences),
-                         "largest_metric_difference_points": 100 * max(map(abs, differences)),
-                         "fewest_classes_predicted": min(r["classes_predicted"] for r in runs)}
-    return {"task": task.name, "split": "eval", "examples": examples, "n_models": args.n_models,
-            "eval_batch_size": args.eval_batch_size, "models_at_once": models_at_once,
-            "run": str(args.run) if args.run else None,
-            "summary": summary, "agreement": {k: min(v) for k, v in agreement.items()}, "per_model": per_model}
+        summary[name] = {
+            "wall_s_per_model": wall,
+            "cpu_s_per_model": cpu,
+            "models_per_hour": 3600 / wall,
+            "speed_vs_reference_wall": reference_wall / wall,
+            "speed_vs_reference_cpu": reference_cpu / cpu,
+            "metric": metric,
+            "metric_mean": statistics.mean(r[metric] for r in runs),
+            "metric_minus_fp32_points": 100 * statistics.mean(differences),
+            "largest_metric_difference_points": 100 * max(map(abs, differences)),
+            "fewest_classes_predicted": min(r["classes_predicted"] for r in runs),
+        }
+    return {
+        "task": task.name,
+        "split": "eval",
+        "examples": examples,
+        "n_models": args.n_models,
+        "eval_batch_size": args.eval_batch_size,
+        "models_at_once": models_at_once,
+        "run": str(args.run) if args.run else None,
+        "summary": summary,
+        "agreement": {k: min(v) for k, v in agreement.items()},
+        "per_model": per_model,
+    }
 
 
 def markdown(result: dict, env: dict) -> str:
-    lines = [f"# ddattn evaluation throughput: {result['task']} {result['split']} ({result['examples']} examples)", "",
-             f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, torch "
-             f"{env['torch']}; {result['n_models']} models, each timed by every evaluator in turn, "
-             f"{result['models_at_once']} at a time; {env['date']}; "
-             f"`{env['command']}`." + (f" bf16 left out: {result['bf16_left_out']} ({ALLOW_SLOW_BF16} times it)."
-                                     if result.get("bf16_left_out") else ""), "",
-             f"| evaluator | s / model (wall) | s / model (CPU) | models / hour | speed vs reference (wall) "
-             f"| (CPU) | {result['summary']['fp32']['metric']} | minus fp32 (points) | largest per model |",
-             "|---|" + "---:|" * 8]
+    lines = [
+        f"# ddattn evaluation throughput: {result['task']} {result['split']} ({result['examples']} examples)",
+        "",
+        f"{env['cpu']} ({describe_capability(env['cpu_capability'])}), {env['threads']} threads, torch "
+        f"{env['torch']}; {result['n_models']} models, each timed by every evaluator in turn, "
+        f"{result['models_at_once']} at a time; {env['date']}; "
+        f"`{env['command']}`."
+        + (
+            f" bf16 left out: {result['bf16_left_out']} ({ALLOW_SLOW_BF16} times it)."
+            if result.get("bf16_left_out")
+            else ""
+        ),
+        "",
+        f"| evaluator | s / model (wall) | s / model (CPU) | models / hour | speed vs reference (wall) "
+        f"| (CPU) | {result['summary']['fp32']['metric']} | minus fp32 (points) | largest per model |",
+        "|---|" + "---:|" * 8,
+    ]
     for name, s in result["summary"].items():
-        lines.append(f"| {name} | {s['wall_s_per_model']:.1f} | {s['cpu_s_per_model']:.1f} | {s['models_per_hour']:.1f} "
-                     f"| **{s['speed_vs_reference_wall']:.2f}×** | {s['speed_vs_reference_cpu']:.2f}× "
-                     f"| {100 * s['metric_mean']:.2f} | {s['metric_minus_fp32_points']:+.2f} "
-                     f"| {s['largest_metric_difference_points']:.2f} |")
-    lines += ["", "Same predictions (the worst model): " + ", ".join(
-        f"{k}: {100 * v:.2f} %" for k, v in result["agreement"].items()),
-              "", "Classes predicted (the model that predicts fewest): " + ", ".join(
-        f"{name} {s['fewest_classes_predicted']}" for name, s in result["summary"].items())]
+        lines.append(
+            f"| {name} | {s['wall_s_per_model']:.1f} | {s['cpu_s_per_model']:.1f} | {s['models_per_hour']:.1f} "
+            f"| **{s['speed_vs_reference_wall']:.2f}×** | {s['speed_vs_reference_cpu']:.2f}× "
+            f"| {100 * s['metric_mean']:.2f} | {s['metric_minus_fp32_points']:+.2f} "
+            f"| {s['largest_metric_difference_points']:.2f} |"
+        )
+    lines += [
+        "",
+        "Same predictions (the worst model): "
+        + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in result["agreement"].items()),
+        "",
+        "Classes predicted (the model that predicts fewest): "
+        + ", ".join(f"{name} {s['fewest_classes_predicted']}" for name, s in result["summary"].items()),
+    ]
     return "\n".join(lines) + "\n"

@@ -44,8 +44,10 @@ def read_json(path: Path) -> dict:
 def require_fields(record: Mapping, fields: Iterable[str], path: Path) -> None:
     missing = [name for name in fields if name not in record]
     if missing:
-        raise UserError(f"{path} lacks the field(s) {', '.join(missing)}; it was not written by this version "
-                        "of ddattn, or was edited")
+        raise UserError(
+            f"{path} lacks the field(s) {', '.join(missing)}; it was not written by this version "
+            "of ddattn, or was edited"
+        )
 
 
 def read_jsonl(path: Path) -> List[dict]:
@@ -62,7 +64,7 @@ def read_jsonl(path: Path) -> List[dict]:
                 break
             raise UserError(f"{path}:{number}: not a JSON record; was the file edited?") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise UserError(f"{path}:{number}: a record without an integer \"step\"; was the file edited?")
+            raise UserError(f'{path}:{number}: a record without an integer "step"; was the file edited?')
         records.append(record)
     return records
 
@@ -72,7 +74,7 @@ def load_checkpoint(path: Path) -> dict:
     """checkpoint.pt, read with torch.load(weights_only=True) (tensors and plain containers, no pickled code)."""
     try:
         checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:    # truncated zip, garbage bytes, a pickle with code in it: all unreadable
+    except Exception as e:  # truncated zip, garbage bytes, a pickle with code in it: all unreadable
         raise UserError(f"{path} is unreadable ({first_line(e)}); start the run afresh with --overwrite") from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a ddattn checkpoint (it holds a {type(checkpoint).__name__})")
@@ -107,8 +109,9 @@ def check_optimizer_state(state: Mapping, params: List[torch.Tensor], where: str
             raise UserError(f"{where}: unexpected optimiser state entry {index!r}")
         for name, value in values.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
-                raise UserError(f"{where}: {name} of parameter {index} is {describe(value)}, "
-                                f"expected {describe(params[index])}")
+                raise UserError(
+                    f"{where}: {name} of parameter {index} is {describe(value)}, expected {describe(params[index])}"
+                )
 
 
 # --- distilled data against its run -------------------------------------------------------------------
@@ -130,13 +133,18 @@ def check_distilled_for_run(info: dict, settings: dict, num_classes: int, path: 
 
 def check_distilled_for_model(config, bert_config, path: Path, model_dir: Path) -> None:
     """The distilled embeddings and attention labels have the checkpoint's width, layers and heads."""
-    differ = [name for name in ("hidden_size", "num_layers", "num_heads")
-              if getattr(config, name) != getattr(bert_config, name)]
+    differ = [
+        name
+        for name in ("hidden_size", "num_layers", "num_heads")
+        if getattr(config, name) != getattr(bert_config, name)
+    ]
     if differ:
         shown = ", ".join(f"{n} {getattr(config, n)} (checkpoint: {getattr(bert_config, n)})" for n in differ)
         raise UserError(f"{path} was not distilled for checkpoint {model_dir}: {shown}")
     if config.seq_len > bert_config.max_positions:
-        raise UserError(f"{path} has S = {config.seq_len}, beyond checkpoint {model_dir}'s {bert_config.max_positions} positions")
+        raise UserError(
+            f"{path} has S = {config.seq_len}, beyond checkpoint {model_dir}'s {bert_config.max_positions} positions"
+        )
 
 
 # --- places to write -------------------------------------------------------------------------------------
@@ -178,15 +186,21 @@ def check_distilled_config(config: DistilledConfig, max_positions: int) -> None:
     require(config.num_classes >= 2, f"a task needs at least 2 classes, not {config.num_classes}")
     require(config.shots >= 1, f"--shots must be ≥ 1, not {config.shots}")
     require(config.steps >= 1, f"--steps must be ≥ 1, not {config.steps}")
-    require(1 <= config.seq_len <= max_positions,
-            f"--seq-len must be between 1 and the model's {max_positions} positions, not {config.seq_len}")
+    require(
+        1 <= config.seq_len <= max_positions,
+        f"--seq-len must be between 1 and the model's {max_positions} positions, not {config.seq_len}",
+    )
     require(config.label_type in LABEL_TYPES, f"unknown label type {config.label_type!r}; choose from {LABEL_TYPES}")
-    require(config.attention_type in ATTENTION_TYPES,
-            f"unknown attention label type {config.attention_type!r}; choose from {ATTENTION_TYPES}")
+    require(
+        config.attention_type in ATTENTION_TYPES,
+        f"unknown attention label type {config.attention_type!r}; choose from {ATTENTION_TYPES}",
+    )
     require(config.attn_weight >= 0, f"--attn-weight (λ) must be ≥ 0, not {config.attn_weight}")
     require(config.inner_lr_init > 0, f"--inner-lr must be > 0, not {config.inner_lr_init}")
-    require(0 <= config.batch_size <= config.num_samples and config.num_samples % config.step_batch_size == 0,
-            f"--batch-size {config.batch_size} must divide the {config.num_samples} distilled samples")
+    require(
+        0 <= config.batch_size <= config.num_samples and config.num_samples % config.step_batch_size == 0,
+        f"--batch-size {config.batch_size} must divide the {config.num_samples} distilled samples",
+    )
 
 
 def require(ok: bool, message: str) -> None:

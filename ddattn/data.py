@@ -20,7 +20,7 @@ from . import paths
 from .errors import UserError, first_line
 from .tasks import Example, Task, read_examples, task_file
 
-CACHE_VERSION = 1        # bump when the encoding changes, so old caches are not reused
+CACHE_VERSION = 1  # bump when the encoding changes, so old caches are not reused
 
 
 # --- tokenisation ----------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def load_tokenizer(path, max_length: int = 128) -> Tokenizer:
     path = _tokenizer_file(path)
     try:
         tokenizer = Tokenizer.from_file(str(path))
-    except Exception as e:   # tokenizers raises a plain Exception for a malformed file
+    except Exception as e:  # tokenizers raises a plain Exception for a malformed file
         raise UserError(f"cannot read tokenizer {path} ({first_line(e)}); re-run `make weights`") from None
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, strategy="longest_first")
@@ -51,10 +51,11 @@ class EncodedSplit:
 
     Pairs are `[CLS] a [SEP] b [SEP]` with token type 0 up to the first [SEP] and 1 after it.
     """
-    input_ids: torch.Tensor         # (N, W) int32
-    token_type_ids: torch.Tensor    # (N, W) int8
-    lengths: torch.Tensor           # (N,) int32
-    labels: torch.Tensor            # (N,) int64
+
+    input_ids: torch.Tensor  # (N, W) int32
+    token_type_ids: torch.Tensor  # (N, W) int8
+    lengths: torch.Tensor  # (N,) int32
+    labels: torch.Tensor  # (N,) int64
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,20 +74,26 @@ def encode(tokenizer: Tokenizer, examples: Sequence[Example], max_length: Option
     ids = torch.zeros(len(encodings), width, dtype=torch.int32)
     types = torch.zeros(len(encodings), width, dtype=torch.int8)
     for row, enc in enumerate(encodings):
-        ids[row, :len(enc.ids)] = torch.tensor(enc.ids, dtype=torch.int32)
-        types[row, :len(enc.ids)] = torch.tensor(enc.type_ids, dtype=torch.int8)
-    return EncodedSplit(ids, types, torch.tensor([len(e.ids) for e in encodings], dtype=torch.int32),
-                        torch.tensor([e.label for e in examples], dtype=torch.long))
+        ids[row, : len(enc.ids)] = torch.tensor(enc.ids, dtype=torch.int32)
+        types[row, : len(enc.ids)] = torch.tensor(enc.type_ids, dtype=torch.int8)
+    return EncodedSplit(
+        ids,
+        types,
+        torch.tensor([len(e.ids) for e in encodings], dtype=torch.int32),
+        torch.tensor([e.label for e in examples], dtype=torch.long),
+    )
 
 
-def _cache_file(task: Task, split: str, source: Path, tokenizer_path: Path, max_length: int,
-                data_dir: Optional[Path]) -> Path:
+def _cache_file(
+    task: Task, split: str, source: Path, tokenizer_path: Path, max_length: int, data_dir: Optional[Path]
+) -> Path:
     """`<data_dir>/<task>/cache/<split>-<file>-<key>.safetensors`, the key hashing everything that
     determines the encoding: source and tokenizer contents, max_length, columns and labels."""
-    key = hashlib.sha256(repr((CACHE_VERSION, max_length, task.format, task.text_columns, task.label_column,
-                               task.label_values)).encode())
+    key = hashlib.sha256(
+        repr((CACHE_VERSION, max_length, task.format, task.text_columns, task.label_column, task.label_values)).encode()
+    )
     for path in (source, tokenizer_path):
-        key.update(hashlib.sha256(Path(path).read_bytes()).digest())     # (hashlib.file_digest needs 3.11)
+        key.update(hashlib.sha256(Path(path).read_bytes()).digest())  # (hashlib.file_digest needs 3.11)
     folder = Path(data_dir or paths.data_dir()) / task.name / "cache"
     return folder / f"{split}-{source.stem}-{key.hexdigest()[:16]}.safetensors"
 
@@ -96,8 +103,9 @@ def _say_once(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def load_split(task: Task, split: str, tokenizer_path, max_length: int = 128,
-               data_dir: Optional[Path] = None) -> EncodedSplit:
+def load_split(
+    task: Task, split: str, tokenizer_path, max_length: int = 128, data_dir: Optional[Path] = None
+) -> EncodedSplit:
     """Read and tokenise a split, through the cache (safetensors, written atomically). Reading a fallback
     file (AG News's train_subset.csv) is said once on stderr."""
     source = task_file(task, split, data_dir)
@@ -148,7 +156,7 @@ def collate(split: EncodedSplit, rows, device="cpu", width: Optional[int] = None
     most max_length rounded up, so within the model's positions); a smaller `width` cuts longer rows."""
     rows = torch.as_tensor(rows)
     lengths = split.lengths[rows].long()
-    width = width or round_up(int(lengths.numpy().max()))     # numpy: no aten scalar read (host memory anyway)
+    width = width or round_up(int(lengths.numpy().max()))  # numpy: no aten scalar read (host memory anyway)
     kept = min(width, split.input_ids.shape[1])
 
     def padded(values: torch.Tensor) -> torch.Tensor:
@@ -156,16 +164,25 @@ def collate(split: EncodedSplit, rows, device="cpu", width: Optional[int] = None
         out[:, :kept] = values[rows, :kept]
         return out.to(device)
 
-    return {"input_ids": padded(split.input_ids), "token_type_ids": padded(split.token_type_ids),
-            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long().to(device),
-            "labels": split.labels[rows].to(device)}
+    return {
+        "input_ids": padded(split.input_ids),
+        "token_type_ids": padded(split.token_type_ids),
+        "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long().to(device),
+        "labels": split.labels[rows].to(device),
+    }
 
 
-def batches(split: EncodedSplit, batch_size: int, indices=None, shuffle: bool = False,
-            generator: Optional[torch.Generator] = None, device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
+def batches(
+    split: EncodedSplit,
+    batch_size: int,
+    indices=None,
+    shuffle: bool = False,
+    generator: Optional[torch.Generator] = None,
+    device="cpu",
+) -> Iterator[Dict[str, torch.Tensor]]:
     """Batches of `split` (or of its rows `indices`), in order or shuffled by `generator` (deterministic)."""
     rows = torch.arange(len(split)) if indices is None else torch.as_tensor(indices)
     if shuffle:
         rows = rows[torch.randperm(len(rows), generator=generator)]
     for start in range(0, len(rows), batch_size):
-        yield collate(split, rows[start:start + batch_size], device)
+        yield collate(split, rows[start : start + batch_size], device)

@@ -38,24 +38,30 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from . import checks
+from . import checks, distributed, tasks
 from . import data as taskdata
-from . import tasks
-from . import distributed
-from .method import seeds
 from .card import write_card
-from .method.distilled import DistilledData
 from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
 from .evaluate import eval_batches
+from .files import load_pretrained, save_distilled
+from .method import seeds
+from .method.distilled import DistilledData
 from .method.evaluation import evaluate_distilled, mean_std
 from .method.kernels import resolve as resolve_kernels
+from .method.outer import (
+    Outer,
+    OuterStep,
+    algorithm_1,
+    init_attention_from_model,
+    init_from_real,
+    linear_schedule,
+    make_optimizer,
+    real_init_rows,
+)
 from .options import AUTOCAST, DTYPES
 from .paths import atomic_path, resolve_checkpoint
 from .rundir import RunDirectory
 from .settings import distilled_config, load_or_start, preset_summary, saved_settings
-from .method.outer import (Outer, OuterStep, algorithm_1, init_attention_from_model, init_from_real, linear_schedule,
-                           make_optimizer, real_init_rows)
-from .files import load_pretrained, save_distilled
 
 
 # --- pieces of the loop ---------------------------------------------------------------------------
@@ -70,7 +76,7 @@ def to_host(records: List[dict]) -> List[dict]:
     """`records` with every tensor read as Python numbers (nested lists as `.tolist()` gives, exactly the
     same values): one device-to-host copy for all of them, the only wait for the device."""
     tensors = [v for r in records for v in r.values() if isinstance(v, torch.Tensor)]
-    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors]).cpu()       # (Σ numel,)
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors]).cpu()  # (Σ numel,)
     values = iter([part.view(t.shape).tolist() for t, part in zip(tensors, flat.split([t.numel() for t in tensors]))])
     return [{k: next(values) if isinstance(v, torch.Tensor) else v for k, v in r.items()} for r in records]
 
@@ -135,8 +141,8 @@ class Distillation:
         self.args, self.run = args, run
         self.stop, self.stop_reason = StopSignal(), None
         self.deadline = Deadline(args.time_limit, time.time() if started is None else started)
-        self.pending: List[dict] = []          # records of the outer steps not yet read (`read_metrics`)
-        self.progress = None                   # the progress bar, during `run_to_end`
+        self.pending: List[dict] = []  # records of the outer steps not yet read (`read_metrics`)
+        self.progress = None  # the progress bar, during `run_to_end`
         device = distributed.local_device(args.device)
         distributed.setup(device)
         self.device = device
@@ -147,54 +153,80 @@ class Distillation:
         self.bert_config, self.pretrained = load_pretrained(self.model_dir, dtype=dtype, device=device)
         config = distilled_config(args, self.bert_config, self.task.num_classes)
 
-        self.train = taskdata.load_split(self.task, "train", self.model_dir / "tokenizer.json", args.max_length, args.data_dir)
+        self.train = taskdata.load_split(
+            self.task, "train", self.model_dir / "tokenizer.json", args.max_length, args.data_dir
+        )
         n = min(len(self.train), args.train_limit) if args.train_limit else len(self.train)
         if not args.real_batch_size + args.val_size <= n:
-            raise UserError(f"{n} training examples cannot hold --val-size {args.val_size} plus one batch of {args.real_batch_size}")
+            raise UserError(
+                f"{n} training examples cannot hold --val-size {args.val_size} plus one batch of {args.real_batch_size}"
+            )
         processes = distributed.world_size()
         if processes > args.real_batch_size:
             raise UserError(f"{processes} processes need --real-batch-size ≥ {processes}")
-        largest = 16 if self.kernels == "cpu" else args.real_batch_size     # gpu: one micro-batch (kernels.py)
+        largest = 16 if self.kernels == "cpu" else args.real_batch_size  # gpu: one micro-batch (kernels.py)
         self.micro_batch_size = args.micro_batch_size or min(largest, args.real_batch_size // processes)
         micro_batches = -(-args.real_batch_size // self.micro_batch_size)
         if processes > micro_batches:
-            raise UserError(f"{processes} processes need as many micro-batches, not {micro_batches}: "
-                            f"use --micro-batch-size {args.real_batch_size // processes} or less")
-        self.train_idx, val_idx = taskdata.split_train_val(n, args.val_size, seeds.stream_seed("train-val-split", args.seed))
+            raise UserError(
+                f"{processes} processes need as many micro-batches, not {micro_batches}: "
+                f"use --micro-batch-size {args.real_batch_size // processes} or less"
+            )
+        self.train_idx, val_idx = taskdata.split_train_val(
+            n, args.val_size, seeds.stream_seed("train-val-split", args.seed)
+        )
         self.val_batches = eval_batches(self.train, args.real_batch_size, device, indices=val_idx)
-        self.steps_per_epoch = len(self.train_idx) // args.real_batch_size      # full batches only
+        self.steps_per_epoch = len(self.train_idx) // args.real_batch_size  # full batches only
         self.total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.val_every = args.val_every or self.steps_per_epoch
 
         # Algorithm 1, lines 1–2: D̃ = (x̃, ỹ, ã) and η̃ ← η̃_0 (then, with --init real / --attn-init model, from data)
-        self.distilled = DistilledData.initial(config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device)
+        self.distilled = DistilledData.initial(
+            config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device
+        )
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.real_examples())
         if args.attn_init == "model":
             init_attention_from_model(self.distilled, self.pretrained, self.bert_config, self.kernels)
         self.optimizer = optimizer_for(self.distilled, args)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, args.warmup)
-        self.outer = Outer(self.pretrained, self.bert_config, self.task.num_classes, self.distilled, self.optimizer,
-                           self.scheduler, args.seed, args.clip, args.mode, args.real_batch_size,
-                           AUTOCAST[args.autocast], distributed.all_reduce_sum, self.kernels)
+        self.outer = Outer(
+            self.pretrained,
+            self.bert_config,
+            self.task.num_classes,
+            self.distilled,
+            self.optimizer,
+            self.scheduler,
+            args.seed,
+            args.clip,
+            args.mode,
+            args.real_batch_size,
+            AUTOCAST[args.autocast],
+            distributed.all_reduce_sum,
+            self.kernels,
+        )
         self.step, self.best_val = 0, math.inf
         if distributed.is_main():
-            run.claim()                        # only once every setting has been checked
+            run.claim()  # only once every setting has been checked
         if checkpoint is None:
             if distributed.is_main():
                 run.start_afresh()
                 run.write_config(saved_settings(args))
             if args.preset_reason:
-                self.log(f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
-                         f"--preset {'gpu' if args.preset == 'cpu' else 'cpu'} for the other one")
-            self.log(f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
-                     f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
-                     f"checkpoint {self.model_dir}")
+                self.log(
+                    f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
+                    f"--preset {'gpu' if args.preset == 'cpu' else 'cpu'} for the other one"
+                )
+            self.log(
+                f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
+                f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
+                f"checkpoint {self.model_dir}"
+            )
         else:
             self.restore(checkpoint)
-        self.eta = self.inner_lrs().tolist()   # η̃ on the host: that of the next step, for an error line
+        self.eta = self.inner_lrs().tolist()  # η̃ on the host: that of the next step, for an error line
 
     def log(self, message: str) -> None:
         if distributed.is_main():
@@ -209,13 +241,15 @@ class Distillation:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise UserError(f"{self.run.checkpoint}: its optimiser or schedule state is damaged "
-                            f"({first_line(e)}); start the run afresh with --overwrite") from None
+            raise UserError(
+                f"{self.run.checkpoint}: its optimiser or schedule state is damaged "
+                f"({first_line(e)}); start the run afresh with --overwrite"
+            ) from None
         self.step, self.best_val = checkpoint["step"], checkpoint["best_val_loss"]
         if distributed.is_main():
             for name in ("metrics.jsonl", "validation.jsonl"):
                 self.run.truncate_after(name, self.step)
-            self.run.write_config(saved_settings(self.args))      # --max-steps / --epochs / --device given with --resume
+            self.run.write_config(saved_settings(self.args))  # --max-steps / --epochs / --device given with --resume
         self.log(f"resumed {self.run.path} at outer step {self.step}/{self.total_steps}")
 
     def check_checkpoint(self, checkpoint: dict) -> None:
@@ -226,12 +260,17 @@ class Distillation:
         checks.check_tensors(checkpoint["distilled"], self.distilled.tensors(), f"{where} (distilled data)")
         step = checkpoint["step"]
         if not isinstance(step, int) or not 0 <= step <= self.total_steps:
-            raise UserError(f"{where} is at outer step {step!r}, outside this run's {self.total_steps} steps; "
-                            "extend the run with a larger --max-steps or --epochs")
+            raise UserError(
+                f"{where} is at outer step {step!r}, outside this run's {self.total_steps} steps; "
+                "extend the run with a larger --max-steps or --epochs"
+            )
         if not isinstance(checkpoint["best_val_loss"], (int, float)):
             raise UserError(f"{where}: best_val_loss is {checkpoint['best_val_loss']!r}, not a number")
-        if not isinstance(checkpoint["optimizer"], dict) or not isinstance(checkpoint["scheduler"], dict) \
-                or checkpoint["scheduler"].get("last_epoch") != step:
+        if (
+            not isinstance(checkpoint["optimizer"], dict)
+            or not isinstance(checkpoint["scheduler"], dict)
+            or checkpoint["scheduler"].get("last_epoch") != step
+        ):
             raise UserError(f"{where}: the optimiser or schedule state does not match its step {step}")
         checks.check_optimizer_state(checkpoint["optimizer"], list(self.distilled.learnable().values()), str(where))
 
@@ -242,9 +281,13 @@ class Distillation:
         if not distributed.is_main():
             return
         save_distilled(self.distilled, self.run.path / "distilled_last.safetensors", extra=self.provenance())
-        state = {"step": self.step, "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(),
-                 "distilled": {k: v.detach().cpu() for k, v in self.distilled.tensors().items()}}
+        state = {
+            "step": self.step,
+            "best_val_loss": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "distilled": {k: v.detach().cpu() for k, v in self.distilled.tensors().items()},
+        }
         with atomic_path(self.run.checkpoint) as tmp:
             torch.save(state, tmp)
 
@@ -263,18 +306,27 @@ class Distillation:
     def real_batch(self, s: int) -> List[Dict[str, torch.Tensor]]:
         """This rank's micro-batches of outer step s's real mini-batch (Algorithm 1, line 13)."""
         epoch, offset = divmod(s, self.steps_per_epoch)
-        order = self.train_idx[torch.randperm(len(self.train_idx),
-                                              generator=seeds.generator("real-batch-order", self.args.seed, epoch))]
-        rows = order[offset * self.args.real_batch_size:(offset + 1) * self.args.real_batch_size]
+        order = self.train_idx[
+            torch.randperm(len(self.train_idx), generator=seeds.generator("real-batch-order", self.args.seed, epoch))
+        ]
+        rows = order[offset * self.args.real_batch_size : (offset + 1) * self.args.real_batch_size]
         micro_batches = rows.split(self.micro_batch_size)
         return [taskdata.collate(self.train, micro, self.device) for micro in distributed.shard(micro_batches)]
 
     def record(self, s: int, result: OuterStep, seconds: float) -> dict:
         """Outer step s's metrics.jsonl line, still on the device (read by `read_metrics`). `alpha` and
         `inner_lr` are as the update left them: those of the next step. `seconds`: the host's time."""
-        return {"step": s + 1, "epoch": s // self.steps_per_epoch, "loss": result.loss,
-                "inner_losses": result.inner_losses, "inner_lr": self.inner_lrs(), "grad_norm": result.grad_norm,
-                "alpha": self.scheduler.get_last_lr()[0], "seconds": seconds, "finite": result.finite}
+        return {
+            "step": s + 1,
+            "epoch": s // self.steps_per_epoch,
+            "loss": result.loss,
+            "inner_losses": result.inner_losses,
+            "inner_lr": self.inner_lrs(),
+            "grad_norm": result.grad_norm,
+            "alpha": self.scheduler.get_last_lr()[0],
+            "seconds": seconds,
+            "finite": result.finite,
+        }
 
     def inner_lrs(self) -> torch.Tensor:
         """(T,) η̃_t of the current D̃, detached."""
@@ -297,16 +349,20 @@ class Distillation:
     def check_finite(self, finite: List[float], step: int) -> None:
         """`finite` of outer step `step` (see `outer_step`); self.eta is still the η̃ that step trained with."""
         names = list(self.distilled.learnable())
-        losses, grads, data = finite[:2], finite[2:2 + len(names)], finite[2 + len(names):]
+        losses, grads, data = finite[:2], finite[2 : 2 + len(names)], finite[2 + len(names) :]
         if not all(losses + grads):
             bad = [k for k, ok in zip(names, grads) if not ok]
             what = f"gradient of {', '.join(bad)}" if bad else "loss"
-            raise UserError(f"non-finite {what} at outer step {step}: the learning rates are probably too high "
-                            f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.eta]}); {self.kept()}")
+            raise UserError(
+                f"non-finite {what} at outer step {step}: the learning rates are probably too high "
+                f"(--lr {self.args.lr:g}, inner η̃ {[round(x, 5) for x in self.eta]}); {self.kept()}"
+            )
         bad = [k for k, ok in zip(names, data) if not ok]
         if bad:
-            raise UserError(f"non-finite {', '.join(bad)} after the update of outer step {step}: the "
-                            f"learning rates are probably too high (--lr {self.args.lr:g}); {self.kept()}")
+            raise UserError(
+                f"non-finite {', '.join(bad)} after the update of outer step {step}: the "
+                f"learning rates are probably too high (--lr {self.args.lr:g}); {self.kept()}"
+            )
 
     def kept(self) -> str:
         if self.run.checkpoint.exists():
@@ -318,24 +374,41 @@ class Distillation:
         held-out slice of the training split."""
         self.read_metrics()
         head_seeds = [seeds.stream_seed("validation-head", self.args.seed, k) for k in range(self.args.val_models)]
-        head_seeds = head_seeds[distributed.rank()::distributed.world_size()]
-        runs = evaluate_distilled(self.pretrained, self.bert_config, self.distilled, lambda: self.val_batches,
-                                  seeds=head_seeds, metric_names=self.task.metrics, kernels=self.kernels)
+        head_seeds = head_seeds[distributed.rank() :: distributed.world_size()]
+        runs = evaluate_distilled(
+            self.pretrained,
+            self.bert_config,
+            self.distilled,
+            lambda: self.val_batches,
+            seeds=head_seeds,
+            metric_names=self.task.metrics,
+            kernels=self.kernels,
+        )
         return mean_std(distributed.gather(runs))
 
     def run_to_end(self) -> bool:
         """The outer steps, then the best D̃; False when stopped early (checkpointed)."""
-        self.progress = tqdm(total=self.total_steps, initial=self.step, desc=f"distil {self.task.name}", unit="step",
-                             dynamic_ncols=True, disable=not distributed.is_main())
-        with self.progress:   # closed (its line ended) before any error message
+        self.progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"distil {self.task.name}",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
+        with self.progress:  # closed (its line ended) before any error message
             finished = self.loop()
         if not finished:
-            self.log(f"preempted ({self.stop_reason}): checkpoint at outer step {self.step} in {self.run.path}; "
-                     f"resume with {resume_command()} --resume {self.run.path}")
+            self.log(
+                f"preempted ({self.stop_reason}): checkpoint at outer step {self.step} in {self.run.path}; "
+                f"resume with {resume_command()} --resume {self.run.path}"
+            )
             return False
-        if not math.isfinite(self.best_val):     # never validated, or every validation loss was NaN
-            raise UserError(f"no validation of {self.run.path} had a finite loss, so there is no distilled_best; "
-                            "the learning rates are probably too high")
+        if not math.isfinite(self.best_val):  # never validated, or every validation loss was NaN
+            raise UserError(
+                f"no validation of {self.run.path} had a finite loss, so there is no distilled_best; "
+                "the learning rates are probably too high"
+            )
         self.log(f"done: {self.run.path}/distilled_best.safetensors (validation loss {self.best_val:.4f})")
         return True
 
@@ -389,11 +462,17 @@ class Distillation:
         if improved:
             self.best_val = val_loss
             if distributed.is_main():
-                save_distilled(self.distilled, self.run.path / "distilled_best.safetensors", extra=self.provenance(val_loss=val_loss))
+                save_distilled(
+                    self.distilled,
+                    self.run.path / "distilled_best.safetensors",
+                    extra=self.provenance(val_loss=val_loss),
+                )
         if distributed.is_main():
             self.run.append("validation.jsonl", {"step": self.step, **summary})
-        self.log(f"step {self.step}: validation loss {val_loss:.4f}, accuracy {summary['accuracy']['mean']:.4f}"
-                 f"{' (best)' if improved else ''}")
+        self.log(
+            f"step {self.step}: validation loss {val_loss:.4f}, accuracy {summary['accuracy']['mean']:.4f}"
+            f"{' (best)' if improved else ''}"
+        )
 
 
 def resume_command() -> str:
@@ -408,7 +487,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args, run, checkpoint = load_or_start(argv)
     try:
         distillation = Distillation(args, run, checkpoint, started)
-        with on_stop_signals(distillation.stop):    # from here on a stop signal ends the run after its step
+        with on_stop_signals(distillation.stop):  # from here on a stop signal ends the run after its step
             finished = distillation.run_to_end()
         if finished and distributed.is_main():
             distillation.log(f"card: {write_card(run.path)}")

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from .errors import UserError
 
-HOST_GROUP = None     # the gloo group for host-side values (None: the default group, itself gloo)
+HOST_GROUP = None  # the gloo group for host-side values (None: the default group, itself gloo)
 
 
 def setup(device: torch.device) -> None:
@@ -66,7 +66,7 @@ def is_main() -> bool:
 def shard(items: Sequence) -> list:
     """This rank's contiguous share of a list (sizes differ by at most one)."""
     n, size = len(items), world_size()
-    return list(items[rank() * n // size:(rank() + 1) * n // size])
+    return list(items[rank() * n // size : (rank() + 1) * n // size])
 
 
 def all_reduce_sum(tensors: List[torch.Tensor]) -> None:
@@ -78,7 +78,7 @@ def all_reduce_sum(tensors: List[torch.Tensor]) -> None:
         return
     for dtype in dict.fromkeys(t.dtype for t in tensors):
         group = [t for t in tensors if t.dtype == dtype]
-        flat = torch.cat([t.reshape(-1) for t in group])                  # (Σ numel,)
+        flat = torch.cat([t.reshape(-1) for t in group])  # (Σ numel,)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         for tensor, part in zip(group, flat.split([t.numel() for t in group])):
             tensor.copy_(part.view_as(tensor))

@@ -24,7 +24,11 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     dest = Path(dest)
     request = urllib.request.Request(url, headers={"User-Agent": "ddattn"})
     try:
-        with atomic_path(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        with (
+            atomic_path(dest) as tmp,
+            open(tmp, "wb") as out,
+            urllib.request.urlopen(request, timeout=timeout) as response,
+        ):
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := response.read(1 << 20):

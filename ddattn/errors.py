@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-STOPPED = 128 + signal.SIGTERM     # 143: the exit status of a run stopped by a stop signal
+STOPPED = 128 + signal.SIGTERM  # 143: the exit status of a run stopped by a stop signal
 
 
 class UserError(Exception):
@@ -51,7 +51,7 @@ def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
             signal.signal(signum, old)
 
 
-_received: Optional[int] = None     # the stop signal raise_terminated saw, if any
+_received: Optional[int] = None  # the stop signal raise_terminated saw, if any
 
 
 def raise_terminated(signum: int, frame) -> None:
@@ -77,6 +77,7 @@ def quiet_about_dropped_stops() -> Iterator[None]:
     def hook(unraisable):
         if not isinstance(unraisable.exc_value, Terminated):
             previous(unraisable)
+
     sys.unraisablehook = hook
     try:
         yield

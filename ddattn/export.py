@@ -20,9 +20,9 @@ from typing import Tuple
 
 from safetensors.torch import save_file
 
-from .method.bert import BertConfig, Params
 from .convert import convert_weights, read_hf_config, read_hf_weights, to_hf_config, to_hf_weights
 from .errors import UserError
+from .method.bert import BertConfig, Params
 
 ARCHITECTURE = "BertForSequenceClassification"
 
@@ -30,23 +30,33 @@ ARCHITECTURE = "BertForSequenceClassification"
 @dataclass(frozen=True)
 class Classifier:
     """A model that classifies text, with what it needs to read its input and name its outputs."""
+
     config: BertConfig
-    theta: Params                     # encoder, pooler and classifier.{weight,bias}
+    theta: Params  # encoder, pooler and classifier.{weight,bias}
     tokenizer_path: Path
-    label_names: Tuple[str, ...]      # class index → name
-    max_length: int                   # truncation length it was trained with
-    is_pair: bool                     # inputs are (text a, text b) pairs
+    label_names: Tuple[str, ...]  # class index → name
+    max_length: int  # truncation length it was trained with
+    is_pair: bool  # inputs are (text a, text b) pairs
     task: str
 
 
 def hf_config(classifier: Classifier, source: dict) -> dict:
     """The exported config.json: Hugging Face's fields, then ddattn's own block."""
     labels = classifier.label_names
-    return {"architectures": [ARCHITECTURE], **to_hf_config(classifier.config), "num_labels": len(labels),
-            "id2label": {str(i): name for i, name in enumerate(labels)},
-            "label2id": {name: i for i, name in enumerate(labels)}, "torch_dtype": "float32",
-            "ddattn": {"task": classifier.task, "text": "pair" if classifier.is_pair else "single",
-                       "max_length": classifier.max_length, **source}}
+    return {
+        "architectures": [ARCHITECTURE],
+        **to_hf_config(classifier.config),
+        "num_labels": len(labels),
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "torch_dtype": "float32",
+        "ddattn": {
+            "task": classifier.task,
+            "text": "pair" if classifier.is_pair else "single",
+            "max_length": classifier.max_length,
+            **source,
+        },
+    }
 
 
 def refuse_existing(out: Path) -> None:
@@ -65,10 +75,13 @@ def export_classifier(classifier: Classifier, out: Path, source: dict) -> None:
     tmp.mkdir()
     try:
         (tmp / "config.json").write_text(json.dumps(hf_config(classifier, source), indent=2) + "\n")
-        save_file(to_hf_weights(classifier.theta, classifier.config), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})                       # what transformers expects to find
+        save_file(
+            to_hf_weights(classifier.theta, classifier.config),
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )  # what transformers expects to find
         shutil.copyfile(classifier.tokenizer_path, tmp / "tokenizer.json")
-        refuse_existing(out)                                          # made meanwhile by someone else
+        refuse_existing(out)  # made meanwhile by someone else
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -85,9 +98,12 @@ def load_exported(path: Path) -> Classifier:
     block, id2label = values.get("ddattn"), values.get("id2label")
     classes = isinstance(id2label, dict) and set(id2label) == set(map(str, range(len(id2label))))
     if not isinstance(block, dict) or not classes:
-        raise UserError(f"{path / 'config.json'} lacks a ddattn block or an id2label for classes 0 … C−1: "
-                        "export the classifier with `python -m ddattn.train`")
+        raise UserError(
+            f"{path / 'config.json'} lacks a ddattn block or an id2label for classes 0 … C−1: "
+            "export the classifier with `python -m ddattn.train`"
+        )
     labels = tuple(id2label[str(i)] for i in range(len(id2label)))
     theta = convert_weights(read_hf_weights(path), config, num_labels=len(labels))
-    return Classifier(config, theta, path / "tokenizer.json", labels, block["max_length"], block["text"] == "pair",
-                      block["task"])
+    return Classifier(
+        config, theta, path / "tokenizer.json", labels, block["max_length"], block["text"] == "pair", block["task"]
+    )

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Sequence, Tuple
 
 from . import paths
-from .tasks import TASKS, MissingFileError, Task, get_task, read_examples, task_file
 from .download import NotFoundError, download
 from .errors import ArgumentParser, UserError, run_cli
+from .tasks import TASKS, MissingFileError, Task, get_task, read_examples, task_file
 
-GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data"                 # what GLUE's download_glue_data.py uses
+GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data"  # what GLUE's download_glue_data.py uses
 SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
-MRPC_DEV_IDS_URL = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
-                    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
+MRPC_DEV_IDS_URL = (
+    "https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
+    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc"
+)
 AG_NEWS_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"  # torchtext's
 
 
@@ -56,21 +58,28 @@ def _from_mirror(mirror: str, task: Task, splits: Sequence[str], target: Path) -
 
 def _glue_zip(zip_name: str):
     """A canonical fetcher: GLUE's zip of the task, from which the wanted files are extracted."""
+
     def fetch_zip(target: Path, names: Sequence[str]) -> None:
-        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(download(f"{GLUE_URL}/{zip_name}",
-                                                                            Path(tmp) / zip_name)) as z:
-            members = {Path(m).name: m for m in z.namelist() if "MACOSX" not in m}   # e.g. QNLI/train.tsv
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            zipfile.ZipFile(download(f"{GLUE_URL}/{zip_name}", Path(tmp) / zip_name)) as z,
+        ):
+            members = {Path(m).name: m for m in z.namelist() if "MACOSX" not in m}  # e.g. QNLI/train.tsv
             for name in names:
                 with paths.atomic_path(target / name) as out:
                     out.write_bytes(z.read(members[name]))
+
     return fetch_zip
 
 
 def _mrpc(target: Path, names: Sequence[str]) -> None:
     """GLUE's recipe: SentEval's MSR paraphrase train file split into train/dev by GLUE's dev ids."""
     with tempfile.TemporaryDirectory() as tmp:
-        header, *lines = download(f"{SENTEVAL_URL}/msr_paraphrase_train.txt", Path(tmp) / "train.txt") \
-            .read_text(encoding="utf-8").splitlines()
+        header, *lines = (
+            download(f"{SENTEVAL_URL}/msr_paraphrase_train.txt", Path(tmp) / "train.txt")
+            .read_text(encoding="utf-8")
+            .splitlines()
+        )
         ids = download(MRPC_DEV_IDS_URL, Path(tmp) / "dev_ids.tsv").read_text(encoding="utf-8").splitlines()
     dev_ids = {tuple(line.strip().split("\t")) for line in ids if line.strip()}
     rows = [line.strip().split("\t") for line in lines if line.strip()]
@@ -85,8 +94,13 @@ def _ag_news(target: Path, names: Sequence[str]) -> None:
         download(f"{AG_NEWS_URL}/{name}", target / name)
 
 
-CANONICAL = {"ag_news": _ag_news, "mrpc": _mrpc, "qnli": _glue_zip("QNLIv2.zip"), "rte": _glue_zip("RTE.zip"),
-             "sst2": _glue_zip("SST-2.zip")}
+CANONICAL = {
+    "ag_news": _ag_news,
+    "mrpc": _mrpc,
+    "qnli": _glue_zip("QNLIv2.zip"),
+    "rte": _glue_zip("RTE.zip"),
+    "sst2": _glue_zip("SST-2.zip"),
+}
 
 
 def fetch(task: Task, data_dir: Path) -> str:
@@ -125,17 +139,23 @@ def row_counts(task: Task, data_dir: Path, strict: bool) -> str:
 
 
 def main(argv=None) -> None:
-    p = ArgumentParser(prog="python -m ddattn.fetch", description="Fill data/<task>/ with a task's files and "
-                       "count their rows (copying from ../shared/data when present, else downloading).")
+    p = ArgumentParser(
+        prog="python -m ddattn.fetch",
+        description="Fill data/<task>/ with a task's files and "
+        "count their rows (copying from ../shared/data when present, else downloading).",
+    )
     p.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or all")
     p.add_argument("--data-dir", help="default data/ (env DDATTN_DATA_DIR)")
-    p.add_argument("--check", action="store_true", help="fetch nothing: only read the files and count their rows "
-                   "(a missing or malformed file is an error)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="fetch nothing: only read the files and count their rows (a missing or malformed file is an error)",
+    )
     args = p.parse_args(argv)
     if args.task == "custom":
         raise UserError("the custom task reads your own files (--train-file, --eval-file): nothing to fetch")
     data_dir = Path(args.data_dir or paths.data_dir())
-    for task in (TASKS.values() if args.task == "all" else [get_task(args.task)]):
+    for task in TASKS.values() if args.task == "all" else [get_task(args.task)]:
         done = "checked" if args.check else fetch(task, data_dir)
         print(f"{task.name}: {done} → {data_dir / task.name}; rows: {row_counts(task, data_dir, args.check)}")
 

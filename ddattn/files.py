@@ -35,8 +35,10 @@ def read_bert_config(path: Path) -> BertConfig:
         raise UserError(f"cannot read model config {path}: {e}") from None
     known = {f.name for f in fields(BertConfig)}
     if not isinstance(values, dict) or set(values) != known:
-        raise UserError(f"{path} is not a ddattn BERT config (expected keys {sorted(known)}); "
-                        "convert the checkpoint with `make weights`")
+        raise UserError(
+            f"{path} is not a ddattn BERT config (expected keys {sorted(known)}); "
+            "convert the checkpoint with `make weights`"
+        )
     return BertConfig(**values)
 
 
@@ -45,8 +47,10 @@ def load_pretrained(path: Path, dtype: torch.dtype = torch.float32, device="cpu"
     path = Path(path)
     for name in ("config.json", "model.safetensors"):
         if not (path / name).is_file():
-            raise UserError(f"checkpoint file {path / name} is missing; run `make weights` "
-                            "(or `python -m ddattn.convert`) to create it")
+            raise UserError(
+                f"checkpoint file {path / name} is missing; run `make weights` "
+                "(or `python -m ddattn.convert`) to create it"
+            )
     config = read_bert_config(path / "config.json")
     try:
         tensors = load_file(str(path / "model.safetensors"))
@@ -55,8 +59,11 @@ def load_pretrained(path: Path, dtype: torch.dtype = torch.float32, device="cpu"
     expected = param_shapes(config)
     problems = [f"missing {k}" for k in expected if k not in tensors]
     problems += [f"unexpected {k}" for k in tensors if k not in expected]
-    problems += [f"{k} has shape {tuple(tensors[k].shape)}, expected {s}"
-                 for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
+    problems += [
+        f"{k} has shape {tuple(tensors[k].shape)}, expected {s}"
+        for k, s in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != s
+    ]
     if problems:
         raise UserError(f"{path / 'model.safetensors'} does not match its config: {'; '.join(problems)}")
     theta = {k: tensors[k].to(device=device, dtype=dtype) for k in expected}
@@ -82,8 +89,9 @@ def load_distilled(path: Path, dtype: torch.dtype = torch.float32, device="cpu")
         raise not_distilled(path, e) from None
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if shapes != config.tensor_shapes():
-        raise UserError(f"{path}: its tensors {shapes} do not match its own config, which needs "
-                        f"{config.tensor_shapes()}")
+        raise UserError(
+            f"{path}: its tensors {shapes} do not match its own config, which needs {config.tensor_shapes()}"
+        )
     return DistilledData(config, tensors)
 
 

@@ -19,20 +19,18 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from . import checks
+from . import checks, tasks
 from . import data as taskdata
-from . import tasks
-
-from .method.distilled import DistilledData
 from .errors import ArgumentParser, UserError, run_cli
-from .rundir import distilled_path, load_run
-from .paths import resolve_checkpoint
 from .files import load_pretrained
+from .method.distilled import DistilledData
+from .paths import resolve_checkpoint
+from .rundir import distilled_path, load_run
 
 
 def nearest_tokens(x: torch.Tensor, word_embeddings: torch.Tensor, top: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """For x (S, D): the `top` vocabulary rows most cosine-similar to each position → (similarities, ids), (S, top)."""
-    similarity = F.normalize(x, dim=-1) @ F.normalize(word_embeddings, dim=-1).T        # (S, V)
+    similarity = F.normalize(x, dim=-1) @ F.normalize(word_embeddings, dim=-1).T  # (S, V)
     return similarity.topk(top, dim=-1)
 
 
@@ -41,22 +39,35 @@ def attention_labels(distilled: DistilledData, i: int) -> Optional[torch.Tensor]
     if distilled.attn_logits is None:
         return None
     probs = torch.softmax(distilled.attn_logits[i], dim=-1)
-    return probs[..., 0, :] if distilled.config.attention_type == "all" else probs    # "all": the [CLS] row
+    return probs[..., 0, :] if distilled.config.attention_type == "all" else probs  # "all": the [CLS] row
 
 
-def describe_sample(distilled: DistilledData, i: int, label_names: Sequence[str], word_embeddings: torch.Tensor,
-                    tokenizer: Tokenizer, top: int) -> List[str]:
+def describe_sample(
+    distilled: DistilledData,
+    i: int,
+    label_names: Sequence[str],
+    word_embeddings: torch.Tensor,
+    tokenizer: Tokenizer,
+    top: int,
+) -> List[str]:
     C = distilled.config.num_classes
     label = distilled.labels(i)
     similarity, ids = nearest_tokens(distilled.x[i], word_embeddings, top)
-    lines = [f"sample {i} · class {i % C} ({label_names[i % C]})",
-             "  label ỹ: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(label_names, label.tolist())),
-             f"  nearest tokens (mean cosine {similarity[:, 0].mean():.3f}): "
-             + " ".join(tokenizer.id_to_token(t) for t in ids[:, 0].tolist())]
+    lines = [
+        f"sample {i} · class {i % C} ({label_names[i % C]})",
+        "  label ỹ: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(label_names, label.tolist())),
+        f"  nearest tokens (mean cosine {similarity[:, 0].mean():.3f}): "
+        + " ".join(tokenizer.id_to_token(t) for t in ids[:, 0].tolist()),
+    ]
     if top > 1:
         for position in range(len(ids)):
-            lines.append(f"    {position:4d}: " + ", ".join(f"{tokenizer.id_to_token(t)} {s:.3f}"
-                                                          for t, s in zip(ids[position].tolist(), similarity[position].tolist())))
+            lines.append(
+                f"    {position:4d}: "
+                + ", ".join(
+                    f"{tokenizer.id_to_token(t)} {s:.3f}"
+                    for t, s in zip(ids[position].tolist(), similarity[position].tolist())
+                )
+            )
     return lines
 
 
@@ -65,6 +76,7 @@ def plot_attention_labels(probs: torch.Tensor, path: Path, title: str) -> bool:
     (and one line of advice) when matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -76,8 +88,14 @@ def plot_attention_labels(probs: torch.Tensor, path: Path, title: str) -> bool:
     for layer in range(L):
         for head in range(H):
             ax = axes[layer][head]
-            image = ax.imshow(probs[layer, head][None].numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax,
-                              interpolation="nearest")
+            image = ax.imshow(
+                probs[layer, head][None].numpy(),
+                aspect="auto",
+                cmap="viridis",
+                vmin=0.0,
+                vmax=vmax,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if layer == 0:
@@ -111,20 +129,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     tokenizer = taskdata.load_tokenizer(model_dir / "tokenizer.json")
     label_names = tasks.task_from_settings(settings).label_names
 
-    print(f"{args.run_dir} (distilled_{args.which}): {settings['task']}, {config.num_samples} samples "
-          f"({config.shots} per class × {config.num_classes} classes), S = {config.seq_len}, "
-          f"{config.label_type} labels, attention labels {config.attention_type}, checkpoint {settings['model']}")
+    print(
+        f"{args.run_dir} (distilled_{args.which}): {settings['task']}, {config.num_samples} samples "
+        f"({config.shots} per class × {config.num_classes} classes), S = {config.seq_len}, "
+        f"{config.label_type} labels, attention labels {config.attention_type}, checkpoint {settings['model']}"
+    )
     for i in range(config.num_samples):
         print("\n".join(describe_sample(distilled, i, label_names, theta["embeddings.word"], tokenizer, args.top)))
-    print("learned inner learning rates η̃ = softplus(lr_raw): "
-          + ", ".join(f"step {t + 1}: {distilled.inner_lr(t).item():.5g}" for t in range(config.steps)))
+    print(
+        "learned inner learning rates η̃ = softplus(lr_raw): "
+        + ", ".join(f"step {t + 1}: {distilled.inner_lr(t).item():.5g}" for t in range(config.steps))
+    )
     probs = attention_labels(distilled, args.sample)
     if probs is None:
         print("no attention labels (attention type none): no heatmap")
         return
     png = args.png or args.run_dir / "attention_labels.png"
     checks.writable_file(png, "--png")
-    title = f"attention labels of sample {args.sample} (class {label_names[args.sample % config.num_classes]}), [CLS] query"
+    title = (
+        f"attention labels of sample {args.sample} (class {label_names[args.sample % config.num_classes]}), [CLS] query"
+    )
     if plot_attention_labels(probs, png, title):
         print(f"attention labels of sample {args.sample}: {png}")
 

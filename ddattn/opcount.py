@@ -15,6 +15,7 @@ SYNC_OPS = ("aten::_local_scalar_dense",)
 def count_ops(fn: Callable[[], object]) -> Dict[str, int]:
     """{"aten_ops", "host_syncs"} of one call `fn()` (run once, under the profiler; CPU events only)."""
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     names = [event.name for event in prof.events() if event.name.startswith("aten::")]

@@ -24,8 +24,8 @@ import torch
 
 from .errors import UserError
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}                  # --dtype
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}       # --autocast name → matmul dtype
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # --dtype
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --autocast name → matmul dtype
 ALLOW_SLOW_BF16 = "--allow-slow-bf16"
 
 
@@ -34,8 +34,10 @@ def option_problem(mode: str, autocast: str, device_type: str) -> Optional[str]:
     if mode == "finite-difference" and autocast != "none":
         return "--mode finite-difference needs full-precision gradients: do not combine it with --autocast"
     if autocast == "fp16" and device_type == "cpu":
-        return ("--autocast fp16 is for CUDA (as in the authors' code; CPU fp16 matmuls are far slower than "
-                "fp32); on the CPU use --autocast bf16")
+        return (
+            "--autocast fp16 is for CUDA (as in the authors' code; CPU fp16 matmuls are far slower than "
+            "fp32); on the CPU use --autocast bf16"
+        )
     return None
 
 
@@ -49,9 +51,12 @@ def cpu_capability() -> Dict[str, object]:
     """What this CPU offers torch's kernels: the vector instruction set torch dispatches to (isa: DEFAULT,
     AVX2, AVX512, ...), AMX tiles, AVX512-BF16, whether oneDNN's bf16 kernels are enabled, and the rule's
     verdict (fast_bf16; module docstring)."""
-    capability = {"isa": torch.backends.cpu.get_cpu_capability(), "amx": _torch_cpu_flag("amx_tile"),
-                  "avx512_bf16": _torch_cpu_flag("avx512_bf16"),
-                  "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+    capability = {
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "amx": _torch_cpu_flag("amx_tile"),
+        "avx512_bf16": _torch_cpu_flag("avx512_bf16"),
+        "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
     capability["fast_bf16"] = capability["mkldnn_bf16"] and (capability["avx512_bf16"] or capability["amx"])
     return capability
 
@@ -80,6 +85,8 @@ def check_bf16(option: str, device: torch.device, allowed: bool) -> None:
     if why is None:
         return
     if not allowed:
-        raise UserError(f"{option}: {why}, so it would be slower than fp32 here; leave it out, or pass "
-                        f"{ALLOW_SLOW_BF16} to run it anyway")
+        raise UserError(
+            f"{option}: {why}, so it would be slower than fp32 here; leave it out, or pass "
+            f"{ALLOW_SLOW_BF16} to run it anyway"
+        )
     print(f"notice: {option} runs slower than fp32 here: {why} ({ALLOW_SLOW_BF16})", file=sys.stderr, flush=True)

@@ -39,8 +39,17 @@ def runs_dir() -> Path:
 
 
 # A write that fails with one of these is the environment's fault (full disk, read-only place), not a bug.
-WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
-                errno.ENOTDIR, errno.EISDIR)
+WRITE_ERRORS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.EIO,
+    errno.ENOTDIR,
+    errno.EISDIR,
+)
 
 
 def umask() -> int:
@@ -63,7 +72,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         os.close(fd)
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask())    # after the block: some writers (safetensors) replace the file
+        os.chmod(tmp, 0o666 & ~umask())  # after the block: some writers (safetensors) replace the file
         os.replace(tmp, dest)
     except OSError as e:
         if e.errno not in WRITE_ERRORS:
@@ -92,8 +101,10 @@ def resolve_checkpoint(name_or_path: str) -> Path:
 def code_version() -> str:
     """The git commit the code runs from ("<sha>-dirty" with uncommitted changes), for result files; "unknown"
     outside a git checkout."""
+
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)
+
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode:

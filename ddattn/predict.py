@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from . import data as taskdata
 from . import tasks
-from .method.bert import bert_forward
 from .errors import ArgumentParser, UserError, run_cli
 from .export import Classifier, is_exported, load_exported, refuse_existing
+from .method.bert import bert_forward
 from .paths import atomic_path
 from .train import train_classifier
 
@@ -36,8 +36,10 @@ def load_classifier(path: Path, which: str, seed: int) -> Classifier:
         return load_exported(path)
     if (path / f"distilled_{which}.safetensors").is_file():
         return train_classifier(path, which, seed)
-    raise UserError(f"{path} is neither a classifier exported by `python -m ddattn.train` (config.json, "
-                    f"model.safetensors) nor a distillation run with distilled_{which}.safetensors")
+    raise UserError(
+        f"{path} is neither a classifier exported by `python -m ddattn.train` (config.json, "
+        f"model.safetensors) nor a distillation run with distilled_{which}.safetensors"
+    )
 
 
 def examples_from_texts(classifier: Classifier, texts: Sequence[str]) -> List[tasks.Example]:
@@ -60,8 +62,9 @@ def read_rows(classifier: Classifier, path: Path) -> List[dict]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read {path}: {e}") from None
     if not set(wanted) <= set(header):
-        found = (f"it has {', '.join(other)} instead" if set(other) <= set(header)
-                 else f"its header: {', '.join(header)}")
+        found = (
+            f"it has {', '.join(other)} instead" if set(other) <= set(header) else f"its header: {', '.join(header)}"
+        )
         raise UserError(f"{classifier.task} classifies {kind}, so {path} needs column(s) {', '.join(wanted)}; {found}")
     if not rows:
         raise UserError(f"{path} has a header but no rows")
@@ -78,17 +81,24 @@ def examples_from_rows(classifier: Classifier, rows: List[dict]) -> List[tasks.E
 
 
 @torch.no_grad()
-def probabilities(classifier: Classifier, examples: Sequence[tasks.Example], batch_size: int,
-                  progress: bool = False) -> torch.Tensor:
+def probabilities(
+    classifier: Classifier, examples: Sequence[tasks.Example], batch_size: int, progress: bool = False
+) -> torch.Tensor:
     """softmax(logits), (N, C), in the order of `examples`; batches of similar lengths (less padding)."""
     tokenizer = taskdata.load_tokenizer(classifier.tokenizer_path, classifier.max_length)
     split = taskdata.encode(tokenizer, examples)
     probs = torch.empty(len(split), len(classifier.label_names))
     for rows in tqdm(split.lengths.argsort().split(batch_size), desc="predict", unit="batch", disable=not progress):
         batch = taskdata.collate(split, rows)
-        logits = bert_forward(classifier.theta, classifier.config, batch["input_ids"],
-                              token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
-                              attention="none", fused=True).logits
+        logits = bert_forward(
+            classifier.theta,
+            classifier.config,
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            attention="none",
+            fused=True,
+        ).logits
         probs[rows] = torch.softmax(logits, dim=-1)
     return probs
 
@@ -101,8 +111,13 @@ def write_csv(path: Path, rows: List[dict], label_names: Sequence[str], probs: t
         writer.writeheader()
         for row, p in zip(rows, probs.tolist()):
             best = max(range(len(p)), key=p.__getitem__)
-            writer.writerow({**row, "label": label_names[best],
-                             **{f"p_{name}": f"{value:.6f}" for name, value in zip(label_names, p)}})
+            writer.writerow(
+                {
+                    **row,
+                    "label": label_names[best],
+                    **{f"p_{name}": f"{value:.6f}" for name, value in zip(label_names, p)},
+                }
+            )
 
 
 def print_lines(examples: Sequence[tasks.Example], label_names: Sequence[str], probs: torch.Tensor) -> None:
@@ -131,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise UserError(f"--batch-size must be ≥ 1, not {args.batch_size}")
     if args.out:
         refuse_existing(args.out)
-    with contextlib.redirect_stdout(sys.stderr):       # convert's "reading ..." lines: stdout is for predictions
+    with contextlib.redirect_stdout(sys.stderr):  # convert's "reading ..." lines: stdout is for predictions
         classifier = load_classifier(args.model, args.which, args.seed)
     rows = read_rows(classifier, args.file) if args.file else None
     examples = examples_from_rows(classifier, rows) if rows else examples_from_texts(classifier, args.texts)

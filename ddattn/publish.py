@@ -16,8 +16,18 @@ from typing import Optional, Sequence
 from .errors import ArgumentParser, UserError, run_cli
 from .paths import REPO_ROOT, atomic_path
 
-FILES = ("config.json", "distilled_best.safetensors", "eval.json", "validation.jsonl", "metrics.jsonl", "run.log",
-         "README.md", "attention_labels.png", "validation.png", "resources.tsv")
+FILES = (
+    "config.json",
+    "distilled_best.safetensors",
+    "eval.json",
+    "validation.jsonl",
+    "metrics.jsonl",
+    "run.log",
+    "README.md",
+    "attention_labels.png",
+    "validation.png",
+    "resources.tsv",
+)
 
 
 def publish(run_dir: Path, results: Path) -> Path:

@@ -36,7 +36,7 @@ def inner_loss(theta: Params, config: BertConfig, distilled: DistilledData, t: i
     loss = soft_cross_entropy(out.logits, distilled.targets(t))
     if attention == "none":
         return loss
-    scores = out.cls_scores if attention == "cls" else out.scores           # (b, L, H, S) or (b, L, H, S, S)
+    scores = out.cls_scores if attention == "cls" else out.scores  # (b, L, H, S) or (b, L, H, S, S)
     log_label = F.log_softmax(distilled.attn_logits[rows], dim=-1)
     kl = (log_label.exp() * (log_label - F.log_softmax(scores, dim=-1))).sum(-1)
     return loss + distilled.config.attn_weight * kl.mean()
@@ -47,8 +47,9 @@ def train(theta0: Params, config: BertConfig, distilled: DistilledData, create_g
     names = trainable_names(theta0)
     theta = {n: v.detach().requires_grad_(n not in FROZEN) for n, v in theta0.items()}
     for t in range(distilled.config.steps):
-        grads = torch.autograd.grad(inner_loss(theta, config, distilled, t), [theta[n] for n in names],
-                                    create_graph=create_graph)
+        grads = torch.autograd.grad(
+            inner_loss(theta, config, distilled, t), [theta[n] for n in names], create_graph=create_graph
+        )
         lr = distilled.inner_lr(t)
         theta = {**theta, **{n: theta[n] - lr * g for n, g in zip(names, grads)}}
     return theta
@@ -56,12 +57,20 @@ def train(theta0: Params, config: BertConfig, distilled: DistilledData, create_g
 
 def logits(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, C) logits of a real batch, textbook ops."""
-    return bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                        attention_mask=batch["attention_mask"], attention="none", plain=True).logits
+    return bert_forward(
+        theta,
+        config,
+        batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        attention="none",
+        plain=True,
+    ).logits
 
 
-def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
-                  batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def hypergradient(
+    theta0: Params, config: BertConfig, distilled: DistilledData, batch: Dict[str, torch.Tensor]
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """(L_outer at θ_T, ∂ L_outer(θ_T(D̃)) / ∂D̃ by name): one graph over the whole unroll, one backward."""
     theta = train(theta0, config, distilled, create_graph=True)
     loss = F.cross_entropy(logits(theta, config, batch), batch["labels"])
@@ -70,10 +79,15 @@ def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
     return loss.detach(), dict(zip(learnable, grads))
 
 
-def predictions(theta0: Params, config: BertConfig, distilled: DistilledData, split: "taskdata.EncodedSplit",
-                rows: torch.Tensor) -> torch.Tensor:
+def predictions(
+    theta0: Params, config: BertConfig, distilled: DistilledData, split: "taskdata.EncodedSplit", rows: torch.Tensor
+) -> torch.Tensor:
     """One evaluated model: θ_0 trained on D̃, then the predicted class of the split's `rows`, in that order."""
     theta = {n: v.detach() for n, v in train(theta0, config, distilled, create_graph=False).items()}
     with torch.no_grad():
-        return torch.cat([logits(theta, config, batch).argmax(-1)
-                          for batch in taskdata.batches(split, EVAL_BATCH_SIZE, indices=rows)])
+        return torch.cat(
+            [
+                logits(theta, config, batch).argmax(-1)
+                for batch in taskdata.batches(split, EVAL_BATCH_SIZE, indices=rows)
+            ]
+        )

@@ -30,26 +30,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from . import checks
-from . import tasks
+from . import checks, tasks
 from .errors import ArgumentParser, UserError, run_cli
+from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
 from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
-from .files import read_distilled_metadata
 
-PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]            # the paper's column order; other tasks follow
+PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]  # the paper's column order; other tasks follow
 TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}
-DISTILLED_ROWS = {"HL": ("hard", "none"), "SL": ("soft", "none"), "HL + AL": ("hard", "cls"), "SL + AL": ("soft", "cls")}
+DISTILLED_ROWS = {
+    "HL": ("hard", "none"),
+    "SL": ("soft", "none"),
+    "HL + AL": ("hard", "cls"),
+    "SL + AL": ("soft", "cls"),
+}
 FULL_ON_EVAL = "Full dataset, best on eval split (paper)"
 BASELINE_ROWS = {"Majority": "majority", "Random real": "random-real", "Full dataset": "full"}
 TABLE2_ROWS = ["Majority", "Random real", "HL", "SL", "HL + AL", "SL + AL", "Full dataset", FULL_ON_EVAL]
-TABLE3_ROWS = [(1, 1, "single"), (1, 3, "single"), (1, 5, "single"), (3, 1, "same"), (5, 1, "same"),
-               (3, 3, "different"), (5, 5, "different")]                 # the paper's rows (steps, shots, mode)
-SELECTION = ("Runs that differ only in --seed are pooled: the cell is the mean ± std over all their models "
-             "(runs with byte-identical distilled data count once). Where several configurations fall in one cell, "
-             "the one with the lowest mean best validation loss is shown (min of validation.jsonl \"loss\".\"mean\", "
-             "measured on a held-out slice of the training split that depends on --seed), never the one with the "
-             "best evaluation score.")
+TABLE3_ROWS = [
+    (1, 1, "single"),
+    (1, 3, "single"),
+    (1, 5, "single"),
+    (3, 1, "same"),
+    (5, 1, "same"),
+    (3, 3, "different"),
+    (5, 5, "different"),
+]  # the paper's rows (steps, shots, mode)
+SELECTION = (
+    "Runs that differ only in --seed are pooled: the cell is the mean ± std over all their models "
+    "(runs with byte-identical distilled data count once). Where several configurations fall in one cell, "
+    'the one with the lowest mean best validation loss is shown (min of validation.jsonl "loss"."mean", '
+    "measured on a held-out slice of the training split that depends on --seed), never the one with the "
+    "best evaluation score."
+)
 # Settings that name a run or say how it was carried out, not what it computes: runs differing only in
 # these are repeats of one configuration.
 RUN_ONLY = {"name", "seed", "resume", "device", "data_dir", "checkpoint_every", "micro_batch_size", "preset_reason"}
@@ -59,6 +72,7 @@ MISSING = "—"
 @dataclass
 class Result:
     """One eval.json and what the tables need from its run directory."""
+
     run: Path
     task: str
     split: str
@@ -66,10 +80,10 @@ class Result:
     summary: dict
     n_models: int
     checkpoint: str
-    val_loss: float               # best validation loss of a distilled run; inf when it has none
-    distilled_sha256: Optional[str] = None   # of the evaluated distilled file, when it is there
-    best_on_eval: Optional[dict] = None   # full fine-tuning: the paper's pick, the best on the eval split
-    resources: Optional[dict] = None      # the distillation's wall time and peak memory (resources.tsv)
+    val_loss: float  # best validation loss of a distilled run; inf when it has none
+    distilled_sha256: Optional[str] = None  # of the evaluated distilled file, when it is there
+    best_on_eval: Optional[dict] = None  # full fine-tuning: the paper's pick, the best on the eval split
+    resources: Optional[dict] = None  # the distillation's wall time and peak memory (resources.tsv)
 
     @property
     def baseline(self) -> Optional[str]:
@@ -97,18 +111,26 @@ def pooled_cell(repeats: Sequence[Result], candidates: int) -> dict:
     metric, n = repeats[0].metric, sum(r.n_models for r in repeats)
     stats = [(r.n_models, r.summary[metric]["mean"], r.summary[metric]["std"]) for r in repeats]
     if len(stats) == 1:
-        _, mean, std = stats[0]                      # one run: its own numbers, untouched
+        _, mean, std = stats[0]  # one run: its own numbers, untouched
     else:
         mean = sum(k * m for k, m, _ in stats) / n
         std = math.sqrt(max(sum(k * (s * s + m * m) for k, m, s in stats) / n - mean * mean, 0.0))
     val_loss = sum(r.val_loss for r in repeats) / len(repeats)
     measured = [r.resources for r in repeats if r.resources]
-    return {"mean": mean, "std": std, "metric": metric, "n_models": n, "run": ", ".join(r.name for r in repeats),
-            "repeats": len(repeats), "seeds": sorted({r.settings.get("seed", 0) for r in repeats}),
-            "checkpoint": repeats[0].checkpoint, "candidates": candidates,
-            "val_loss": val_loss if math.isfinite(val_loss) else None,
-            "distill_seconds": max((m["distill_seconds"] for m in measured), default=None),
-            "peak_mb": max((m["peak_mb"] for m in measured), default=None)}
+    return {
+        "mean": mean,
+        "std": std,
+        "metric": metric,
+        "n_models": n,
+        "run": ", ".join(r.name for r in repeats),
+        "repeats": len(repeats),
+        "seeds": sorted({r.settings.get("seed", 0) for r in repeats}),
+        "checkpoint": repeats[0].checkpoint,
+        "candidates": candidates,
+        "val_loss": val_loss if math.isfinite(val_loss) else None,
+        "distill_seconds": max((m["distill_seconds"] for m in measured), default=None),
+        "peak_mb": max((m["peak_mb"] for m in measured), default=None),
+    }
 
 
 # --- reading runs ----------------------------------------------------------------------------------
@@ -147,11 +169,19 @@ def read_result(path: Path) -> Result:
         settings = record["settings"]
         check_belongs(record, path)
         check_distilled(record, path)
-        return Result(path.parent, record["task"], record.get("split", "eval"), settings, record["summary"],
-                      record.get("n_models", len(record["runs"])), str(record["checkpoint"]),
-                      math.inf if "baseline" in settings else best_validation_loss(path.parent),
-                      file_sha256(path.parent / str(record.get("distilled", ""))), record.get("best_on_eval"),
-                      read_resources(path.parent))
+        return Result(
+            path.parent,
+            record["task"],
+            record.get("split", "eval"),
+            settings,
+            record["summary"],
+            record.get("n_models", len(record["runs"])),
+            str(record["checkpoint"]),
+            math.inf if "baseline" in settings else best_validation_loss(path.parent),
+            file_sha256(path.parent / str(record.get("distilled", ""))),
+            record.get("best_on_eval"),
+            read_resources(path.parent),
+        )
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not an eval.json of ddattn.evaluate or ddattn.baselines ({e!r})") from None
 
@@ -160,11 +190,15 @@ def check_belongs(record: dict, path: Path) -> None:
     """An eval.json lies in its task's folder, and evaluates the run (task, checkpoint) it names."""
     settings, folder = record["settings"], path.parent.parent.name
     if not record["task"] == settings.get("task", record["task"]) == folder:
-        raise UserError(f"{path} evaluates task {record['task']!r} (its run: {settings.get('task')!r}) but lies under "
-                        f"{folder}/; re-run `python -m ddattn.evaluate` on that run")
+        raise UserError(
+            f"{path} evaluates task {record['task']!r} (its run: {settings.get('task')!r}) but lies under "
+            f"{folder}/; re-run `python -m ddattn.evaluate` on that run"
+        )
     if str(settings.get("model", record["checkpoint"])) != str(record["checkpoint"]):
-        raise UserError(f"{path} evaluates checkpoint {record['checkpoint']!r} but its run used "
-                        f"{settings.get('model')!r}; re-run `python -m ddattn.evaluate` on that run")
+        raise UserError(
+            f"{path} evaluates checkpoint {record['checkpoint']!r} but its run used "
+            f"{settings.get('model')!r}; re-run `python -m ddattn.evaluate` on that run"
+        )
 
 
 def check_distilled(record: dict, path: Path) -> None:
@@ -173,8 +207,9 @@ def check_distilled(record: dict, path: Path) -> None:
     settings, data_path = record["settings"], path.parent / str(record.get("distilled", ""))
     if "baseline" in settings or not data_path.is_file() or record["task"] not in tasks.TASKS:
         return
-    checks.check_distilled_for_run(read_distilled_metadata(data_path), settings,
-                                   tasks.TASKS[record["task"]].num_classes, data_path)
+    checks.check_distilled_for_run(
+        read_distilled_metadata(data_path), settings, tasks.TASKS[record["task"]].num_classes, data_path
+    )
 
 
 def load_results(root: Path, checkpoint: Optional[str] = None) -> List[Result]:
@@ -183,8 +218,10 @@ def load_results(root: Path, checkpoint: Optional[str] = None) -> List[Result]:
     results = [r for r in map(read_result, paths) if r.split == "eval" and checkpoint in (None, r.checkpoint)]
     if not results:
         which = f" for checkpoint {checkpoint}" if checkpoint else ""
-        raise UserError(f"no evaluated runs{which} under {root} (no <task>/<name>/eval.json); run "
-                        "`python -m ddattn.evaluate RUN_DIR` or `python -m ddattn.baselines` first")
+        raise UserError(
+            f"no evaluated runs{which} under {root} (no <task>/<name>/eval.json); run "
+            "`python -m ddattn.evaluate RUN_DIR` or `python -m ddattn.baselines` first"
+        )
     return results
 
 
@@ -206,7 +243,9 @@ def pick(candidates: List[Result]) -> Optional[dict]:
             seen.add(r.distilled_sha256)
     if not configurations:
         return None
-    chosen = min(configurations.values(), key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run)))
+    chosen = min(
+        configurations.values(), key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run))
+    )
     return pooled_cell(chosen, len(configurations))
 
 
@@ -227,8 +266,11 @@ def row_members(results: Sequence[Result], row: str) -> List[Result]:
         if row == "Random real":
             found = [r for r in found if r.settings.get("shots") == 1 and r.settings.get("steps") == 1]
         return found
-    return [r for r in results if is_distilled(r, *DISTILLED_ROWS[row])
-            and r.settings.get("shots") == 1 and r.settings.get("steps") == 1]
+    return [
+        r
+        for r in results
+        if is_distilled(r, *DISTILLED_ROWS[row]) and r.settings.get("shots") == 1 and r.settings.get("steps") == 1
+    ]
 
 
 def percent_of(cell: Optional[dict], full: Optional[dict]) -> Optional[float]:
@@ -256,8 +298,11 @@ def full_on_eval_cell(results: Sequence[Result], task: str) -> Optional[dict]:
 
 
 def build_table2(results: Sequence[Result], task_names: Sequence[str]) -> dict:
-    rows = {row: {t: pick([r for r in row_members(results, row) if r.task == t]) for t in task_names}
-            for row in TABLE2_ROWS if row != FULL_ON_EVAL}
+    rows = {
+        row: {t: pick([r for r in row_members(results, row) if r.task == t]) for t in task_names}
+        for row in TABLE2_ROWS
+        if row != FULL_ON_EVAL
+    }
     rows[FULL_ON_EVAL] = {t: full_on_eval_cell(results, t) for t in task_names}
     if not any(rows[FULL_ON_EVAL].values()):
         del rows[FULL_ON_EVAL]
@@ -274,16 +319,25 @@ def build_table3(results: Sequence[Result], task_names: Sequence[str]) -> dict:
     """Rows (labels, T, shots, data per step): the paper's SL + AL rows always, HL + AL rows where runs exist
     (a preset may choose hard labels for a task, as the cpu preset does for MRPC)."""
     order = {"single": 0, "same": 1, "different": 2}
+
     def key(r: Result) -> tuple:
         return r.settings.get("steps"), r.settings.get("shots"), per_step_mode(r.settings)
+
     rows = []
     for labels in ("SL + AL", "HL + AL"):
         runs = [r for r in results if is_distilled(r, *DISTILLED_ROWS[labels])]
         keys = {key(r) for r in runs} | (set(TABLE3_ROWS) if labels == "SL + AL" else set())
         for steps, shots, mode in sorted(keys, key=lambda k: (order.get(k[2], 3), k[0], k[1])):
             members = [r for r in runs if key(r) == (steps, shots, mode)]
-            rows.append({"labels": labels, "steps": steps, "shots": shots, "data_per_step": mode,
-                         "cells": {t: pick([r for r in members if r.task == t]) for t in task_names}})
+            rows.append(
+                {
+                    "labels": labels,
+                    "steps": steps,
+                    "shots": shots,
+                    "data_per_step": mode,
+                    "cells": {t: pick([r for r in members if r.task == t]) for t in task_names},
+                }
+            )
     majority = {t: pick([r for r in row_members(results, "Majority") if r.task == t]) for t in task_names}
     return {"tasks": list(task_names), "rows": rows, "majority": majority}
 
@@ -307,8 +361,12 @@ def cells_of(table: dict) -> List[Tuple[str, str, dict]]:
     """(row label, task, cell) of every filled cell."""
     if "percent_of_full" in table:
         return [(row, t, c) for row, cells in table["rows"].items() for t, c in cells.items() if c]
-    return [(f"{r['labels']}, T={r['steps']}, {r['shots']} shot(s), {r['data_per_step']}", t, c)
-            for r in table["rows"] for t, c in r["cells"].items() if c]
+    return [
+        (f"{r['labels']}, T={r['steps']}, {r['shots']} shot(s), {r['data_per_step']}", t, c)
+        for r in table["rows"]
+        for t, c in r["cells"].items()
+        if c
+    ]
 
 
 def notes(table: dict) -> List[str]:
@@ -316,19 +374,31 @@ def notes(table: dict) -> List[str]:
     cells = cells_of(table)
     checkpoints = sorted({c["checkpoint"] for _, _, c in cells})
     n_models = sorted({c["n_models"] for row, _, c in cells if row not in ("Majority", "Full dataset", FULL_ON_EVAL)})
-    lines = ["Cells: mean ± std in % over the evaluation models; MRPC shows the mean of accuracy and F1 (GLUE), "
-             f"the other tasks accuracy. {MISSING}: no evaluated run.",
-             SELECTION,
-             f"Checkpoint{'s' if len(checkpoints) > 1 else ''}: {', '.join(checkpoints) or MISSING}"
-             + (" (cells mix checkpoints: pass --checkpoint to keep one)" if len(checkpoints) > 1 else "") + ".",
-             f"Evaluation models per cell (distilled, random real): {', '.join(map(str, n_models)) or MISSING} "
-             "(the paper: 100, each with a fresh random head)."]
-    lines.append("Runs shown:" + "".join(
-        f"\n  - {row} / {TITLES.get(t, t)}: {c['run']}"
-        + (f" (best validation loss {c['val_loss']:.4f}{' (mean)' if c['repeats'] > 1 else ''}; "
-           f"{c['candidates']} evaluated configuration(s) in the cell)"
-           if c["val_loss"] is not None else "")
-        for row, t, c in cells) if cells else "Runs shown: none.")
+    lines = [
+        "Cells: mean ± std in % over the evaluation models; MRPC shows the mean of accuracy and F1 (GLUE), "
+        f"the other tasks accuracy. {MISSING}: no evaluated run.",
+        SELECTION,
+        f"Checkpoint{'s' if len(checkpoints) > 1 else ''}: {', '.join(checkpoints) or MISSING}"
+        + (" (cells mix checkpoints: pass --checkpoint to keep one)" if len(checkpoints) > 1 else "")
+        + ".",
+        f"Evaluation models per cell (distilled, random real): {', '.join(map(str, n_models)) or MISSING} "
+        "(the paper: 100, each with a fresh random head).",
+    ]
+    lines.append(
+        "Runs shown:"
+        + "".join(
+            f"\n  - {row} / {TITLES.get(t, t)}: {c['run']}"
+            + (
+                f" (best validation loss {c['val_loss']:.4f}{' (mean)' if c['repeats'] > 1 else ''}; "
+                f"{c['candidates']} evaluated configuration(s) in the cell)"
+                if c["val_loss"] is not None
+                else ""
+            )
+            for row, t, c in cells
+        )
+        if cells
+        else "Runs shown: none."
+    )
     return lines
 
 
@@ -345,29 +415,47 @@ def table2_markdown(table: dict) -> str:
         cell = table["rows"][row][task]
         flagged = row not in ("Majority", "Random real") and equals_majority(cell, majority[task])
         return ("= majority: " if flagged else "") + fmt(cell)
+
     return markdown(header, [[row, *(shown(row, t) for t in table["tasks"])] for row in table["rows"]])
 
 
 def render_table2(table: dict) -> str:
     header = ["", *(TITLES.get(t, t) for t in table["tasks"])]
+
     def numbers(values: dict) -> List[List[str]]:
-        return [[row, *(MISSING if p is None else f"{p:.1f}" for p in by_task.values())] for row, by_task in values.items()]
-    text = ["# Table 2: 1 shot per class, 1 inner step", "", table2_markdown(table),
-            "## % of the full-dataset score (mean / full × 100)", "", markdown(header, numbers(table["percent_of_full"])),
-            "## Share of the gap from the majority class to full fine-tuning closed, in % "
-            "((mean − majority) / (full − majority) × 100; below 0: worse than the majority class)", "",
-            markdown(header, numbers(table["gap_closed"]))]
+        return [
+            [row, *(MISSING if p is None else f"{p:.1f}" for p in by_task.values())] for row, by_task in values.items()
+        ]
+
+    text = [
+        "# Table 2: 1 shot per class, 1 inner step",
+        "",
+        table2_markdown(table),
+        "## % of the full-dataset score (mean / full × 100)",
+        "",
+        markdown(header, numbers(table["percent_of_full"])),
+        "## Share of the gap from the majority class to full fine-tuning closed, in % "
+        "((mean − majority) / (full − majority) × 100; below 0: worse than the majority class)",
+        "",
+        markdown(header, numbers(table["gap_closed"])),
+    ]
     extra = []
     if any(table["rows"]["Full dataset"].values()):
-        extra.append("Full dataset: standard fine-tuning, the (lr, epochs) of its grid chosen on held-out training "
-                     "data, trained on the rest of the training split; \"% of full\" is relative to this row.")
+        extra.append(
+            "Full dataset: standard fine-tuning, the (lr, epochs) of its grid chosen on held-out training "
+            'data, trained on the rest of the training split; "% of full" is relative to this row.'
+        )
     if FULL_ON_EVAL in table["rows"]:
-        extra.append(f"{FULL_ON_EVAL}: the same grid's best run on the eval split, as the paper picks it "
-                     "(Appendix B); an optimistic upper bound, shown for comparison only.")
+        extra.append(
+            f"{FULL_ON_EVAL}: the same grid's best run on the eval split, as the paper picks it "
+            "(Appendix B); an optimistic upper bound, shown for comparison only."
+        )
     extra.append("Majority: the majority class of the training split.")
     if "Random real" in table["rows"]:
-        extra.append("Random real: 1 real training example per class with its hard label, 1 SGD step, the learning "
-                     "rate chosen on held-out training data (data selection; not in the paper).")
+        extra.append(
+            "Random real: 1 real training example per class with its hard label, 1 SGD step, the learning "
+            "rate chosen on held-out training data (data selection; not in the paper)."
+        )
     return "\n".join(text) + "\n" + "\n".join(f"- {line}" for line in notes(table) + extra) + "\n"
 
 
@@ -375,31 +463,67 @@ def render_table3(table: dict) -> str:
     task_names = table["tasks"]
     header = ["labels", "# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in task_names)]
     mode_names = {"single": "single step", "same": "same", "different": "different"}
+
     def shown(cell: Optional[dict], task: str) -> str:
         return ("= majority: " if equals_majority(cell, table["majority"][task]) else "") + fmt(cell)
-    rows = [[r["labels"], str(r["steps"]), str(r["shots"]), mode_names.get(r["data_per_step"], r["data_per_step"]),
-             *(shown(r["cells"][t], t) for t in task_names)] for r in table["rows"]]
-    return ("# Table 3: attention labels with several shots and steps\n\n" + markdown(header, rows) + "\n"
-            + "\n".join(f"- {line}" for line in notes(table)) + "\n")
+
+    rows = [
+        [
+            r["labels"],
+            str(r["steps"]),
+            str(r["shots"]),
+            mode_names.get(r["data_per_step"], r["data_per_step"]),
+            *(shown(r["cells"][t], t) for t in task_names),
+        ]
+        for r in table["rows"]
+    ]
+    return (
+        "# Table 3: attention labels with several shots and steps\n\n"
+        + markdown(header, rows)
+        + "\n"
+        + "\n".join(f"- {line}" for line in notes(table))
+        + "\n"
+    )
 
 
 def render_table3_extended(table: dict) -> str:
     """Every filled Table 3 cell, one line each, with its distillation's wall time and peak memory."""
-    header = ["labels", "# steps", "# shots", "data per step", "task", "score", "distillation wall time",
-              "peak memory (MB)", "run"]
+    header = [
+        "labels",
+        "# steps",
+        "# shots",
+        "data per step",
+        "task",
+        "score",
+        "distillation wall time",
+        "peak memory (MB)",
+        "run",
+    ]
     rows = []
     for r in table["rows"]:
         for task, cell in r["cells"].items():
             if cell:
                 wall = cell["distill_seconds"]
-                rows.append([r["labels"], str(r["steps"]), str(r["shots"]), r["data_per_step"], TITLES.get(task, task),
-                             fmt(cell), MISSING if wall is None else f"{wall / 60:.0f} min",
-                             MISSING if cell["peak_mb"] is None else f"{cell['peak_mb']:.0f}", cell["run"]])
-    return ("## Table 3, extended: cost beside accuracy, T beyond the paper's 5\n\n" + markdown(header, rows) + "\n"
-            "- Wall time: the distillation alone (outer steps and validation, not the evaluation), summed over its "
-            "invocations; peak memory: the largest resident set of the distillation process (GNU time %M), model "
-            "and data included. Both from the run's resources.tsv (results/table3_queue.sh: one CPU core, one "
-            f"thread); {MISSING}: the run predates that record.\n")
+                rows.append(
+                    [
+                        r["labels"],
+                        str(r["steps"]),
+                        str(r["shots"]),
+                        r["data_per_step"],
+                        TITLES.get(task, task),
+                        fmt(cell),
+                        MISSING if wall is None else f"{wall / 60:.0f} min",
+                        MISSING if cell["peak_mb"] is None else f"{cell['peak_mb']:.0f}",
+                        cell["run"],
+                    ]
+                )
+    return (
+        "## Table 3, extended: cost beside accuracy, T beyond the paper's 5\n\n" + markdown(header, rows) + "\n"
+        "- Wall time: the distillation alone (outer steps and validation, not the evaluation), summed over its "
+        "invocations; peak memory: the largest resident set of the distillation process (GNU time %M), model "
+        "and data included. Both from the run's resources.tsv (results/table3_queue.sh: one CPU core, one "
+        f"thread); {MISSING}: the run predates that record.\n"
+    )
 
 
 def steps_series(table: dict) -> dict:
@@ -421,6 +545,7 @@ def plot_steps(table: dict, path: Path) -> Optional[Path]:
         return None
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -428,8 +553,14 @@ def plot_steps(table: dict, path: Path) -> Optional[Path]:
     fig, (ax_score, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
     for task, points in series.items():
         label = TITLES.get(task, task)
-        ax_score.errorbar([t for t, _ in points], [c["mean"] * 100 for _, c in points],
-                          yerr=[c["std"] * 100 for _, c in points], marker="o", capsize=3, label=label)
+        ax_score.errorbar(
+            [t for t, _ in points],
+            [c["mean"] * 100 for _, c in points],
+            yerr=[c["std"] * 100 for _, c in points],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
         measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
         ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label)
     for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
@@ -456,7 +587,9 @@ def _shown(path: Path) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(prog="python -m ddattn.report", description="Write the paper's Tables 2 and 3 from runs/.")
     p.add_argument("--runs-dir", type=Path, help="default runs/ (env DDATTN_RUNS_DIR)")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "results", help="folder for table2.md, table3.md, tables.json")
+    p.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "results", help="folder for table2.md, table3.md, tables.json"
+    )
     p.add_argument("--checkpoint", help="only runs evaluated with this checkpoint (as named in eval.json)")
     args = p.parse_args(argv)
     root = args.runs_dir or runs_dir()
@@ -464,8 +597,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise UserError(f"runs directory {root} does not exist; distil and evaluate first")
     results = load_results(root, args.checkpoint)
     task_names = task_columns(results)
-    tables = {"table2": build_table2(results, task_names), "table3": build_table3(results, task_names),
-              "selection": SELECTION, "runs_dir": _shown(root)}
+    tables = {
+        "table2": build_table2(results, task_names),
+        "table3": build_table3(results, task_names),
+        "selection": SELECTION,
+        "runs_dir": _shown(root),
+    }
     checks.writable_dir(args.out, "--out")
     table3 = render_table3(tables["table3"]) + "\n" + render_table3_extended(tables["table3"])
     for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", table3)):
@@ -474,8 +611,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write_json_atomic(args.out / "tables.json", tables)
     plotted = plot_steps(tables["table3"], args.out / "table3_T.png")
     print(table2_markdown(tables["table2"]))
-    print(f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json"
-          + (f", {plotted.name}" if plotted else ""))
+    print(
+        f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json"
+        + (f", {plotted.name}" if plotted else "")
+    )
 
 
 if __name__ == "__main__":

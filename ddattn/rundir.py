@@ -23,9 +23,19 @@ from .paths import atomic_path
 
 LOCK_NAME = ".lock"
 # Everything a run writes, removed when the same directory starts a new run.
-RUN_FILES = ("config.json", "checkpoint.pt", "distilled_last.safetensors", "distilled_best.safetensors",
-             "metrics.jsonl", "validation.jsonl", "run.log", "eval.json", "README.md", "attention_labels.png",
-             "validation.png")                    # the last three: the run's card (card.py)
+RUN_FILES = (
+    "config.json",
+    "checkpoint.pt",
+    "distilled_last.safetensors",
+    "distilled_best.safetensors",
+    "metrics.jsonl",
+    "validation.jsonl",
+    "run.log",
+    "eval.json",
+    "README.md",
+    "attention_labels.png",
+    "validation.png",
+)  # the last three: the run's card (card.py)
 
 
 class RunLock:
@@ -33,7 +43,7 @@ class RunLock:
 
     def __init__(self, folder: Path, advice: str = "wait for it to finish or stop it"):
         self.path = Path(folder) / LOCK_NAME
-        self.advice = advice               # how to get past a live owner, for the error line
+        self.advice = advice  # how to get past a live owner, for the error line
         self.fd: Optional[int] = None
 
     def acquire(self) -> None:
@@ -43,15 +53,15 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise UserError(f"{self.path.parent} is in use by process {self.owner()} (lock {self.path}); "
-                                f"{self.advice}") from None
-            if self.unlinked(fd):      # its last owner removed it between our open and our lock: try again
+                raise UserError(
+                    f"{self.path.parent} is in use by process {self.owner()} (lock {self.path}); {self.advice}"
+                ) from None
+            if self.unlinked(fd):  # its last owner removed it between our open and our lock: try again
                 os.close(fd)
                 continue
             previous = os.read(fd, 64).decode(errors="replace").strip()
             if previous:
-                print(f"note: taking over the lock of process {previous}, which is no longer running",
-                      file=sys.stderr)
+                print(f"note: taking over the lock of process {previous}, which is no longer running", file=sys.stderr)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             self.fd = fd
@@ -84,9 +94,10 @@ def claim(folder: Path, advice: str = "wait for it to finish or stop it") -> Run
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as e:
-        raise UserError(f"cannot write the run directory {folder} ({e.strerror}); "
-                        "set DDATTN_RUNS_DIR to a writable place") from None
-    for leftover in folder.glob(".*.part"):    # temp files of writes cut short; nobody else writes here now
+        raise UserError(
+            f"cannot write the run directory {folder} ({e.strerror}); set DDATTN_RUNS_DIR to a writable place"
+        ) from None
+    for leftover in folder.glob(".*.part"):  # temp files of writes cut short; nobody else writes here now
         leftover.unlink()
     return lock
 
@@ -120,8 +131,10 @@ class RunDirectory:
 
     def refuse_clobbering(self) -> None:
         if self.checkpoint.exists() and not self.overwrite:
-            raise UserError(f"{self.path} already holds a run; continue it with --resume {self.path}, start it "
-                            "afresh with --overwrite, or pick another --name")
+            raise UserError(
+                f"{self.path} already holds a run; continue it with --resume {self.path}, start it "
+                "afresh with --overwrite, or pick another --name"
+            )
 
     def start_afresh(self) -> None:
         """Under the lock: refuse to clobber a checkpointed run without --overwrite; remove what an earlier
@@ -152,8 +165,10 @@ class RunDirectory:
             with open(self.path / name, "a") as f:
                 f.write(line + "\n")
         except OSError as e:
-            raise UserError(f"cannot write {self.path / name} ({e.strerror}); the last checkpoint is intact: "
-                            f"once that is fixed, continue with --resume {self.path}") from None
+            raise UserError(
+                f"cannot write {self.path / name} ({e.strerror}); the last checkpoint is intact: "
+                f"once that is fixed, continue with --resume {self.path}"
+            ) from None
 
     def truncate_after(self, name: str, step: int) -> None:
         """Drop log lines of steps after `step` (work lost with an interrupted run, redone on resume)."""

@@ -15,21 +15,22 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import checks
-from . import tasks
-from .method.distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
+from . import checks, tasks
 from .distributed import local_device
 from .errors import ArgumentParser, UserError
+from .method.distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
 from .method.kernels import KERNELS
+from .method.unroll import MODES
 from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, option_problem
 from .paths import runs_dir
 from .rundir import RunDirectory
-from .method.unroll import MODES
 
 DESCRIPTION = "Learn a distilled dataset with attention labels (paper Algorithm 1)."
-STOPPING = ("SIGTERM or SIGUSR1 (a scheduler's preemption), or --time-limit: the outer step in flight is finished, "
-            "checkpoint.pt written, one line says how to resume, and the exit status is 143. Ctrl-C stops at once "
-            "(exit 130) and keeps the last checkpoint.")
+STOPPING = (
+    "SIGTERM or SIGUSR1 (a scheduler's preemption), or --time-limit: the outer step in flight is finished, "
+    "checkpoint.pt written, one line says how to resume, and the exit status is 143. Ctrl-C stops at once "
+    "(exit 130) and keeps the last checkpoint."
+)
 
 # paper: the paper's settings (Sec. 3.1, Appendix B), for bert-base-uncased on a GPU; on the default
 # checkpoint its random init and η̃_0 = 1e-2 stay at chance for 150+ outer steps (results/sweeps/README.md).
@@ -37,8 +38,19 @@ STOPPING = ("SIGTERM or SIGUSR1 (a scheduler's preemption), or --time-limit: the
 # on held-out *training* data. gpu: the cpu preset's choices with the paper's budget (30 epochs, no cap on
 # outer steps). quick: a smoke-sized run (MRPC in ~7 minutes).
 # Without --preset: cpu when no GPU is visible, else gpu; paper only when asked for.
-_CPU = dict(seq_len=64, epochs=3, max_steps=450, val_every=50, val_size=500, val_models=2, max_length=128,
-            inner_lr=1e-1, lr_inner=1e-1, init="real", attn_init="model")
+_CPU = dict(
+    seq_len=64,
+    epochs=3,
+    max_steps=450,
+    val_every=50,
+    val_size=500,
+    val_models=2,
+    max_length=128,
+    inner_lr=1e-1,
+    lr_inner=1e-1,
+    init="real",
+    attn_init="model",
+)
 PRESETS = {
     "paper": dict(seq_len=512, epochs=30, val_size=500, val_models=5),
     "cpu": _CPU,
@@ -49,8 +61,11 @@ PRESETS = {
 # under the cpu preset with soft labels every model answers the majority class; with hard labels it does not,
 # and 3 shots per class have a lower held-out loss than 1 on each of three seeds' held-out slices. SST-2:
 # α = 3e-2 (x̃, labels, attention labels) has a lower held-out loss than 1e-2 on each of three seeds' slices.
-TASK_PRESETS = {(preset, task): change for preset in ("cpu", "gpu")
-                for task, change in (("mrpc", dict(label_type="hard", shots=3)), ("sst2", dict(lr=3e-2)))}
+TASK_PRESETS = {
+    (preset, task): change
+    for preset in ("cpu", "gpu")
+    for task, change in (("mrpc", dict(label_type="hard", shots=3)), ("sst2", dict(lr=3e-2)))
+}
 
 
 def task_preset(preset: str, task: Optional[str]) -> dict:
@@ -58,14 +73,54 @@ def task_preset(preset: str, task: Optional[str]) -> dict:
     return TASK_PRESETS.get((preset, task), {})
 
 
-DEFAULTS = dict(task=None, model="minilm-l6", data_dir=None, name=None, preset="paper", shots=1, steps=1,
-                batch_size=0, data_per_step="same", label_type="soft", attention_type="cls", attn_weight=1.0,
-                inner_lr=1e-2, init="random", attn_init="random", lr=1e-2, lr_x=None, lr_labels=None, lr_attn=None, lr_inner=None,
-                optimizer="adam", weight_decay=0.0, warmup=0.1, clip=1.0, real_batch_size=32, micro_batch_size=0,
-                max_length=128, mode="recompute", autocast="none", kernels="auto", val_every=0, seed=0, device=None,
-                dtype="float32", max_steps=0, train_limit=0, checkpoint_every=25, train_file=None, eval_file=None,
-                text_columns=None, label_column=None, labels=None, seq_len=None, epochs=None, val_size=None,
-                val_models=None)
+DEFAULTS = dict(
+    task=None,
+    model="minilm-l6",
+    data_dir=None,
+    name=None,
+    preset="paper",
+    shots=1,
+    steps=1,
+    batch_size=0,
+    data_per_step="same",
+    label_type="soft",
+    attention_type="cls",
+    attn_weight=1.0,
+    inner_lr=1e-2,
+    init="random",
+    attn_init="random",
+    lr=1e-2,
+    lr_x=None,
+    lr_labels=None,
+    lr_attn=None,
+    lr_inner=None,
+    optimizer="adam",
+    weight_decay=0.0,
+    warmup=0.1,
+    clip=1.0,
+    real_batch_size=32,
+    micro_batch_size=0,
+    max_length=128,
+    mode="recompute",
+    autocast="none",
+    kernels="auto",
+    val_every=0,
+    seed=0,
+    device=None,
+    dtype="float32",
+    max_steps=0,
+    train_limit=0,
+    checkpoint_every=25,
+    train_file=None,
+    eval_file=None,
+    text_columns=None,
+    label_column=None,
+    labels=None,
+    seq_len=None,
+    epochs=None,
+    val_size=None,
+    val_models=None,
+)
 
 # How this process runs, not what the run computes: never saved in config.json, free to change on --resume.
 PROCESS = dict(log_every=10, time_limit=None)
@@ -73,10 +128,12 @@ PROCESS = dict(log_every=10, time_limit=None)
 # Every setting of one run, as an immutable record: the fields of DEFAULTS (a preset fills the None ones)
 # and of PROCESS, `resume` (always None once a run is open) and `preset_reason` (how the preset was
 # chosen; not saved).
-Settings = make_dataclass("Settings", [(name, object, field(default=value))
-                                       for name, value in {**DEFAULTS, **PROCESS}.items()]
-                          + [("resume", object, field(default=None)), ("preset_reason", object, field(default=None))],
-                          frozen=True)
+Settings = make_dataclass(
+    "Settings",
+    [(name, object, field(default=value)) for name, value in {**DEFAULTS, **PROCESS}.items()]
+    + [("resume", object, field(default=None)), ("preset_reason", object, field(default=None))],
+    frozen=True,
+)
 
 
 def parse_args(argv: Optional[Sequence[str]]):
@@ -95,33 +152,57 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
     p.add_argument("--name", help="run name under runs/<task>/ (default: derived from the settings)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved settings are used; "
-                   "--max-steps and --epochs extend it, --device moves it)")
-    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,   # how to open the run, not a setting
-                   help="start afresh in a run directory that holds a run")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run (its saved settings are used; "
+        "--max-steps and --epochs extend it, --device moves it)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=argparse.SUPPRESS,  # how to open the run, not a setting
+        help="start afresh in a run directory that holds a run",
+    )
     g = p.add_argument_group("your own data (--task custom): CSV/TSV files with a header row")
     g.add_argument("--train-file", help="training file (.csv or .tsv)")
     g.add_argument("--eval-file", help="evaluation file, same columns")
     g.add_argument("--text-columns", help="one or two text column names, comma-separated")
     g.add_argument("--label-column", help="label column name")
     g.add_argument("--labels", help="label values as written in the file, comma-separated, in class order")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="cpu: what works on 2 CPU cores in ~20 min; gpu: the cpu "
-                   "preset's choices with the paper's budget (30 epochs); paper: the paper's settings, for "
-                   "bert-base-uncased on a GPU; quick: a smoke run [default: cpu without a GPU, else gpu]")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="cpu: what works on 2 CPU cores in ~20 min; gpu: the cpu "
+        "preset's choices with the paper's budget (30 epochs); paper: the paper's settings, for "
+        "bert-base-uncased on a GPU; quick: a smoke run [default: cpu without a GPU, else gpu]",
+    )
     g = p.add_argument_group("distilled data (Sec. 2)")
     g.add_argument("--shots", type=int, help="distilled samples per class")
     g.add_argument("--steps", type=int, help="T, inner SGD steps")
-    g.add_argument("--data-per-step", choices=["same", "different"], help="same distilled batch at every step, or its own per step (Table 3)")
+    g.add_argument(
+        "--data-per-step",
+        choices=["same", "different"],
+        help="same distilled batch at every step, or its own per step (Table 3)",
+    )
     g.add_argument("--batch-size", type=int, help="distilled samples per inner step (0: from --data-per-step)")
     g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample")
-    g.add_argument("--label-type", choices=LABEL_TYPES, help="hard: fixed one-hot; soft: softmax of learned logits (the "
-                   "paper); unrestricted: learned raw values [cpu preset on mrpc: hard]")
+    g.add_argument(
+        "--label-type",
+        choices=LABEL_TYPES,
+        help="hard: fixed one-hot; soft: softmax of learned logits (the "
+        "paper); unrestricted: learned raw values [cpu preset on mrpc: hard]",
+    )
     g.add_argument("--attention-type", choices=ATTENTION_TYPES, help="attention labels: none, cls (the paper), all")
     g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")
     g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper: 1e-2 or 1e-1)")
     g.add_argument("--init", choices=["random", "real"], help="x̃ init: N(0,1) (paper) or embeddings of real examples")
-    g.add_argument("--attn-init", choices=["random", "model"], help="ã init: N(0,1) logits (paper) or the pretrained "
-                   "model's own attention on the initial x̃, so that the attention loss starts at 0")
+    g.add_argument(
+        "--attn-init",
+        choices=["random", "model"],
+        help="ã init: N(0,1) logits (paper) or the pretrained "
+        "model's own attention on the initial x̃, so that the attention loss starts at 0",
+    )
     g = p.add_argument_group("outer optimisation (Algorithm 1, Appendix B)")
     g.add_argument("--lr", type=float, help="α, Adam learning rate for every distilled tensor (paper 1e-3, 1e-2, 1e-1)")
     for name in ("x", "labels", "attn", "inner"):
@@ -132,17 +213,33 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--clip", type=float, help="gradient-norm clipping of the hypergradient")
     g.add_argument("--epochs", type=int, help="epochs over the real training split (paper 30)")
     g.add_argument("--real-batch-size", type=int, help="real examples per outer step (paper 32)")
-    g.add_argument("--micro-batch-size", type=int, help="real examples per forward/backward; the real batch's gradient "
-                   "is summed over its micro-batches (and processes): less memory, same result up to float rounding "
-                   "(0: 16 under --kernels cpu, the whole batch under gpu; fewer so that every process gets one)")
+    g.add_argument(
+        "--micro-batch-size",
+        type=int,
+        help="real examples per forward/backward; the real batch's gradient "
+        "is summed over its micro-batches (and processes): less memory, same result up to float rounding "
+        "(0: 16 under --kernels cpu, the whole batch under gpu; fewer so that every process gets one)",
+    )
     g.add_argument("--max-length", type=int, help="truncation length of real examples")
-    g.add_argument("--mode", choices=list(MODES), help="hypergradient: whole graph (paper), per-step recompute (memory "
-                   "flat in T), or finite-difference (approximate vector–Hessian products, bench/README.md)")
-    g.add_argument("--autocast", choices=sorted(AUTOCAST), help="matmul precision (approximate; bf16 is faster on CPUs "
-                   "with AVX512-BF16 or AMX, fp16 is for CUDA; errors in bench/README.md)")
-    g.add_argument(ALLOW_SLOW_BF16, action="store_true", default=argparse.SUPPRESS,   # how to run, not a setting
-                   help="run --autocast bf16 even where this CPU or GPU has no fast bf16 (refused otherwise: it "
-                   "would be slower than fp32; ddattn/options.py)")
+    g.add_argument(
+        "--mode",
+        choices=list(MODES),
+        help="hypergradient: whole graph (paper), per-step recompute (memory "
+        "flat in T), or finite-difference (approximate vector–Hessian products, bench/README.md)",
+    )
+    g.add_argument(
+        "--autocast",
+        choices=sorted(AUTOCAST),
+        help="matmul precision (approximate; bf16 is faster on CPUs "
+        "with AVX512-BF16 or AMX, fp16 is for CUDA; errors in bench/README.md)",
+    )
+    g.add_argument(
+        ALLOW_SLOW_BF16,
+        action="store_true",
+        default=argparse.SUPPRESS,  # how to run, not a setting
+        help="run --autocast bf16 even where this CPU or GPU has no fast bf16 (refused otherwise: it "
+        "would be slower than fp32; ddattn/options.py)",
+    )
     g.add_argument("--max-steps", type=int, help="stop after this many outer steps (0: all epochs)")
     g.add_argument("--train-limit", type=int, help="use only the first N training examples (0: all)")
     g = p.add_argument_group("validation and checkpoints")
@@ -150,20 +247,38 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--val-models", type=int, help="K fresh models trained on D̃ per validation")
     g.add_argument("--val-every", type=int, help="validate every N outer steps (0: once per epoch)")
     g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
-    g.add_argument("--log-every", type=int, help="append to metrics.jsonl and update the progress bar every N outer "
-                   "steps (and at each validation and checkpoint): the only times the loop waits to read the device")
-    g.add_argument("--time-limit", type=float, metavar="SECONDS", help="checkpoint and stop (exit 143) before this "
-                   "many seconds from the start have passed, as on a stop signal (also before SLURM_JOB_END_TIME)")
+    g.add_argument(
+        "--log-every",
+        type=int,
+        help="append to metrics.jsonl and update the progress bar every N outer "
+        "steps (and at each validation and checkpoint): the only times the loop waits to read the device",
+    )
+    g.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="checkpoint and stop (exit 143) before this "
+        "many seconds from the start have passed, as on a stop signal (also before SLURM_JOB_END_TIME)",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    g.add_argument("--kernels", choices=KERNELS, help="how the maths is cut into operators: cpu (cache-sized, "
-                   "the same bits on any thread count), gpu (few large operators), auto (gpu on CUDA, else cpu)")
+    g.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        help="how the maths is cut into operators: cpu (cache-sized, "
+        "the same bits on any thread count), gpu (few large operators), auto (gpu on CUDA, else cpu)",
+    )
     g.add_argument("--dtype", choices=sorted(DTYPES), help="float32, or float64 for exactness checks")
     defaults = {**DEFAULTS, **PROCESS}
-    for action in p._actions:    # show the effective defaults: the preset's, else the paper's
+    for action in p._actions:  # show the effective defaults: the preset's, else the paper's
         presets = {name: values[action.dest] for name, values in PRESETS.items() if action.dest in values}
         if presets:
-            action.help = (action.help or "") + " [" + ", ".join(f"{name} preset: {value}" for name, value in presets.items()) + "]"
+            action.help = (
+                (action.help or "")
+                + " ["
+                + ", ".join(f"{name} preset: {value}" for name, value in presets.items())
+                + "]"
+            )
         elif defaults.get(action.dest) not in (None, ""):
             action.help = (action.help or "") + f" [default: {defaults[action.dest]}]"
     return p.parse_args(argv)
@@ -207,20 +322,33 @@ def step_batch_size(args, num_classes: int) -> int:
 def preset_summary(args) -> str:
     steps = f" (at most {args.max_steps} outer steps)" if args.max_steps else ""
     alpha_inner = f" (η̃: {args.lr_inner:g})" if args.lr_inner else ""
-    return (f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}{alpha_inner}, "
-            f"λ = {args.attn_weight:g}, --init {args.init}, --attn-init {args.attn_init}, real examples cut at "
-            f"{args.max_length} tokens" + "".join(f", --{k.replace('_', '-')} {v} for {args.task}"
-                                                  for k, v in task_preset(args.preset, args.task).items()))
+    return (
+        f"S = {args.seq_len}, {args.epochs} epochs{steps}, η̃_0 = {args.inner_lr:g}, α = {args.lr:g}{alpha_inner}, "
+        f"λ = {args.attn_weight:g}, --init {args.init}, --attn-init {args.attn_init}, real examples cut at "
+        f"{args.max_length} tokens"
+        + "".join(
+            f", --{k.replace('_', '-')} {v} for {args.task}" for k, v in task_preset(args.preset, args.task).items()
+        )
+    )
 
 
 def distilled_config(args, bert_config, num_classes: int) -> DistilledConfig:
     """D̃'s shape and inner-loop settings; args.batch_size is already resolved (step_batch_size, in
     load_or_start for a new run; a resumed run's config.json holds the resolved value)."""
-    config = DistilledConfig(num_classes=num_classes, seq_len=args.seq_len, hidden_size=bert_config.hidden_size,
-                             num_layers=bert_config.num_layers, num_heads=bert_config.num_heads, shots=args.shots,
-                             steps=args.steps, batch_size=args.batch_size, label_type=args.label_type,
-                             attention_type=args.attention_type, attn_weight=args.attn_weight,
-                             inner_lr_init=args.inner_lr)
+    config = DistilledConfig(
+        num_classes=num_classes,
+        seq_len=args.seq_len,
+        hidden_size=bert_config.hidden_size,
+        num_layers=bert_config.num_layers,
+        num_heads=bert_config.num_heads,
+        shots=args.shots,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        label_type=args.label_type,
+        attention_type=args.attention_type,
+        attn_weight=args.attn_weight,
+        inner_lr_init=args.inner_lr,
+    )
     checks.check_distilled_config(config, bert_config.max_positions)
     return config
 
@@ -243,7 +371,9 @@ def check_settings(args) -> None:
     checks.check_seed(args.seed)
     for name in ["max_steps", "train_limit", "val_every"]:
         if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0: {ZERO_MEANS[name]}), not {getattr(args, name)}")
+            raise UserError(
+                f"--{name.replace('_', '-')} must be ≥ 0 (0: {ZERO_MEANS[name]}), not {getattr(args, name)}"
+            )
     if not (args.clip > 0 and math.isfinite(args.clip)):
         raise UserError(f"--clip must be a positive number (the largest gradient norm), not {args.clip}")
     if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
@@ -303,21 +433,24 @@ def load_or_start(argv):
     args = from_flags(flags)
     if not args.task:
         raise UserError(f"--task is required: one of {', '.join(tasks.TASK_NAMES)}")
-    task = tasks.task_from_settings(vars(args))      # an unknown task fails here, before anything is written
+    task = tasks.task_from_settings(vars(args))  # an unknown task fails here, before anything is written
     if task.name == "custom":
-        tasks.read_examples(task, "eval")            # and a bad --eval-file, not after hours of distillation
+        tasks.read_examples(task, "eval")  # and a bad --eval-file, not after hours of distillation
     check_settings(args)
     check_process(args)
     checks.check_fits_model(args.model, args.max_length)
     check_options(args, allow_slow_bf16)
-    args = replace(args, name=args.name or run_name(settings_name(args), args.lr, args.inner_lr),
-                   batch_size=step_batch_size(args, task.num_classes))
+    args = replace(
+        args,
+        name=args.name or run_name(settings_name(args), args.lr, args.inner_lr),
+        batch_size=step_batch_size(args, task.num_classes),
+    )
     run = RunDirectory(runs_dir() / args.task / args.name, overwrite)
-    run.refuse_clobbering()      # early; checked again under the run's lock
+    run.refuse_clobbering()  # early; checked again under the run's lock
     return args, run, None
 
 
-RESUME_CHANGES = ("max_steps", "epochs", "device")       # what --resume may change: extend a run, or move it
+RESUME_CHANGES = ("max_steps", "epochs", "device")  # what --resume may change: extend a run, or move it
 # absent from older runs: their values
 ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random", "kernels": "auto"}
 
@@ -328,14 +461,14 @@ def resumed_settings(args) -> "Settings":
     path = Path(args.resume) / "config.json"
     saved = checks.read_json(path)
     checks.require_fields(saved, [name for name in DEFAULTS if name not in ("micro_batch_size", *ADDED_LATER)], path)
-    saved.setdefault("micro_batch_size", saved["real_batch_size"])    # runs from before micro-batches
+    saved.setdefault("micro_batch_size", saved["real_batch_size"])  # runs from before micro-batches
     for name, value in ADDED_LATER.items():
         saved.setdefault(name, value)
     wrong = [name for name in DEFAULTS if not fits_type(name, saved[name])]
     if wrong:
         raise UserError(f"{path}: {wrong[0]} is {saved[wrong[0]]!r}, not of type {expected_type(wrong[0]).__name__}")
     try:
-        check_settings(argparse.Namespace(**saved))     # before Settings: an unknown key is not the problem
+        check_settings(argparse.Namespace(**saved))  # before Settings: an unknown key is not the problem
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     given = {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
@@ -343,13 +476,17 @@ def resumed_settings(args) -> "Settings":
     conflicts = [k for k, v in given.items() if k not in (*RESUME_CHANGES, *PROCESS) and v != saved.get(k)]
     if conflicts:
         flag = conflicts[0]
-        raise UserError(f"--{flag.replace('_', '-')} {given[flag]} conflicts with the run's {saved.get(flag)!r} "
-                        f"({path}); a resumed run keeps its settings: only --max-steps, --epochs and --device "
-                        "may change")
+        raise UserError(
+            f"--{flag.replace('_', '-')} {given[flag]} conflicts with the run's {saved.get(flag)!r} "
+            f"({path}); a resumed run keeps its settings: only --max-steps, --epochs and --device "
+            "may change"
+        )
     if "epochs" in given and "max_steps" not in given and saved["max_steps"]:
-        raise UserError(f"the run stops at --max-steps {saved['max_steps']} ({path}), so --epochs alone cannot extend "
-                        "it; give a larger --max-steps too (0: all epochs)")
-    known = {k: v for k, v in {**saved, **given}.items() if k in DEFAULTS or k in PROCESS}   # a stray key is ignored
+        raise UserError(
+            f"the run stops at --max-steps {saved['max_steps']} ({path}), so --epochs alone cannot extend "
+            "it; give a larger --max-steps too (0: all epochs)"
+        )
+    known = {k: v for k, v in {**saved, **given}.items() if k in DEFAULTS or k in PROCESS}  # a stray key is ignored
     settings = Settings(**known)
     check_settings(settings)
     return settings

@@ -17,20 +17,22 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from . import checks
+from . import checks, evaluate
 from . import settings as run_settings
-from . import evaluate
 from .errors import STOPPED, ArgumentParser, Terminated, UserError, run_cli
 from .paths import runs_dir, write_json_atomic
 from .report import best_validation_loss
 
-GRID_FLAGS = ("--lr", "--inner-lr", "--name", "--resume")     # set per cell by the sweep itself
-IGNORED = {"resume", "device", "batch_size"}                  # may differ from a saved config.json (batch_size is derived)
+GRID_FLAGS = ("--lr", "--inner-lr", "--name", "--resume")  # set per cell by the sweep itself
+IGNORED = {"resume", "device", "batch_size"}  # may differ from a saved config.json (batch_size is derived)
 
 
 def parse_args(argv: Optional[Sequence[str]]):
-    p = ArgumentParser(prog="python -m ddattn.sweep", allow_abbrev=False,
-                       description=__doc__.split("\n\n")[0] + " Other flags go to python -m ddattn.distill.")
+    p = ArgumentParser(
+        prog="python -m ddattn.sweep",
+        allow_abbrev=False,
+        description=__doc__.split("\n\n")[0] + " Other flags go to python -m ddattn.distill.",
+    )
     p.add_argument("--task", required=True)
     p.add_argument("--alphas", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1], help="α, distill --lr")
     p.add_argument("--inner-lrs", type=float, nargs="+", default=[1e-2, 1e-1], help="η̃_0, distill --inner-lr")
@@ -58,8 +60,16 @@ def plan(args, passthrough: List[str]) -> List[dict]:
             run_settings.check_settings(settings)
             prefix = args.name or run_settings.settings_name(settings)
             name = run_settings.run_name(prefix, alpha, eta)
-            cells.append({"alpha": alpha, "inner_lr": eta, "name": name, "config": prefix,
-                          "argv": [*argv, "--name", name], "settings": {**vars(settings), "name": name}})
+            cells.append(
+                {
+                    "alpha": alpha,
+                    "inner_lr": eta,
+                    "name": name,
+                    "config": prefix,
+                    "argv": [*argv, "--name", name],
+                    "settings": {**vars(settings), "name": name},
+                }
+            )
     return cells
 
 
@@ -96,7 +106,7 @@ def run_cell(cell: dict, run: Path) -> str:
     code = distill(argv)
     if code == 130:
         raise KeyboardInterrupt
-    if code == STOPPED:                  # stopped by a signal or its time limit, checkpointed: so is the sweep
+    if code == STOPPED:  # stopped by a signal or its time limit, checkpointed: so is the sweep
         sys.exit(STOPPED)
     return "finished" if code == 0 and state(run) == "finished" else f"failed (exit {code})"
 
@@ -108,7 +118,7 @@ def distill(argv: List[str]) -> int:
         try:
             return child.wait()
         except Terminated as stop:
-            child.send_signal(stop.signum)     # leaving the block waits for it
+            child.send_signal(stop.signum)  # leaving the block waits for it
             raise
 
 
@@ -124,8 +134,11 @@ def choose(cells: List[dict]) -> dict:
 def evaluate_chosen(run: Path, n_models: int, device: Optional[str]) -> None:
     """`python -m ddattn.evaluate RUN --n-models N`, unless an eval.json of that N is newer than the data."""
     result, data = run / "eval.json", run / "distilled_best.safetensors"
-    if result.is_file() and result.stat().st_mtime >= data.stat().st_mtime \
-            and json.loads(result.read_text()).get("n_models") == n_models:
+    if (
+        result.is_file()
+        and result.stat().st_mtime >= data.stat().st_mtime
+        and json.loads(result.read_text()).get("n_models") == n_models
+    ):
         print(f"sweep: {result} is up to date")
         return
     evaluate.main([str(run), "--n-models", str(n_models), *(["--device", device] if device else [])])
@@ -143,17 +156,36 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         run = task_dir / cell["name"]
         status = run_cell(cell, run)
         loss = best_validation_loss(run) if status == "finished" else float("inf")
-        records.append({"alpha": cell["alpha"], "inner_lr": cell["inner_lr"], "run": str(run), "status": status,
-                        "best_val_loss": loss if loss != float("inf") else None})
+        records.append(
+            {
+                "alpha": cell["alpha"],
+                "inner_lr": cell["inner_lr"],
+                "run": str(run),
+                "status": status,
+                "best_val_loss": loss if loss != float("inf") else None,
+            }
+        )
     chosen = choose(records)
     summary_path = task_dir / f"sweep-{cells[0]['config']}.json"
-    write_json_atomic(summary_path, {
-        "task": args.task, "config": cells[0]["config"], "alphas": args.alphas, "inner_lrs": args.inner_lrs,
-        "selection": "lowest best validation loss (validation.jsonl, a held-out slice of the training split); "
-                     "the evaluation split is not used to choose",
-        "cells": records, "chosen": chosen, "distill_args": passthrough, "seconds": time.perf_counter() - started})
-    print(f"sweep: chose α = {chosen['alpha']:g}, η̃_0 = {chosen['inner_lr']:g} "
-          f"(validation loss {chosen['best_val_loss']:.4f}) → {summary_path}")
+    write_json_atomic(
+        summary_path,
+        {
+            "task": args.task,
+            "config": cells[0]["config"],
+            "alphas": args.alphas,
+            "inner_lrs": args.inner_lrs,
+            "selection": "lowest best validation loss (validation.jsonl, a held-out slice of the training split); "
+            "the evaluation split is not used to choose",
+            "cells": records,
+            "chosen": chosen,
+            "distill_args": passthrough,
+            "seconds": time.perf_counter() - started,
+        },
+    )
+    print(
+        f"sweep: chose α = {chosen['alpha']:g}, η̃_0 = {chosen['inner_lr']:g} "
+        f"(validation loss {chosen['best_val_loss']:.4f}) → {summary_path}"
+    )
     evaluate_chosen(Path(chosen["run"]), args.n_models, args.device)
 
 

@@ -27,15 +27,16 @@ class Task:
     quoting), `ag_news` (no header; the original `class,title,description` or the `text,label` subset),
     or None: each file's suffix decides (`.tsv` or else `csv`; custom tasks).
     """
+
     name: str
-    files: Dict[str, str]                  # split ("train", "eval") → file name in data/<task>/ (or a path)
-    text_columns: Tuple[str, ...]          # one (single sentence) or two (sentence pair) header names
+    files: Dict[str, str]  # split ("train", "eval") → file name in data/<task>/ (or a path)
+    text_columns: Tuple[str, ...]  # one (single sentence) or two (sentence pair) header names
     label_column: str
-    label_values: Tuple[str, ...]          # labels as written in the file, in class-index order
+    label_values: Tuple[str, ...]  # labels as written in the file, in class-index order
     label_names: Tuple[str, ...]
     metrics: Tuple[str, ...] = ("accuracy",)
     format: Optional[str] = "tsv"
-    fallbacks: Dict[str, str] = field(default_factory=dict)   # split → file read when the main one is absent
+    fallbacks: Dict[str, str] = field(default_factory=dict)  # split → file read when the main one is absent
 
     @property
     def num_classes(self) -> int:
@@ -52,17 +53,26 @@ class Task:
 
 
 def _glue(name: str, text_columns, label_column: str, label_names, label_values=("0", "1"), metrics=("accuracy",)):
-    return Task(name, {"train": "train.tsv", "eval": "dev.tsv"}, text_columns, label_column, label_values,
-                label_names, metrics)
+    return Task(
+        name, {"train": "train.tsv", "eval": "dev.tsv"}, text_columns, label_column, label_values, label_names, metrics
+    )
 
 
 ENTAILMENT = ("entailment", "not_entailment")
 TASKS = {
-    "ag_news": Task("ag_news", {"train": "train.csv", "eval": "test.csv"}, ("text",), "class", ("1", "2", "3", "4"),
-                    ("World", "Sports", "Business", "Sci/Tech"), format="ag_news",
-                    fallbacks={"train": "train_subset.csv"}),
-    "mrpc": _glue("mrpc", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"),
-                  metrics=("accuracy", "f1")),
+    "ag_news": Task(
+        "ag_news",
+        {"train": "train.csv", "eval": "test.csv"},
+        ("text",),
+        "class",
+        ("1", "2", "3", "4"),
+        ("World", "Sports", "Business", "Sci/Tech"),
+        format="ag_news",
+        fallbacks={"train": "train_subset.csv"},
+    ),
+    "mrpc": _glue(
+        "mrpc", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), metrics=("accuracy", "f1")
+    ),
     "qnli": _glue("qnli", ("question", "sentence"), "label", ENTAILMENT, ENTAILMENT),
     "rte": _glue("rte", ("sentence1", "sentence2"), "label", ENTAILMENT, ENTAILMENT),
     "sst2": _glue("sst2", ("sentence",), "label", ("negative", "positive")),
@@ -73,15 +83,18 @@ TASK_NAMES = sorted(TASKS) + ["custom"]
 def get_task(name: str) -> Task:
     """A registered task by name; `custom` tasks come from `custom_task` instead."""
     if name == "custom":
-        raise UserError("the custom task is built from your own files: give --train-file, --eval-file, "
-                        "--text-columns and --label-column")
+        raise UserError(
+            "the custom task is built from your own files: give --train-file, --eval-file, "
+            "--text-columns and --label-column"
+        )
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
     return TASKS[name]
 
 
-def custom_task(train_path, eval_path, text_columns: Sequence[str], label_column: str,
-                label_names: Optional[Sequence[str]] = None) -> Task:
+def custom_task(
+    train_path, eval_path, text_columns: Sequence[str], label_column: str, label_names: Optional[Sequence[str]] = None
+) -> Task:
     """Your own CSV or TSV files (`.tsv`: tab-separated, no quoting; anything else: CSV) with a header row.
 
     `text_columns`: one or two column names (a list, or one comma-separated string). `label_names`: the
@@ -102,8 +115,10 @@ def custom_task(train_path, eval_path, text_columns: Sequence[str], label_column
         raise UserError(f"{train}: a task needs at least 2 labels in column {label_column!r}, found {list(values)}")
     empty = [v for v in values if v not in present]
     if empty:
-        raise UserError(f"{train}: no row has label {empty[0]!r} (--labels {','.join(values)}); every class needs "
-                        "at least one training example")
+        raise UserError(
+            f"{train}: no row has label {empty[0]!r} (--labels {','.join(values)}); every class needs "
+            "at least one training example"
+        )
     return Task(task.name, task.files, columns, label_column, values, values, format=None)
 
 
@@ -116,15 +131,20 @@ def task_from_settings(settings: dict) -> Task:
     if missing:
         raise UserError(f"--task custom needs {', '.join(missing)}")
     labels = settings.get("labels")
-    return custom_task(settings["train_file"], settings["eval_file"], settings["text_columns"],
-                       settings["label_column"], labels.split(",") if labels else None)
+    return custom_task(
+        settings["train_file"],
+        settings["eval_file"],
+        settings["text_columns"],
+        settings["label_column"],
+        labels.split(",") if labels else None,
+    )
 
 
 # --- reading files ---------------------------------------------------------------------------------
 class Example(NamedTuple):
     text_a: str
-    text_b: Optional[str]       # None for single-sentence tasks
-    label: int                  # class index
+    text_b: Optional[str]  # None for single-sentence tasks
+    label: int  # class index
 
 
 class MissingFileError(UserError):
@@ -134,7 +154,7 @@ class MissingFileError(UserError):
 def task_file(task: Task, split: str, data_dir: Optional[Path] = None) -> Path:
     """The file holding `split` in `<data_dir>/<task>/`, or the task's fallback file when that is absent."""
     folder = Path(data_dir or paths.data_dir()) / task.name
-    path = folder / task.files[split]                  # custom tasks: an absolute path, used as is
+    path = folder / task.files[split]  # custom tasks: an absolute path, used as is
     fallback = task.fallbacks.get(split)
     if path.is_file():
         return path
@@ -143,14 +163,17 @@ def task_file(task: Task, split: str, data_dir: Optional[Path] = None) -> Path:
     if task.name not in TASKS:
         raise MissingFileError(f"{task.name} {split} file {path} not found")
     alternative = f" (or {fallback})" if fallback else ""
-    raise MissingFileError(f"{task.name} {split} file {path.name}{alternative} not found in {folder}; "
-                           f"run `make data TASK={task.name}` to fetch it")
+    raise MissingFileError(
+        f"{task.name} {split} file {path.name}{alternative} not found in {folder}; "
+        f"run `make data TASK={task.name}` to fetch it"
+    )
 
 
 class _Layout(NamedTuple):
     """Where a row's fields are: texts, label, and the label value → class index map."""
+
     fields: int
-    text_a: Tuple[int, ...]     # columns joined by a space into the first text
+    text_a: Tuple[int, ...]  # columns joined by a space into the first text
     text_b: Optional[int]
     label_at: int
     labels: Dict[str, int]
@@ -160,9 +183,12 @@ class _Layout(NamedTuple):
 def _table(path: Path, fmt: Optional[str]) -> Iterator[Iterator[Tuple[int, List[str]]]]:
     """The non-blank rows of a CSV/TSV file, each with the line it starts on."""
     tsv = fmt == "tsv" or (fmt is None and path.suffix.lower() == ".tsv")
-    with open(path, encoding="utf-8-sig", newline="") as f:        # utf-8-sig: MRPC's header has a BOM
-        reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv   # GLUE has bare quotes
-                  else csv.reader(f))
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC's header has a BOM
+        reader = (
+            csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if tsv  # GLUE has bare quotes
+            else csv.reader(f)
+        )
         yield _numbered_rows(reader, path)
 
 
@@ -194,9 +220,11 @@ def _not_utf8(path: Path) -> str:
         data.decode("utf-8")
         return f"{path}: not UTF-8 text; save it as UTF-8"
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        return (f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8 (Latin-1 or Windows-1252 text?); "
-                "ddattn reads UTF-8: save the file as UTF-8")
+        line = data[: e.start].count(b"\n") + 1
+        return (
+            f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8 (Latin-1 or Windows-1252 text?); "
+            "ddattn reads UTF-8: save the file as UTF-8"
+        )
 
 
 def _header_layout(task: Task, header: List[str], where: str) -> _Layout:
@@ -205,11 +233,18 @@ def _header_layout(task: Task, header: List[str], where: str) -> _Layout:
         raise UserError(f"{where}: header lacks column(s) {', '.join(missing)} (found {', '.join(header)})")
     twice = [c for c in (*task.text_columns, task.label_column) if header.count(c) > 1]
     if twice:
-        raise UserError(f"{where}: the header has column {twice[0]!r} {header.count(twice[0])} times; "
-                        "rename the copies so that each column name is unique")
+        raise UserError(
+            f"{where}: the header has column {twice[0]!r} {header.count(twice[0])} times; "
+            "rename the copies so that each column name is unique"
+        )
     text_at = [header.index(c) for c in task.text_columns]
-    return _Layout(len(header), (text_at[0],), text_at[1] if task.is_pair else None,
-                   header.index(task.label_column), task.label_index)
+    return _Layout(
+        len(header),
+        (text_at[0],),
+        text_at[1] if task.is_pair else None,
+        header.index(task.label_column),
+        task.label_index,
+    )
 
 
 def _ag_news_layout(task: Task, first_row: List[str], where: str) -> _Layout:
@@ -218,8 +253,9 @@ def _ag_news_layout(task: Task, first_row: List[str], where: str) -> _Layout:
         return _Layout(3, (1, 2), None, 0, task.label_index)
     if len(first_row) == 2:
         return _Layout(2, (0,), None, 1, {str(i): i for i in range(task.num_classes)})
-    raise UserError(f"{where}: expected 3 fields (class 1-4, title, description) or 2 (text, label 0-3), "
-                    f"found {len(first_row)}")
+    raise UserError(
+        f"{where}: expected 3 fields (class 1-4, title, description) or 2 (text, label 0-3), found {len(first_row)}"
+    )
 
 
 def _example(layout: _Layout, row: List[str], where: str) -> Example:
@@ -241,7 +277,7 @@ def read_examples(task: Task, split: str, data_dir: Optional[Path] = None) -> Li
         if first is None:
             raise UserError(f"{path}: the file is empty")
         line, header = first
-        if task.format == "ag_news":                      # no header: the first row is data
+        if task.format == "ag_news":  # no header: the first row is data
             layout = _ag_news_layout(task, header, f"{path}:{line}")
             rows = itertools.chain([first], rows)
         else:

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from ddattn import checks
+from ddattn.errors import run_cli
 from ddattn.method import seeds
 from ddattn.method.bert import BertConfig, init_classifier, param_shapes
 from ddattn.method.distilled import DistilledConfig, DistilledData
-from ddattn.errors import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(os.environ.get("DDATTN_GOLDEN", REPO.parent / "shared" / "fixtures" / "minilm_golden.safetensors"))
@@ -33,7 +33,7 @@ def tiny_theta(config: BertConfig = TINY, num_classes: int = 2, seed: int = 0, d
         value = torch.randn(shape, generator=g, dtype=dtype) * 0.3
         theta[name] = value + 1.0 if name.endswith("norm.weight") else value
     theta.update(init_classifier(config, num_classes, g, dtype=dtype))
-    theta["classifier.weight"] *= 10   # a head large enough that logits depend on the input
+    theta["classifier.weight"] *= 10  # a head large enough that logits depend on the input
     return theta
 
 
@@ -49,13 +49,27 @@ def tiny_inputs(batch=3, length=8, seed=0):
 
 def make_distilled(steps=1, shots=1, batch_size=0, label_type="soft", attention_type="cls", seq_len=8, seed=1):
     """D̃ for TINY in float64 (2 classes, η̃_0 = 0.3), with generic values (see below)."""
-    config = DistilledConfig(num_classes=2, seq_len=seq_len, hidden_size=TINY.hidden_size, num_layers=TINY.num_layers,
-                             num_heads=TINY.num_heads, shots=shots, steps=steps, batch_size=batch_size,
-                             label_type=label_type, attention_type=attention_type, inner_lr_init=0.3)
+    config = DistilledConfig(
+        num_classes=2,
+        seq_len=seq_len,
+        hidden_size=TINY.hidden_size,
+        num_layers=TINY.num_layers,
+        num_heads=TINY.num_heads,
+        shots=shots,
+        steps=steps,
+        batch_size=batch_size,
+        label_type=label_type,
+        attention_type=attention_type,
+        inner_lr_init=0.3,
+    )
     checks.check_distilled_config(config, TINY.max_positions)
     distilled = DistilledData.initial(config, torch.Generator().manual_seed(seed), dtype=torch.float64)
-    with torch.no_grad():   # move labels off one-hot and learning rates apart, so every gradient is generic
-        distilled.label_logits.add_(torch.randn(distilled.label_logits.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    with torch.no_grad():  # move labels off one-hot and learning rates apart, so every gradient is generic
+        distilled.label_logits.add_(
+            torch.randn(
+                distilled.label_logits.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+            )
+        )
         distilled.lr_raw.add_(torch.linspace(-0.2, 0.2, steps, dtype=torch.float64))
     return distilled
 
@@ -64,10 +78,13 @@ def real_batch(seed=2, batch=3, length=8):
     """A real mini-batch for TINY: random ids and token types, the first row padded, labels 0, 1, 1."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, length, dtype=torch.long)
-    mask[0, length - 3:] = 0                       # one padded sequence
-    return {"input_ids": torch.randint(1, TINY.vocab_size, (batch, length), generator=g),
-            "token_type_ids": torch.randint(0, 2, (batch, length), generator=g),
-            "attention_mask": mask, "labels": torch.tensor([0, 1, 1][:batch])}
+    mask[0, length - 3 :] = 0  # one padded sequence
+    return {
+        "input_ids": torch.randint(1, TINY.vocab_size, (batch, length), generator=g),
+        "token_type_ids": torch.randint(0, 2, (batch, length), generator=g),
+        "attention_mask": mask,
+        "labels": torch.tensor([0, 1, 1][:batch]),
+    }
 
 
 # --- bad input: one line, exit status 2, nothing changed ----------------------------------------------------
@@ -106,8 +123,12 @@ def snapshot(folder: Path) -> dict:
 # --- task data, the small MRPC copy and the runs made on it --------------------------------------------------
 def fetch(task: str, data_dir: Path) -> None:
     """`python -m ddattn.fetch --task TASK --data-dir DATA_DIR` (copies from ../shared/data)."""
-    done = subprocess.run([sys.executable, "-m", "ddattn.fetch", "--task", task, "--data-dir", str(data_dir)],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ddattn.fetch", "--task", task, "--data-dir", str(data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -123,7 +144,9 @@ def small_mrpc(base: Path) -> Path:
         fetch("mrpc", root)
         for name, rows in (("train.tsv", TRAIN_ROWS), ("dev.tsv", DEV_ROWS)):
             path = root / "mrpc" / name
-            path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:rows + 1]), encoding="utf-8")
+            path.write_text(
+                "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[: rows + 1]), encoding="utf-8"
+            )
     return root
 
 
@@ -131,17 +154,44 @@ def env_for(base: Path) -> dict:
     return {**os.environ, "DDATTN_RUNS_DIR": str(base / "runs"), "DDATTN_DATA_DIR": str(small_mrpc(base))}
 
 
-TINY_DISTILL = ["--task", "mrpc", "--train-limit", "64", "--val-size", "16", "--real-batch-size", "16",
-                "--seq-len", "8", "--max-length", "32", "--epochs", "1", "--val-models", "1", "--name", "tiny",
-                "--label-type", "soft", "--shots", "1"]   # the paper's soft labels, 1 shot (the cpu preset: hard, 3 on MRPC)
+TINY_DISTILL = [
+    "--task",
+    "mrpc",
+    "--train-limit",
+    "64",
+    "--val-size",
+    "16",
+    "--real-batch-size",
+    "16",
+    "--seq-len",
+    "8",
+    "--max-length",
+    "32",
+    "--epochs",
+    "1",
+    "--val-models",
+    "1",
+    "--name",
+    "tiny",
+    "--label-type",
+    "soft",
+    "--shots",
+    "1",
+]  # the paper's soft labels, 1 shot (the cpu preset: hard, 3 on MRPC)
 
 
 def make_tiny_run(base: Path) -> Path:
     """runs/mrpc/tiny: the brief's tiny `python -m ddattn.distill` run (2 samples of 8 tokens), made once."""
     run = base / "runs" / "mrpc" / "tiny"
     if not (run / "distilled_best.safetensors").is_file():
-        done = subprocess.run([sys.executable, "-m", "ddattn.distill", *TINY_DISTILL], cwd=REPO, env=env_for(base),
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "ddattn.distill", *TINY_DISTILL],
+            cwd=REPO,
+            env=env_for(base),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
     return run
 
@@ -152,14 +202,55 @@ def heads(n: int, seed: int = 0) -> list:
 
 
 # In-process runs on the small MRPC copy (the `env` fixture): 2 outer steps, D̃ of (2, 8, 384).
-TINY_RUN = ["--task", "mrpc", "--max-steps", "2", "--seq-len", "8", "--train-limit", "64", "--val-size", "16",
-            "--real-batch-size", "8", "--max-length", "16", "--val-models", "1", "--shots", "1"]
+TINY_RUN = [
+    "--task",
+    "mrpc",
+    "--max-steps",
+    "2",
+    "--seq-len",
+    "8",
+    "--train-limit",
+    "64",
+    "--val-size",
+    "16",
+    "--real-batch-size",
+    "8",
+    "--max-length",
+    "16",
+    "--val-models",
+    "1",
+    "--shots",
+    "1",
+]
 
 # A few seconds per run on the whole MRPC (the `mrpc_data` fixture): 96 training pairs, batches of 16, 8
 # outer steps, 8-token distilled samples, a checkpoint at every step.
-SMALL_RUN = ["--task", "mrpc", "--train-limit", "96", "--val-size", "32", "--real-batch-size", "16", "--seq-len", "8",
-             "--max-length", "32", "--epochs", "2", "--val-models", "1", "--val-every", "3", "--checkpoint-every", "1",
-             "--lr", "0.05", "--seed", "3"]
+SMALL_RUN = [
+    "--task",
+    "mrpc",
+    "--train-limit",
+    "96",
+    "--val-size",
+    "32",
+    "--real-batch-size",
+    "16",
+    "--seq-len",
+    "8",
+    "--max-length",
+    "32",
+    "--epochs",
+    "2",
+    "--val-models",
+    "1",
+    "--val-every",
+    "3",
+    "--checkpoint-every",
+    "1",
+    "--lr",
+    "0.05",
+    "--seed",
+    "3",
+]
 
 
 def use_data(tmp_path: Path, data_root: Path) -> None:

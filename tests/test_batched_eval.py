@@ -3,17 +3,15 @@
 Real MiniLM in fp32 and a distilled set whose models' predictions vary from example to example and
 from model to model (results/runs/sst2/cpu-sl-al, dev 77 %), on the first 64 SST-2 dev sentences."""
 
-
 import pytest
 import torch
 
 from ddattn import data as taskdata
 from ddattn import evaluate, rundir, tasks
-from ddattn.method import evaluation
-
 from ddattn.errors import UserError
-from ddattn.paths import weights_dir
 from ddattn.files import load_pretrained
+from ddattn.method import evaluation
+from ddattn.paths import weights_dir
 from tests.helpers import REPO
 
 RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"
@@ -28,8 +26,9 @@ def setting(sst2_data):
         pytest.fail(f"{model_dir} is missing: run `make weights` (python -m ddattn.convert) first")
     settings, distilled = rundir.load_run(RUN)
     config, pretrained = load_pretrained(model_dir)
-    split = taskdata.load_split(tasks.get_task("sst2"), "eval", model_dir / "tokenizer.json", settings["max_length"],
-                                str(sst2_data))
+    split = taskdata.load_split(
+        tasks.get_task("sst2"), "eval", model_dir / "tokenizer.json", settings["max_length"], str(sst2_data)
+    )
     batches = evaluate.eval_batches(split, 8, indices=torch.arange(64), one_length=True)
     return config, pretrained, distilled, batches
 
@@ -48,16 +47,20 @@ def test_models_at_once_predict_what_one_at_a_time_predicts(setting, trained):
     assert torch.equal(predictions, torch.stack([p for _, p, _ in one]))
     assert torch.equal(labels, one[0][2])
     assert losses == pytest.approx([loss for loss, _, _ in one], rel=1e-5)
-    for p in predictions:                            # a case that can fail: no model answers one class
+    for p in predictions:  # a case that can fail: no model answers one class
         assert 0.2 < p.double().mean() < 0.8
-    assert not all(torch.equal(predictions[0], p) for p in predictions[1:])   # and the models differ
+    assert not all(torch.equal(predictions[0], p) for p in predictions[1:])  # and the models differ
 
 
 def test_evaluate_distilled_in_chunks_matches_one_at_a_time(setting):
     """Three models two at a time (a chunk of two, then one): the same runs, in seed order, as one at a time."""
     config, pretrained, distilled, batches = setting
-    runs = {k: evaluation.evaluate_distilled(pretrained, config, distilled, lambda: batches, SEEDS, ["accuracy"],
-                                           models_at_once=k) for k in (1, 2)}
+    runs = {
+        k: evaluation.evaluate_distilled(
+            pretrained, config, distilled, lambda: batches, SEEDS, ["accuracy"], models_at_once=k
+        )
+        for k in (1, 2)
+    }
     assert [r["seed"] for r in runs[2]] == SEEDS
     for one, many in zip(runs[1], runs[2]):
         assert many["accuracy"] == one["accuracy"]
@@ -74,8 +77,8 @@ def test_one_length_batches_have_no_padding_and_keep_the_sorted_order(setting):
 
 def test_models_at_once_setting():
     cpu = torch.device("cpu")
-    assert evaluate.choose_models_at_once("auto", cpu, {}, None, [], 100) == 1      # a CPU: one at a time
-    assert evaluate.choose_models_at_once("8", cpu, {}, None, [], 3) == 3           # never more than the models
+    assert evaluate.choose_models_at_once("auto", cpu, {}, None, [], 100) == 1  # a CPU: one at a time
+    assert evaluate.choose_models_at_once("8", cpu, {}, None, [], 3) == 3  # never more than the models
     for bad in ("0", "-1", "two", "1.5"):
         with pytest.raises(UserError, match="--models-at-once must be auto or a whole number"):
             evaluate.check_models_at_once(bad)

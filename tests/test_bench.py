@@ -13,28 +13,61 @@ import torch
 from safetensors.torch import save_file
 
 from ddattn import bench, bench_eval, evaluate, options, settings
-from ddattn.method.bert import param_shapes
 from ddattn.errors import UserError
 from ddattn.files import read_bert_config, write_bert_config
+from ddattn.method.bert import param_shapes
 from tests.helpers import REPO, TINY, one_error_line
-SST2_RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"   # distilled; its models' predictions vary
-FAST = ["--seq-len", "8", "--real-batch", "2", "--real-len", "8", "--repeat", "1", "--matmul-size", "64",
-        "--threads", "1", "--device", "cpu"]
+
+SST2_RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"  # distilled; its models' predictions vary
+FAST = [
+    "--seq-len",
+    "8",
+    "--real-batch",
+    "2",
+    "--real-len",
+    "8",
+    "--repeat",
+    "1",
+    "--matmul-size",
+    "64",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-bert")
     g = torch.Generator().manual_seed(0)
-    save_file({k: torch.randn(s, generator=g) * 0.3 for k, s in param_shapes(TINY).items()},
-              str(path / "model.safetensors"))
+    save_file(
+        {k: torch.randn(s, generator=g) * 0.3 for k, s in param_shapes(TINY).items()}, str(path / "model.safetensors")
+    )
     write_bert_config(TINY, path / "config.json")
     return path
 
 
 def spec(tiny_dir, steps, mode):
-    return dict(model=str(tiny_dir), model_shape=None, device="cpu", dtype="float32", shots=1, real_batch=2, real_len=8, micro_batch=1, repeat=2,
-                seed=0, threads=1, matmul_size=64, seq_len=8, steps=steps, mode=mode, autocast="none", attn="cls")
+    return dict(
+        model=str(tiny_dir),
+        model_shape=None,
+        device="cpu",
+        dtype="float32",
+        shots=1,
+        real_batch=2,
+        real_len=8,
+        micro_batch=1,
+        repeat=2,
+        seed=0,
+        threads=1,
+        matmul_size=64,
+        seq_len=8,
+        steps=steps,
+        mode=mode,
+        autocast="none",
+        attn="cls",
+    )
 
 
 def test_worker_reports_sane_numbers(tiny_dir):
@@ -44,11 +77,11 @@ def test_worker_reports_sane_numbers(tiny_dir):
         assert len(r["times_s"]) == 2 and r["min_s"] == min(r["times_s"]) > 0
         assert r["median_s"] == statistics.median(r["times_s"])
         assert 0 <= r["peak_mb"] <= r["process_peak_mb"] and r["memory_method"]
-        assert r["flops"] > 0 and r["gflops_per_s"] > 0 and "pct_of_matmul_peak" not in r   # the parent's job
+        assert r["flops"] > 0 and r["gflops_per_s"] > 0 and "pct_of_matmul_peak" not in r  # the parent's job
         assert r["threads"] == 1 and r["torch"] == torch.__version__ and r["cpu"] and r["device_name"]
         assert set(r["cpu_capability"]) == {"isa", "amx", "avx512_bf16", "mkldnn_bf16", "fast_bf16"}
         assert torch.isfinite(torch.tensor(r["outer_loss"]))
-    for T in (1, 2):   # recompute rebuilds each inner step: never less work than keeping the graph
+    for T in (1, 2):  # recompute rebuilds each inner step: never less work than keeping the graph
         assert results[T, "recompute"]["flops"] >= results[T, "graph"]["flops"]
     for mode in bench.EXACT_MODES:
         assert results[2, mode]["flops"] > results[1, mode]["flops"]
@@ -69,8 +102,13 @@ def test_approximate_rows_report_their_error(tiny_dir):
     assert 0 < finite["max_relative_error"] < 1e-2 < bf16["max_relative_error"] < 0.5
 
 
-@pytest.mark.parametrize("flags,expected", [(["--mode", "finite-difference", "--autocast", "bf16"], "finite-difference"),
-                                            (["--device", "cpu", "--autocast", "fp16"], "bf16")])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--mode", "finite-difference", "--autocast", "bf16"], "finite-difference"),
+        (["--device", "cpu", "--autocast", "fp16"], "bf16"),
+    ],
+)
 def test_impossible_autocast_is_refused(tiny_dir, flags, expected):
     with pytest.raises(UserError, match=expected):
         bench.main(["--model", str(tiny_dir), *flags, *FAST])
@@ -79,10 +117,10 @@ def test_impossible_autocast_is_refused(tiny_dir, flags, expected):
 def test_peak_memory_sees_an_allocation():
     memory = bench.PeakMemory(torch.device("cpu"))
     memory.start()
-    block = torch.ones(50 * 2 ** 20 // 4)       # 50 MiB, every page touched
+    block = torch.ones(50 * 2**20 // 4)  # 50 MiB, every page touched
     del block
     peak, process_peak = memory.stop()
-    assert 45 * 2 ** 20 < peak < 80 * 2 ** 20 and process_peak > peak
+    assert 45 * 2**20 < peak < 80 * 2**20 and process_peak > peak
 
 
 def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
@@ -94,7 +132,7 @@ def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
     env = saved["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1 and env["cpu"]
     assert env["cpu_capability"] == options.cpu_capability()
-    peak = env["matmul_peak"]                 # two readings, before and after; every row uses their best
+    peak = env["matmul_peak"]  # two readings, before and after; every row uses their best
     assert len(peak["readings_gflops"]) == 2 and peak["gflops"] == max(peak["readings_gflops"]) > 0
     assert all(r["matmul_gflops"] == peak["gflops"] for r in saved["results"])
     table = (tmp_path / "cpu.md").read_text()
@@ -109,8 +147,22 @@ def test_cli_writes_json_markdown_and_plot(tiny_dir, tmp_path, capsys):
 
 def test_profile_splits_the_step_into_matmuls_and_the_rest(tiny_dir, tmp_path):
     out = tmp_path / "cpu.json"
-    bench.main(["--model", str(tiny_dir), "--steps", "1", "--mode", "graph", "--reference", "--profile", "--no-plot",
-                "--json", str(out), *FAST])
+    bench.main(
+        [
+            "--model",
+            str(tiny_dir),
+            "--steps",
+            "1",
+            "--mode",
+            "graph",
+            "--reference",
+            "--profile",
+            "--no-plot",
+            "--json",
+            str(out),
+            *FAST,
+        ]
+    )
     reference, graph = json.loads(out.read_text())["results"]
     for r in (reference, graph):
         assert 0 < r["matmul_s"] < r["profiled_s"] == pytest.approx(sum(r["op_seconds"].values()))
@@ -139,7 +191,8 @@ def test_default_is_the_documented_t_sweep():
     args = bench.parse_args([])
     configs = bench.configurations(bench.sweep_axes(args), args.reference)
     assert [(c["seq_len"], c["steps"], c["mode"], c["autocast"], c["attn"]) for c in configs] == [
-        (bench.DEFAULT_SEQ_LEN, T, mode, "none", "cls") for T in (1, 2, 4, 8) for mode in ("graph", "recompute")]
+        (bench.DEFAULT_SEQ_LEN, T, mode, "none", "cls") for T in (1, 2, 4, 8) for mode in ("graph", "recompute")
+    ]
     assert args.model == bench.DEFAULT_MODEL and args.model_shape is None and args.repeat == 3
     doc = (Path(bench.__file__).parent.parent / "bench" / "README.md").read_text()
     assert f"| `--seq-len S …` | {bench.DEFAULT_SEQ_LEN} |" in doc
@@ -148,28 +201,46 @@ def test_default_is_the_documented_t_sweep():
 
 
 def test_reference_runs_just_before_its_rows():
-    configs = bench.configurations({"seq_len": [64], "steps": [1, 4], "mode": ["graph"], "autocast": ["none"],
-                                    "attn": ["cls"]}, reference=True)
-    assert [(c["steps"], c["mode"]) for c in configs] == [(1, "reference"), (1, "graph"), (4, "reference"), (4, "graph")]
+    configs = bench.configurations(
+        {"seq_len": [64], "steps": [1, 4], "mode": ["graph"], "autocast": ["none"], "attn": ["cls"]}, reference=True
+    )
+    assert [(c["steps"], c["mode"]) for c in configs] == [
+        (1, "reference"),
+        (1, "graph"),
+        (4, "reference"),
+        (4, "graph"),
+    ]
 
 
 def test_fit_line_is_least_squares():
     assert bench.fit_line([1, 2, 4, 8], [3 + 2 * t for t in (1, 2, 4, 8)]) == pytest.approx((2, 3))
-    slope, intercept = bench.fit_line([0, 1, 2], [0, 2, 1])       # normal equations by hand: slope 1/2, 1/2
+    slope, intercept = bench.fit_line([0, 1, 2], [0, 2, 1])  # normal equations by hand: slope 1/2, 1/2
     assert (slope, intercept) == pytest.approx((0.5, 0.5))
     with pytest.raises(ValueError):
         bench.fit_line([4, 4], [1, 2])
 
 
 def row(T, mode, peak_mb, median_s=1.0, flops=1e9, **extra):
-    return {"seq_len": 64, "steps": T, "mode": mode, "autocast": "none", "attn": "cls", "peak_mb": peak_mb,
-            "median_s": median_s, "flops": flops, "gflops_per_s": flops / median_s / 1e9, **extra}
+    return {
+        "seq_len": 64,
+        "steps": T,
+        "mode": mode,
+        "autocast": "none",
+        "attn": "cls",
+        "peak_mb": peak_mb,
+        "median_s": median_s,
+        "flops": flops,
+        "gflops_per_s": flops / median_s / 1e9,
+        **extra,
+    }
 
 
 def test_memory_slopes_per_mode_and_their_ratio():
-    rows = [row(T, "graph", 400 + 100 * T) for T in (1, 2, 4, 8)] + [row(T, "recompute", 400 + 20 * T) for T in (1, 2, 4, 8)]
+    rows = [row(T, "graph", 400 + 100 * T) for T in (1, 2, 4, 8)] + [
+        row(T, "recompute", 400 + 20 * T) for T in (1, 2, 4, 8)
+    ]
     rows += [row(1, "finite-difference", 300), {**row(16, "graph", 0), "error": "out of memory"}]
-    slopes = bench.memory_slopes(rows)       # the failed row is no point of the line; one T is no line
+    slopes = bench.memory_slopes(rows)  # the failed row is no point of the line; one T is no line
     assert slopes == pytest.approx({("graph", 64, "cls"): 100, ("recompute", 64, "cls"): 20})
     text = bench.slope_text(rows)
     assert text[1] == "- S = 64, attn = cls: graph 100.0 MB/step, recompute 20.0 MB/step; graph ÷ recompute = 5.0"
@@ -178,9 +249,13 @@ def test_memory_slopes_per_mode_and_their_ratio():
 
 def test_one_peak_for_every_row():
     """Rows of equal FLOPs: the faster one always shows the higher share of the run's one peak."""
-    rows = [row(1, "graph", 0, median_s=2.0), row(1, "recompute", 0, median_s=3.0), row(2, "graph", 0, median_s=2.5),
-            {**row(4, "graph", 0), "error": "out of memory"}]
-    peak = bench.peak_summary([151.0, 107.0])   # issue 28's two readings, minutes apart on one machine
+    rows = [
+        row(1, "graph", 0, median_s=2.0),
+        row(1, "recompute", 0, median_s=3.0),
+        row(2, "graph", 0, median_s=2.5),
+        {**row(4, "graph", 0), "error": "out of memory"},
+    ]
+    peak = bench.peak_summary([151.0, 107.0])  # issue 28's two readings, minutes apart on one machine
     assert peak["gflops"] == 151.0 and peak["spread"] == pytest.approx(44 / 151) and peak["moved"]
     bench.apply_peak(rows, peak)
     assert [r.get("matmul_gflops") for r in rows] == [151.0, 151.0, 151.0, None]
@@ -195,8 +270,12 @@ def test_peak_readings_that_moved_are_flagged():
     steady = bench.peak_summary([150.0, 140.0])
     assert not steady["moved"] and steady["tolerance"] == bench.PEAK_TOLERANCE
     settings = {"matmul_size": 2048, "dtype": "float32"}
-    assert "Warning" not in bench.peak_text(steady, settings) and "150.0 and 140.0 GFLOP/s" in bench.peak_text(steady, settings)
-    assert "**Warning: the readings moved by more than 10 %" in bench.peak_text(bench.peak_summary([151.0, 107.0]), settings)
+    assert "Warning" not in bench.peak_text(steady, settings) and "150.0 and 140.0 GFLOP/s" in bench.peak_text(
+        steady, settings
+    )
+    assert "**Warning: the readings moved by more than 10 %" in bench.peak_text(
+        bench.peak_summary([151.0, 107.0]), settings
+    )
 
 
 def test_matmul_peak_worker_uses_the_rows_threads(tiny_dir):
@@ -206,20 +285,31 @@ def test_matmul_peak_worker_uses_the_rows_threads(tiny_dir):
 
 def test_model_shape_bert_base_is_the_published_config(monkeypatch, tiny_dir):
     base = bench.MODEL_SHAPES["bert-base"]
-    assert (base.num_layers, base.hidden_size, base.num_heads, base.vocab_size, base.intermediate_size,
-            base.max_positions) == (12, 768, 12, 30522, 3072, 512)
+    assert (
+        base.num_layers,
+        base.hidden_size,
+        base.num_heads,
+        base.vocab_size,
+        base.intermediate_size,
+        base.max_positions,
+    ) == (12, 768, 12, 30522, 3072, 512)
     theta = bench.random_weights(TINY, seed=0)
     assert {k: tuple(v.shape) for k, v in theta.items()} == param_shapes(TINY)
     assert torch.equal(theta["layers.0.ffn.norm.weight"], torch.ones(16)) and not theta["pooler.bias"].any()
     assert 0.015 < theta["embeddings.word"].std() < 0.025
-    monkeypatch.setitem(bench.MODEL_SHAPES, "bert-base", TINY)      # the worker's path, at a tiny size
+    monkeypatch.setitem(bench.MODEL_SHAPES, "bert-base", TINY)  # the worker's path, at a tiny size
     r = bench.worker({**spec(tiny_dir, 1, "graph"), "model": None, "model_shape": "bert-base"})
     assert r["flops"] > 0 and torch.isfinite(torch.tensor(r["outer_loss"]))
 
 
-@pytest.mark.parametrize("flags,message", [(["--model-shape", "bert-base", "--model", "minilm-l6"], "one of them"),
-                                           (["--model-shape", "bert-base", "--eval"], "--eval needs a real checkpoint"),
-                                           (["--model-shape", "bert-large"], "invalid choice")])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--model-shape", "bert-base", "--model", "minilm-l6"], "one of them"),
+        (["--model-shape", "bert-base", "--eval"], "--eval needs a real checkpoint"),
+        (["--model-shape", "bert-large"], "invalid choice"),
+    ],
+)
 def test_model_shape_conflicts_are_user_errors(flags, message):
     with pytest.raises(UserError, match=message):
         bench.parse_args(flags)
@@ -270,7 +360,7 @@ def test_bf16_options_need_the_hardware_or_the_flag(fake_cpu, tiny_dir, tmp_path
             assert capsys.readouterr().err.count("notice: --autocast bf16 runs slower than fp32 here") == 1
     missing_run = [str(tmp_path / "no-run"), "--precision", "bf16", "--device", "cpu"]
     expected = "is missing" if fake_cpu["fast_bf16"] else "--precision bf16: this CPU .* --allow-slow-bf16"
-    with pytest.raises(UserError, match=expected):         # refused before the run is even read
+    with pytest.raises(UserError, match=expected):  # refused before the run is even read
         evaluate.main(missing_run)
     with pytest.raises(UserError, match="is missing"):
         evaluate.main(missing_run + ["--allow-slow-bf16"])
@@ -291,13 +381,16 @@ def test_lists_take_spaces_or_commas():
     assert bench._flat(["1,2", "4", "2"], int, "--steps") == [1, 2, 4]
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--steps", "0"], "--steps must be ≥ 1"),
-    (["--seq-len", "33"], "32 positions"),
-    (["--mode", "graph", "unrolled"], "unknown --mode"),
-    (["--attn", "some"], "unknown --attn"),
-    (["--steps", "two"], "not a valid value"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--steps", "0"], "--steps must be ≥ 1"),
+        (["--seq-len", "33"], "32 positions"),
+        (["--mode", "graph", "unrolled"], "unknown --mode"),
+        (["--attn", "some"], "unknown --attn"),
+        (["--steps", "two"], "not a valid value"),
+    ],
+)
 def test_bad_flags_are_user_errors(tiny_dir, flags, message):
     with pytest.raises(UserError, match=message):
         bench.main(["--model", str(tiny_dir), *FAST, *flags])
@@ -315,17 +408,31 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst
     the fast fp32 path predicts what the reference evaluator predicts, all 24."""
     monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
     out = tmp_path / "eval.json"
-    bench.main(["--eval", "--run", str(SST2_RUN), "--n-models", "1", "--eval-limit", "24", "--threads", "1",
-                "--allow-slow-bf16", "--json", str(out)])
+    bench.main(
+        [
+            "--eval",
+            "--run",
+            str(SST2_RUN),
+            "--n-models",
+            "1",
+            "--eval-limit",
+            "24",
+            "--threads",
+            "1",
+            "--allow-slow-bf16",
+            "--json",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     summary, per_model = saved["summary"], saved["per_model"]
     assert saved["examples"] == 24 and set(summary) == {"reference", "fp32", "bf16"} and saved["models_at_once"] == 1
-    assert [s["fewest_classes_predicted"] for s in summary.values()] == [2, 2, 2]     # the predictions vary
-    assert saved["agreement"]["fp32 = reference"] == 1.0                               # and agree
+    assert [s["fewest_classes_predicted"] for s in summary.values()] == [2, 2, 2]  # the predictions vary
+    assert saved["agreement"]["fp32 = reference"] == 1.0  # and agree
     assert [r["accuracy"] for r in per_model["fp32"]] == [r["accuracy"] for r in per_model["reference"]]
     for name, s in summary.items():
         assert s["metric"] == "accuracy" and s["metric_mean"] == statistics.mean(r["accuracy"] for r in per_model[name])
-    for name in ("fp32", "bf16"):                                                      # how much faster
+    for name in ("fp32", "bf16"):  # how much faster
         reference_wall, wall = summary["reference"]["wall_s_per_model"], summary[name]["wall_s_per_model"]
         assert wall > 0 and summary[name]["speed_vs_reference_wall"] == pytest.approx(reference_wall / wall)
     assert "| fp32 |" in (tmp_path / "eval.md").read_text()
@@ -335,10 +442,25 @@ def test_eval_throughput_with_models_at_once(tmp_path, monkeypatch, sst2_data):
     """--models-at-once 2 on 3 models: chunks of 2 and 1, each model recorded, still the reference's predictions."""
     monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
     out = tmp_path / "eval.json"
-    bench.main(["--eval", "--run", str(SST2_RUN), "--n-models", "3",
-                "--eval-limit", "16", "--threads", "1", "--models-at-once", "2", "--json", str(out)])
+    bench.main(
+        [
+            "--eval",
+            "--run",
+            str(SST2_RUN),
+            "--n-models",
+            "3",
+            "--eval-limit",
+            "16",
+            "--threads",
+            "1",
+            "--models-at-once",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["models_at_once"] == 2
     assert [r["seed"] for r in saved["per_model"]["fp32"]] == [0, 1, 2]
-    assert saved["summary"]["fp32"]["fewest_classes_predicted"] == 2                   # the predictions vary
-    assert saved["agreement"]["fp32 = reference"] == 1.0                               # and agree
+    assert saved["summary"]["fp32"]["fewest_classes_predicted"] == 2  # the predictions vary
+    assert saved["agreement"]["fp32 = reference"] == 1.0  # and agree

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from ddattn.errors import UserError
+from ddattn.files import load_pretrained, read_bert_config, write_bert_config
 from ddattn.method.attention import AttentionBackward, RecomputedAttention
 from ddattn.method.bert import bert_forward, param_shapes
-from ddattn.errors import UserError
 from ddattn.method.unroll import attention_kl
-from ddattn.files import load_pretrained, read_bert_config, write_bert_config
 from tests.helpers import TINY, tiny_inputs, tiny_theta
 
 
@@ -21,7 +21,7 @@ def test_shapes_and_attention_rows():
     torch.testing.assert_close(out.cls_attention.sum(-1), torch.ones(B, L, H, dtype=torch.float64))
     torch.testing.assert_close(out.attention.sum(-1), torch.ones(B, L, H, S, dtype=torch.float64))
     padded = (mask == 0)[:, None, None, :].expand(B, L, H, S)
-    assert torch.all(out.cls_attention[padded] == 0)                      # exactly zero, not tiny
+    assert torch.all(out.cls_attention[padded] == 0)  # exactly zero, not tiny
     assert torch.all(out.attention[padded[:, :, :, None, :].expand(B, L, H, S, S)] == 0)
     torch.testing.assert_close(out.attention[:, :, :, 0], out.cls_attention)
 
@@ -41,13 +41,17 @@ def test_attention_paths_agree(masked):
     theta = {k: v.requires_grad_() for k, v in tiny_theta().items()}
     ids, types, mask = tiny_inputs()
     mask = mask if masked else None
-    runs = [bert_forward(theta, TINY, ids, token_type_ids=types, attention_mask=mask, attention=a, fused=f)
-            for a, f in [("cls", True), ("cls", False), ("all", False)]]
+    runs = [
+        bert_forward(theta, TINY, ids, token_type_ids=types, attention_mask=mask, attention=a, fused=f)
+        for a, f in [("cls", True), ("cls", False), ("all", False)]
+    ]
     for out in runs[1:]:
         torch.testing.assert_close(out.logits, runs[0].logits)
         torch.testing.assert_close(out.cls_scores, runs[0].cls_scores)
-    grads = [torch.autograd.grad((out.logits ** 2).sum() + out.cls_attention.sum(), theta["layers.0.attention.qkv.weight"])
-             for out in runs]
+    grads = [
+        torch.autograd.grad((out.logits**2).sum() + out.cls_attention.sum(), theta["layers.0.attention.qkv.weight"])
+        for out in runs
+    ]
     for g in grads[1:]:
         torch.testing.assert_close(g, grads[0])
 
@@ -63,7 +67,7 @@ def test_inputs_embeds_replace_the_word_lookup():
 def test_recomputed_attention_gradgradcheck():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    attention = lambda q, k, v: RecomputedAttention.apply(q, k, v, "cpu")   # noqa: E731
+    attention = lambda q, k, v: RecomputedAttention.apply(q, k, v, "cpu")  # noqa: E731
     assert torch.autograd.gradcheck(attention, (q, k, v))
     assert torch.autograd.gradgradcheck(attention, (q, k, v))
 
@@ -72,9 +76,10 @@ def test_attention_double_backward_gradcheck():
     """AttentionBackward's hand-written backward (attention's double backward) against finite differences,
     and its own derivative (third order) too."""
     g = torch.Generator().manual_seed(2)
-    q, k, v, grad_context = (torch.randn(2, 2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
-                             for _ in range(4))
-    backward = lambda *tensors: AttentionBackward.apply(*tensors, "cpu")   # noqa: E731
+    q, k, v, grad_context = (
+        torch.randn(2, 2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(4)
+    )
+    backward = lambda *tensors: AttentionBackward.apply(*tensors, "cpu")  # noqa: E731
     assert torch.autograd.gradcheck(backward, (q, k, v, grad_context))
     assert torch.autograd.gradgradcheck(backward, (q, k, v, grad_context))
 
@@ -94,6 +99,7 @@ def test_too_long_input_is_refused():
 
 def test_load_pretrained_reports_every_problem(tmp_path):
     from safetensors.torch import save_file
+
     theta = tiny_theta(dtype=torch.float32)
     tensors = {k: v for k, v in theta.items() if not k.startswith("classifier")}
     del tensors["pooler.bias"]

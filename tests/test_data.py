@@ -27,7 +27,7 @@ SHARED = shared_data_dir()
 needs_shared = pytest.mark.skipif(not (SHARED / "mrpc").is_dir(), reason=f"no shared task data at {SHARED}")
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-TINY_FILES = {        # one valid row per file, in every task's own format
+TINY_FILES = {  # one valid row per file, in every task's own format
     "mrpc/train.tsv": MRPC_HEADER + '1\t1\t2\tHe said " yes " .\tHe agreed .\n',
     "mrpc/dev.tsv": MRPC_HEADER + "0\t3\t4\tA cat .\tA dog .\n",
     "sst2/train.tsv": "sentence\tlabel\na fine film . \t1\n",
@@ -37,7 +37,7 @@ TINY_FILES = {        # one valid row per file, in every task's own format
     "rte/train.tsv": "index\tsentence1\tsentence2\tlabel\n0\tA cat sat .\tAn animal sat .\tentailment\n",
     "rte/dev.tsv": "index\tsentence1\tsentence2\tlabel\n0\tIt rained .\tIt was dry .\tnot_entailment\n",
     "ag_news/test.csv": '"3","Oil up","Prices rose, again."\n',
-    "ag_news/train_subset.csv": '"Oil up Prices rose, again.",2\n',      # no train.csv: the subset stands in
+    "ag_news/train_subset.csv": '"Oil up Prices rose, again.",2\n',  # no train.csv: the subset stands in
 }
 
 
@@ -67,14 +67,20 @@ def tokenizer_path():
 
 # --- the real files in ../shared/data --------------------------------------------------------------
 @needs_shared
-@pytest.mark.parametrize("task,split,per_class", [
-    ("mrpc", "train", [1194, 2474]), ("mrpc", "eval", [129, 279]),
-    ("sst2", "train", [29780, 37569]), ("sst2", "eval", [428, 444]),
-    ("qnli", "eval", [2702, 2761]),
-    ("rte", "train", [1249, 1241]), ("rte", "eval", [146, 131]),
-    ("ag_news", "eval", [1900] * 4),
-    ("ag_news", "train", [1259, 1257, 1281, 1203]),       # train_subset.csv: the shared copy lacks train.csv
-])
+@pytest.mark.parametrize(
+    "task,split,per_class",
+    [
+        ("mrpc", "train", [1194, 2474]),
+        ("mrpc", "eval", [129, 279]),
+        ("sst2", "train", [29780, 37569]),
+        ("sst2", "eval", [428, 444]),
+        ("qnli", "eval", [2702, 2761]),
+        ("rte", "train", [1249, 1241]),
+        ("rte", "eval", [146, 131]),
+        ("ag_news", "eval", [1900] * 4),
+        ("ag_news", "train", [1259, 1257, 1281, 1203]),  # train_subset.csv: the shared copy lacks train.csv
+    ],
+)
 def test_rows_per_class_of_the_shared_files(task, split, per_class):
     """Counts and label sets from SOURCES.md (MRPC 3668/408, SST-2 67349/872, RTE 2490/277, QNLI dev 5463,
     AG News test 7600); counted, not tokenised, so the big files stay fast."""
@@ -84,26 +90,65 @@ def test_rows_per_class_of_the_shared_files(task, split, per_class):
 
 
 @needs_shared
-@pytest.mark.parametrize("task,split,row,expected", [
-    ("mrpc", "train", 0, Example(
-        'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',
-        'Referring to him as only " the witness " , Amrozi accused his brother of deliberately distorting his '
-        "evidence .", 1)),
-    ("sst2", "eval", 0, Example("it 's a charming and often affecting journey . ", None, 1)),
-    ("qnli", "eval", 1, Example(
-        "What is the first major city in the stream of the Rhine?",
-        "The most important tributaries in this area are the Ill below of Strasbourg, the Neckar in Mannheim "
-        "and the Main across from Mainz.", 1)),
-    ("rte", "train", 0, Example("No Weapons of Mass Destruction Found in Iraq Yet.",
-                                "Weapons of Mass Destruction Found in Iraq.", 1)),
-    ("ag_news", "eval", 0, Example(
-        "Fears for T N pension after talks Unions representing workers at Turner   Newall say they are "
-        "'disappointed' after talks with stricken parent firm Federal Mogul.", None, 2)),
-    ("ag_news", "train", 2, Example(
-        "Storm shows Haiti #39;s straits Muddy waters still occupied the heart of Gonaives last weekend, three "
-        "weeks after Tropical Storm Jeanne provoked flash floods that killed some 1,900 and left 900 presumed "
-        "dead.", None, 0)),
-])
+@pytest.mark.parametrize(
+    "task,split,row,expected",
+    [
+        (
+            "mrpc",
+            "train",
+            0,
+            Example(
+                'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .',  # noqa: E501
+                'Referring to him as only " the witness " , Amrozi accused his brother of deliberately distorting his '
+                "evidence .",
+                1,
+            ),
+        ),
+        ("sst2", "eval", 0, Example("it 's a charming and often affecting journey . ", None, 1)),
+        (
+            "qnli",
+            "eval",
+            1,
+            Example(
+                "What is the first major city in the stream of the Rhine?",
+                "The most important tributaries in this area are the Ill below of Strasbourg, the Neckar in Mannheim "
+                "and the Main across from Mainz.",
+                1,
+            ),
+        ),
+        (
+            "rte",
+            "train",
+            0,
+            Example(
+                "No Weapons of Mass Destruction Found in Iraq Yet.", "Weapons of Mass Destruction Found in Iraq.", 1
+            ),
+        ),
+        (
+            "ag_news",
+            "eval",
+            0,
+            Example(
+                "Fears for T N pension after talks Unions representing workers at Turner   Newall say they are "
+                "'disappointed' after talks with stricken parent firm Federal Mogul.",
+                None,
+                2,
+            ),
+        ),
+        (
+            "ag_news",
+            "train",
+            2,
+            Example(
+                "Storm shows Haiti #39;s straits Muddy waters still occupied the heart of Gonaives last weekend, three "
+                "weeks after Tropical Storm Jeanne provoked flash floods that killed some 1,900 and left 900 presumed "
+                "dead.",
+                None,
+                0,
+            ),
+        ),
+    ],
+)
 def test_known_rows(task, split, row, expected):
     assert tasks.read_examples(tasks.get_task(task), split, SHARED)[row] == expected
 
@@ -131,32 +176,32 @@ def test_token_ids_match_the_golden_fixture(tokenizer_path):
 def test_tokenizer_neither_pads_nor_keeps_the_files_fixed_length(tokenizer_path):
     tokenizer = data.load_tokenizer(tokenizer_path, max_length=16)
     encoded = data.encode(tokenizer, [Example("short .", None, 0), Example("a b " * 40, "c d " * 40, 1)])
-    assert encoded.lengths.tolist() == [4, 16]                    # [CLS] short . [SEP]; the pair truncated
+    assert encoded.lengths.tolist() == [4, 16]  # [CLS] short . [SEP]; the pair truncated
     ids, types = encoded.input_ids[1].tolist(), encoded.token_type_ids[1].tolist()
-    assert ids[-1] == ids[ids.index(102)] == 102 and types.count(1) == 16 - types.index(1)   # both halves kept
+    assert ids[-1] == ids[ids.index(102)] == 102 and types.count(1) == 16 - types.index(1)  # both halves kept
 
 
 # --- batches, validation slice, cache --------------------------------------------------------------
 @pytest.fixture
 def mrpc10(tmp_path):
     """A 10-row MRPC-format train file of growing lengths, in data dir `tmp_path`."""
-    rows = "".join(f"{i % 2}\t{i}\t{i + 100}\t{'word ' * (2 * i + 1)}\t\"quoted\" {'x ' * i}\n" for i in range(10))
+    rows = "".join(f'{i % 2}\t{i}\t{i + 100}\t{"word " * (2 * i + 1)}\t"quoted" {"x " * i}\n' for i in range(10))
     write_files(tmp_path, {"mrpc/train.tsv": MRPC_HEADER + rows})
     return tmp_path
 
 
 def test_batches_pad_to_multiples_of_eight_with_masks(mrpc10, tokenizer_path):
     split = data.load_split(tasks.get_task("mrpc"), "train", tokenizer_path, 30, mrpc10)
-    assert split.lengths.max() == 30                                 # the longest rows were truncated
+    assert split.lengths.max() == 30  # the longest rows were truncated
     labels = []
     for batch in data.batches(split, 3):
         width, lengths = batch["input_ids"].shape[1], batch["attention_mask"].sum(1)
-        assert width % 8 == 0 and width - 8 < lengths.max() <= width <= 32   # 30 rounds up to 32 at most
+        assert width % 8 == 0 and width - 8 < lengths.max() <= width <= 32  # 30 rounds up to 32 at most
         assert all(v.dtype == torch.long for v in batch.values())
         assert torch.equal(batch["attention_mask"], (torch.arange(width) < lengths[:, None]).long())
         assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == 0)
-        assert torch.all(batch["input_ids"][torch.arange(len(lengths)), lengths - 1] == 102)   # ends in [SEP]
-        assert batch["token_type_ids"].max() == 1                    # pairs: the second sentence has type 1
+        assert torch.all(batch["input_ids"][torch.arange(len(lengths)), lengths - 1] == 102)  # ends in [SEP]
+        assert batch["token_type_ids"].max() == 1  # pairs: the second sentence has type 1
         labels += batch["labels"].tolist()
     assert labels == [i % 2 for i in range(10)]
 
@@ -166,7 +211,7 @@ def test_shuffling_is_deterministic_and_indices_select_rows(mrpc10, tokenizer_pa
 
     def order(seed, indices=None):
         batches = data.batches(split, 4, indices=indices, shuffle=True, generator=torch.Generator().manual_seed(seed))
-        return [b["attention_mask"].sum(1).tolist() for b in batches]       # lengths identify rows here
+        return [b["attention_mask"].sum(1).tolist() for b in batches]  # lengths identify rows here
 
     assert order(0) == order(0) and order(0) != order(1)
     assert sorted(sum(order(0), [])) == split.lengths.sort().values.tolist()
@@ -191,30 +236,41 @@ def test_cache_hits_and_invalidates(mrpc10, tokenizer_path, monkeypatch):
         m.setattr(data, "encode", lambda *a, **k: pytest.fail("cache miss"))
         hit = data.load_split(task, "train", tokenizer_path, 16, mrpc10)
     assert all(torch.equal(getattr(first, k), getattr(hit, k)) for k in vars(first))
-    longer = data.load_split(task, "train", tokenizer_path, 24, mrpc10)      # another max_length: a new entry
+    longer = data.load_split(task, "train", tokenizer_path, 24, mrpc10)  # another max_length: a new entry
     assert len(list(cache.iterdir())) == 2 and longer.input_ids.shape[1] == 24 > first.input_ids.shape[1]
     source = mrpc10 / "mrpc" / "train.tsv"
-    source.write_text(source.read_text().replace("\n0\t", "\n1\t"))          # edited file: a new entry
+    source.write_text(source.read_text().replace("\n0\t", "\n1\t"))  # edited file: a new entry
     assert data.load_split(task, "train", tokenizer_path, 16, mrpc10).labels.tolist() == [1] * 10
 
 
 # --- custom tasks and AG News's two formats --------------------------------------------------------
 def test_custom_csv_task(tmp_path, tokenizer_path):
-    write_files(tmp_path, {
-        "mine/train.csv": 'id,premise,hypothesis,gold\n1,"a, quoted, premise",short,yes\n\n2,plain,"two\nlines",no\n',
-        "mine/eval.tsv": 'premise\thypothesis\tgold\n"bare" quotes\tok\tno\n',
-    })
+    write_files(
+        tmp_path,
+        {
+            "mine/train.csv": 'id,premise,hypothesis,gold\n1,"a, quoted, premise",short,yes\n\n2,plain,"two\nlines",no\n',  # noqa: E501
+            "mine/eval.tsv": 'premise\thypothesis\tgold\n"bare" quotes\tok\tno\n',
+        },
+    )
     task = tasks.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", "premise,hypothesis", "gold")
-    assert task.label_names == ("no", "yes") and task.is_pair and task.num_classes == 2   # inferred, sorted
-    assert tasks.read_examples(task, "train") == [Example("a, quoted, premise", "short", 1),
-                                                 Example("plain", "two\nlines", 0)]
-    assert tasks.read_examples(task, "eval") == [Example('"bare" quotes', "ok", 0)]   # .tsv: quotes are text
-    flipped = tasks.custom_task(tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", ["premise"], "gold",
-                               ["yes", "no"])
+    assert task.label_names == ("no", "yes") and task.is_pair and task.num_classes == 2  # inferred, sorted
+    assert tasks.read_examples(task, "train") == [
+        Example("a, quoted, premise", "short", 1),
+        Example("plain", "two\nlines", 0),
+    ]
+    assert tasks.read_examples(task, "eval") == [Example('"bare" quotes', "ok", 0)]  # .tsv: quotes are text
+    flipped = tasks.custom_task(
+        tmp_path / "mine/train.csv", tmp_path / "mine/eval.tsv", ["premise"], "gold", ["yes", "no"]
+    )
     assert [e.label for e in tasks.read_examples(flipped, "train")] == [0, 1] and not flipped.is_pair
-    settings = {"task": "custom", "train_file": str(tmp_path / "mine/train.csv"),
-                "eval_file": str(tmp_path / "mine/eval.tsv"),
-                "text_columns": "premise", "label_column": "gold", "labels": "yes,no"}
+    settings = {
+        "task": "custom",
+        "train_file": str(tmp_path / "mine/train.csv"),
+        "eval_file": str(tmp_path / "mine/eval.tsv"),
+        "text_columns": "premise",
+        "label_column": "gold",
+        "labels": "yes,no",
+    }
     assert tasks.task_from_settings(settings) == flipped
     assert len(data.load_split(task, "train", tokenizer_path, 32, tmp_path / "data")) == 2
     with pytest.raises(UserError, match=r"train.csv:5: unknown label 'maybe' \(expected yes, no\)"):
@@ -224,33 +280,58 @@ def test_custom_csv_task(tmp_path, tokenizer_path):
 
 def test_ag_news_reads_both_formats_and_says_when_it_uses_the_subset(tmp_path, tokenizer_path, capsys):
     task = tasks.get_task("ag_news")
-    write_files(tmp_path, {"ag_news/test.csv": '"1","Title","Body, with comma"\n"4","T2","B2"\n',
-                           "ag_news/train_subset.csv": '"Some text",3\n"More text",0\n'})
-    assert tasks.read_examples(task, "eval", tmp_path) == [Example("Title Body, with comma", None, 0),
-                                                          Example("T2 B2", None, 3)]
-    assert tasks.read_examples(task, "train", tmp_path) == [Example("Some text", None, 3), Example("More text", None, 0)]
+    write_files(
+        tmp_path,
+        {
+            "ag_news/test.csv": '"1","Title","Body, with comma"\n"4","T2","B2"\n',
+            "ag_news/train_subset.csv": '"Some text",3\n"More text",0\n',
+        },
+    )
+    assert tasks.read_examples(task, "eval", tmp_path) == [
+        Example("Title Body, with comma", None, 0),
+        Example("T2 B2", None, 3),
+    ]
+    assert tasks.read_examples(task, "train", tmp_path) == [
+        Example("Some text", None, 3),
+        Example("More text", None, 0),
+    ]
     assert len(data.load_split(task, "train", tokenizer_path, 16, tmp_path)) == 2
     assert "train.csv is absent, using" in capsys.readouterr().err
     write_files(tmp_path, {"ag_news/train.csv": '"2","Full","Train"\n'})
-    assert tasks.read_examples(task, "train", tmp_path) == [Example("Full Train", None, 1)]   # the full file wins
+    assert tasks.read_examples(task, "train", tmp_path) == [Example("Full Train", None, 1)]  # the full file wins
 
 
 # --- errors: the Python API and the command line ---------------------------------------------------
 def cli(*args, env=None):
     """`python -m ddattn.fetch ARGS` in a subprocess (a few seconds each: torch is imported)."""
-    return subprocess.run([sys.executable, "-m", "ddattn.fetch", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ddattn.fetch", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
-BAD_FILES = [   # (task, files written, message: file:line and what is wrong)
-    ("mrpc", {"mrpc/train.tsv": MRPC_HEADER + "1\t1\t2\ta\tb\n1\t1\t2\tonly four\n"},
-     "train.tsv:3: expected 5 fields, found 4"),
+BAD_FILES = [  # (task, files written, message: file:line and what is wrong)
+    (
+        "mrpc",
+        {"mrpc/train.tsv": MRPC_HEADER + "1\t1\t2\ta\tb\n1\t1\t2\tonly four\n"},
+        "train.tsv:3: expected 5 fields, found 4",
+    ),
     ("mrpc", {"mrpc/train.tsv": MRPC_HEADER + "7\t1\t2\ta\tb\n"}, "train.tsv:2: unknown label '7' (expected 0, 1)"),
     ("sst2", {"sst2/train.tsv": "text\tlabel\nfine\t1\n"}, "train.tsv:1: header lacks column(s) sentence"),
-    ("ag_news", {**TINY_FILES, "ag_news/test.csv": '"1","a","b"\n"2","no description"\n'},
-     "test.csv:2: expected 3 fields, found 2"),
-    ("ag_news", {**TINY_FILES, "ag_news/test.csv": '"5","a","b"\n'},
-     "test.csv:1: unknown label '5' (expected 1, 2, 3, 4)"),
+    (
+        "ag_news",
+        {**TINY_FILES, "ag_news/test.csv": '"1","a","b"\n"2","no description"\n'},
+        "test.csv:2: expected 3 fields, found 2",
+    ),
+    (
+        "ag_news",
+        {**TINY_FILES, "ag_news/test.csv": '"5","a","b"\n'},
+        "test.csv:1: unknown label '5' (expected 1, 2, 3, 4)",
+    ),
     ("rte", {}, "rte train file train.tsv not found in"),
 ]
 
@@ -279,9 +360,14 @@ def test_missing_file_names_where_it_looked_and_the_make_target(tmp_path):
         data.load_tokenizer(tmp_path / "tokenizer.json")
 
 
-@pytest.mark.parametrize("args,message", [(["--task", "nope"], "unknown task 'nope'; choose from ag_news, mrpc"),
-                                          (["--task", "custom"], "nothing to fetch"),
-                                          (["--task", "rte", "--bogus"], "unrecognized arguments: --bogus")])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--task", "nope"], "unknown task 'nope'; choose from ag_news, mrpc"),
+        (["--task", "custom"], "nothing to fetch"),
+        (["--task", "rte", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
 def test_bad_command_lines(tmp_path, capsys, args, message):
     with pytest.raises(UserError, match=message):
         fetch.main([*args, "--data-dir", str(tmp_path)])
@@ -299,7 +385,7 @@ def test_make_data_copies_from_the_shared_data(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "mrpc: copied 2 file(s) from" in out and "rows: train 1, eval 1" in out
     assert (tmp_path / "data/mrpc/train.tsv").read_text(encoding="utf-8") == TINY_FILES["mrpc/train.tsv"]
-    fetch.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])      # again: nothing to copy
+    fetch.main(["--task", "mrpc", "--data-dir", str(tmp_path / "data")])  # again: nothing to copy
     assert "copied 0 file(s)" in capsys.readouterr().out
 
 
@@ -346,7 +432,7 @@ def test_download_every_task_from_a_mirror(tmp_path, mirror, monkeypatch, capsys
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["ag_news", "mrpc", "qnli", "rte", "sst2"]
     assert all(f"downloaded train, eval from {mirror}" in line for line in lines)
-    assert lines[0].endswith("rows: train 1 (train_subset.csv), eval 1")         # train.csv 404 → the subset
+    assert lines[0].endswith("rows: train 1 (train_subset.csv), eval 1")  # train.csv 404 → the subset
     assert all(line.endswith("rows: train 1, eval 1") for line in lines[1:])
     for name, text in TINY_FILES.items():
         assert (tmp_path / "data" / name).read_text(encoding="utf-8") == text
@@ -367,8 +453,15 @@ def test_canonical_recipes_against_a_loopback_upstream(tmp_path, serve, monkeypa
     download script does), AG News's two CSVs; the upstream URLs point at a loopback server."""
     upstream = tmp_path / "upstream"
     msr = MRPC_HEADER.replace("\n", "\r\n") + "1\t1\t2\tA .\tB .\r\n0\t3\t4\tC .\tD .\r\n1\t5\t6\tE .\tF .\r\n"
-    write_files(upstream, {"msr_paraphrase_train.txt": msr, "mrpc_dev_ids.tsv": "3\t4\r\n",
-                           "train.csv": '"2","Full","Train"\n', "test.csv": TINY_FILES["ag_news/test.csv"]})
+    write_files(
+        upstream,
+        {
+            "msr_paraphrase_train.txt": msr,
+            "mrpc_dev_ids.tsv": "3\t4\r\n",
+            "train.csv": '"2","Full","Train"\n',
+            "test.csv": TINY_FILES["ag_news/test.csv"],
+        },
+    )
     with zipfile.ZipFile(upstream / "RTE.zip", "w") as z:
         for name in ("train.tsv", "dev.tsv"):
             z.writestr(f"RTE/{name}", TINY_FILES[f"rte/{name}"])
@@ -384,14 +477,14 @@ def test_canonical_recipes_against_a_loopback_upstream(tmp_path, serve, monkeypa
     lines = capsys.readouterr().out.splitlines()
     assert all("downloaded train, eval from the canonical sources" in line for line in lines)
     assert (out / "rte/dev.tsv").read_text() == TINY_FILES["rte/dev.tsv"]
-    mrpc_train = MRPC_HEADER + "1\t1\t2\tA .\tB .\n1\t5\t6\tE .\tF .\n"        # dev's pair (3, 4) left out
+    mrpc_train = MRPC_HEADER + "1\t1\t2\tA .\tB .\n1\t5\t6\tE .\tF .\n"  # dev's pair (3, 4) left out
     assert (out / "mrpc/train.tsv").read_text(encoding="utf-8") == mrpc_train
     assert (out / "mrpc/dev.tsv").read_text(encoding="utf-8") == MRPC_HEADER + "0\t3\t4\tC .\tD .\n"
     assert [line.split("rows: ")[1] for line in lines] == ["train 1, eval 1", "train 2, eval 1", "train 1, eval 1"]
 
 
 def test_offline_download_is_one_line(tmp_path):
-    with socket.socket() as s:                 # a port with nothing listening once the socket closes
+    with socket.socket() as s:  # a port with nothing listening once the socket closes
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"DDATTN_SHARED_DATA": str(tmp_path / "no-shared"), "DDATTN_DATA_URL": f"http://127.0.0.1:{port}"}

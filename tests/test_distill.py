@@ -11,8 +11,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import (REPO, SMALL_RUN, logged_steps, metrics, one_error_line, resumed_at, run_distill, use_data,
-                           wait_for_lines)
+from tests.helpers import (
+    REPO,
+    SMALL_RUN,
+    logged_steps,
+    metrics,
+    one_error_line,
+    resumed_at,
+    run_distill,
+    use_data,
+    wait_for_lines,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +44,27 @@ def assert_same_run(run, straight) -> None:
 
 def test_run_directory_is_complete(straight):
     run = straight
-    for name in ["config.json", "checkpoint.pt", "distilled_best.safetensors", "distilled_last.safetensors",
-                 "metrics.jsonl", "validation.jsonl", "run.log"]:
+    for name in [
+        "config.json",
+        "checkpoint.pt",
+        "distilled_best.safetensors",
+        "distilled_last.safetensors",
+        "metrics.jsonl",
+        "validation.jsonl",
+        "run.log",
+    ]:
         assert (run / name).is_file(), name
-    assert logged_steps(run) == list(range(1, 9))                         # 2 epochs × 4 full batches of 16
+    assert logged_steps(run) == list(range(1, 9))  # 2 epochs × 4 full batches of 16
     assert all(m["loss"] > 0 and m["grad_norm"] > 0 and len(m["inner_lr"]) == 1 for m in metrics(run))
-    with safe_open(str(run / "distilled_best.safetensors"), "pt") as f:   # plain safetensors can read it
+    with safe_open(str(run / "distilled_best.safetensors"), "pt") as f:  # plain safetensors can read it
         info = json.loads(f.metadata()["ddattn_distilled"])
-        assert info["task"] == "mrpc" and info["config"]["label_type"] == "hard"     # the cpu preset on MRPC:
-        assert f.get_tensor("x").shape == (6, 8, 384) and f.get_tensor("attn_logits").shape == (6, 6, 12, 8)  # 3 shots × 2
+        assert info["task"] == "mrpc" and info["config"]["label_type"] == "hard"  # the cpu preset on MRPC:
+        assert f.get_tensor("x").shape == (6, 8, 384) and f.get_tensor("attn_logits").shape == (
+            6,
+            6,
+            12,
+            8,
+        )  # 3 shots × 2
     config = json.loads((run / "config.json").read_text())
     assert config["seq_len"] == 8 and config["attention_type"] == "cls"
 
@@ -61,11 +82,11 @@ def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data, straight):
     use_data(tmp_path, mrpc_data)
     run = tmp_path / "runs" / "mrpc" / "killed"
     process = run_distill(tmp_path, *SMALL_RUN, "--name", "killed", wait=False)
-    wait_for_lines(process, run / "metrics.jsonl", 3)             # kill -9 once a few steps are checkpointed
+    wait_for_lines(process, run / "metrics.jsonl", 3)  # kill -9 once a few steps are checkpointed
     process.send_signal(signal.SIGKILL)
     process.wait()
     step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
-    assert 2 <= step < 8                                          # step 3 began after step 2's checkpoint
+    assert 2 <= step < 8  # step 3 began after step 2's checkpoint
     resumed = run_distill(tmp_path, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert resumed_at(run) == f"{step}/8"
@@ -74,9 +95,10 @@ def test_kill_and_resume_is_bit_identical(tmp_path, mrpc_data, straight):
 
 def test_sigterm_checkpoints_the_step_in_flight_and_resumes_there(tmp_path, mrpc_data, straight):
     use_data(tmp_path, mrpc_data)
-    run = tmp_path / "runs" / "mrpc" / "stopped"       # checkpoints only at validations (3, 6, 8); a line per step
-    process = run_distill(tmp_path, *SMALL_RUN, "--checkpoint-every", "100", "--log-every", "1", "--name", "stopped",
-                          wait=False)
+    run = tmp_path / "runs" / "mrpc" / "stopped"  # checkpoints only at validations (3, 6, 8); a line per step
+    process = run_distill(
+        tmp_path, *SMALL_RUN, "--checkpoint-every", "100", "--log-every", "1", "--name", "stopped", wait=False
+    )
     wait_for_lines(process, run / "metrics.jsonl", 4)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
@@ -85,7 +107,8 @@ def test_sigterm_checkpoints_the_step_in_flight_and_resumes_there(tmp_path, mrpc
     assert 4 <= step < 8 and len((run / "metrics.jsonl").read_text().splitlines()) == step
     assert [l for l in out.splitlines() if l.startswith("preempted")] == [
         f"preempted (SIGTERM): checkpoint at outer step {step} in {run}; "
-        f"resume with python -m ddattn.distill --resume {run}"]
+        f"resume with python -m ddattn.distill --resume {run}"
+    ]
     resumed = run_distill(tmp_path, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert resumed_at(run) == f"{step}/8"
@@ -99,18 +122,21 @@ def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
     assert "non-finite" in line and "outer step 1" in line
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--task", "nope"], "unknown task"),
-    (["--shots", "0"], "--shots"),
-    (["--steps", "0"], "--steps"),
-    (["--seq-len", "513"], "--seq-len"),
-    (["--label-type", "fuzzy"], "invalid choice"),
-    (["--lr", "-1"], "--lr"),
-    (["--micro-batch-size", "-1"], "--micro-batch-size"),
-    (["--mode", "finite-difference", "--autocast", "bf16"], "--autocast"),
-    (["--autocast", "fp16", "--device", "cpu"], "bf16"),
-    (["--model", "no-such-model"], "make weights"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--task", "nope"], "unknown task"),
+        (["--shots", "0"], "--shots"),
+        (["--steps", "0"], "--steps"),
+        (["--seq-len", "513"], "--seq-len"),
+        (["--label-type", "fuzzy"], "invalid choice"),
+        (["--lr", "-1"], "--lr"),
+        (["--micro-batch-size", "-1"], "--micro-batch-size"),
+        (["--mode", "finite-difference", "--autocast", "bf16"], "--autocast"),
+        (["--autocast", "fp16", "--device", "cpu"], "bf16"),
+        (["--model", "no-such-model"], "make weights"),
+    ],
+)
 def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):
     use_data(tmp_path, mrpc_data)
     args = SMALL_RUN + flags
@@ -119,20 +145,53 @@ def test_impossible_settings_are_refused(tmp_path, mrpc_data, flags, expected):
 
 
 def test_custom_task_distils_and_evaluates(tmp_path):
-    rows = ["review,stars"] + [f"{w} movie number {i},{'good' if i % 2 else 'bad'}"
-                               for i, w in enumerate(["great", "awful"] * 20)]
+    rows = ["review,stars"] + [
+        f"{w} movie number {i},{'good' if i % 2 else 'bad'}" for i, w in enumerate(["great", "awful"] * 20)
+    ]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "train.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "mine" / "test.csv").write_text("\n".join(rows[:9]) + "\n")
-    custom = ["--task", "custom", "--train-file", str(tmp_path / "mine" / "train.csv"), "--eval-file",
-              str(tmp_path / "mine" / "test.csv"), "--text-columns", "review", "--label-column", "stars",
-              "--labels", "bad,good"]
-    done = run_distill(tmp_path, *custom, "--name", "mine", "--real-batch-size", "8", "--val-size", "8", "--seq-len", "8",
-                       "--epochs", "1", "--val-models", "1", "--max-length", "16")
+    custom = [
+        "--task",
+        "custom",
+        "--train-file",
+        str(tmp_path / "mine" / "train.csv"),
+        "--eval-file",
+        str(tmp_path / "mine" / "test.csv"),
+        "--text-columns",
+        "review",
+        "--label-column",
+        "stars",
+        "--labels",
+        "bad,good",
+    ]
+    done = run_distill(
+        tmp_path,
+        *custom,
+        "--name",
+        "mine",
+        "--real-batch-size",
+        "8",
+        "--val-size",
+        "8",
+        "--seq-len",
+        "8",
+        "--epochs",
+        "1",
+        "--val-models",
+        "1",
+        "--max-length",
+        "16",
+    )
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "custom" / "mine"
-    evaluated = subprocess.run([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "2"], cwd=REPO,
-                               capture_output=True, text=True, env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")})
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")},
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads((run / "eval.json").read_text())
     assert result["examples"] == 8 and len(result["runs"]) == 2

@@ -12,10 +12,22 @@ import torch
 from safetensors.torch import load_file
 
 from ddattn.method.unroll import hypergradient
-from tests.helpers import (REPO, SMALL_RUN, TINY, heads, make_distilled, metrics, real_batch, resumed_at, run_distill,
-                           tiny_theta, use_data, wait_for_lines)
+from tests.helpers import (
+    REPO,
+    SMALL_RUN,
+    TINY,
+    heads,
+    make_distilled,
+    metrics,
+    real_batch,
+    resumed_at,
+    run_distill,
+    tiny_theta,
+    use_data,
+    wait_for_lines,
+)
 
-WORKER = r'''
+WORKER = r"""
 import sys, torch
 from ddattn import distributed
 from ddattn.method.unroll import hypergradient
@@ -28,7 +40,7 @@ result = hypergradient(tiny_theta(), TINY, distilled, micro_batches, mode="recom
                        all_reduce=distributed.all_reduce_sum)
 torch.save({**result.grads, "loss": result.loss}, sys.argv[1] + f".{distributed.rank()}")
 distributed.teardown()
-'''
+"""
 
 
 def torchrun(*args, timeout=600, wait=True):
@@ -46,7 +58,7 @@ def worker(launcher: subprocess.Popen, rank: int) -> int:
             parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             environment = (stat.parent / "environ").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
-            continue                                   # gone, or not ours to read
+            continue  # gone, or not ours to read
         if parent == launcher.pid and f"RANK={rank}".encode() in environment:
             return int(stat.parent.name)
     raise AssertionError(f"no worker of rank {rank} under process {launcher.pid}")
@@ -57,7 +69,7 @@ def test_sharded_hypergradient_equals_single_process(tmp_path):
     done = torchrun(str(tmp_path / "worker.py"), str(tmp_path / "grads.pt"))
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"grads.pt.{r}", weights_only=True) for r in (0, 1)]
-    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])       # every rank: the same bits
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # every rank: the same bits
     single = hypergradient(tiny_theta(), TINY, make_distilled(steps=2, shots=2, batch_size=2), real_batch(batch=3))
     torch.testing.assert_close(ranks[0].pop("loss"), single.loss, rtol=0, atol=1e-12)
     for name, grad in single.grads.items():
@@ -80,8 +92,21 @@ def test_two_process_distillation_and_evaluation_match_one(tmp_path, mrpc_data, 
         one, two = (load_file(tmp_path / "runs" / "mrpc" / n / "distilled_last.safetensors") for n in ("one", "two"))
         assert one.keys() == two.keys() and all(torch.equal(two[name], one[name]) for name in one)
         run = tmp_path / "runs" / "mrpc" / "one"
-        single = subprocess.run([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "3",
-                                 "--out", str(tmp_path / "single.json")], cwd=REPO, capture_output=True, text=True)
+        single = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ddattn.evaluate",
+                str(run),
+                "--n-models",
+                "3",
+                "--out",
+                str(tmp_path / "single.json"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert single.returncode == 0, single.stderr
         pair = torchrun("-m", "ddattn.evaluate", str(run), "--n-models", "3", "--out", str(tmp_path / "pair.json"))
         assert pair.returncode == 0, pair.stderr[-3000:]
@@ -99,7 +124,7 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path, mrpc_d
     """SIGTERM to rank 1 only: both ranks agree to stop after the same step, rank 0 checkpoints it and says so
     in one line, and the resumed run ends bit-identical to one process's uninterrupted run."""
     use_data(tmp_path, mrpc_data)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")      # as in the test above: one thread, the same bits
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as in the test above: one thread, the same bits
     flags = [*SMALL_RUN, "--max-steps", "6", "--micro-batch-size", "8", "--checkpoint-every", "100", "--log-every", "1"]
     assert run_distill(tmp_path, *flags, "--name", "one").returncode == 0
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path / "runs"))
@@ -116,7 +141,8 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path, mrpc_d
     assert 2 <= step < 6 and len((run / "metrics.jsonl").read_text().splitlines()) == step, err[-3000:]
     assert [line for line in out.splitlines() if line.startswith("preempted")] == [
         f"preempted (a signal or the time limit in another process): checkpoint at outer step {step} in {run}; "
-        f"resume with torchrun --nproc_per_node 2 -m ddattn.distill --resume {run}"]
+        f"resume with torchrun --nproc_per_node 2 -m ddattn.distill --resume {run}"
+    ]
     resumed = torchrun("-m", "ddattn.distill", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed_at(run) == f"{step}/6" and metrics(run) == metrics(one)

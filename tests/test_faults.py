@@ -20,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from ddattn import baselines, data, distill, evaluate, inspect, paths, report, tasks
-from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.errors import UserError, run_cli
-from ddattn.settings import load_or_start
 from ddattn.files import load_distilled, read_distilled_metadata, save_distilled
+from ddattn.method.distilled import DistilledConfig, DistilledData
+from ddattn.settings import load_or_start
 from tests.helpers import REPO, TINY_RUN, cli_error, logged_steps, resumed_at, small_mrpc, snapshot
 
 
@@ -60,35 +60,64 @@ def provenance(path: Path) -> dict:
 
 def write_eval_json(run: Path, task: str, settings: dict, **fields) -> None:
     """An eval.json as `python -m ddattn.evaluate` writes it (the fields report reads)."""
-    (run / "eval.json").write_text(json.dumps({
-        "task": task, "split": "eval", "checkpoint": "minilm-l6", "n_models": 1, "settings": settings,
-        "runs": [{}], "summary": {"accuracy": {"mean": 0.5, "std": 0.0}}, **fields}))
+    (run / "eval.json").write_text(
+        json.dumps(
+            {
+                "task": task,
+                "split": "eval",
+                "checkpoint": "minilm-l6",
+                "n_models": 1,
+                "settings": settings,
+                "runs": [{}],
+                "summary": {"accuracy": {"mean": 0.5, "std": 0.0}},
+                **fields,
+            }
+        )
+    )
 
 
-def csv_task(folder: Path, train: str, evaluation: str = "text,label\nok,pos\nbad,neg\n", labels=None,
-             encoding="utf-8") -> list:
+def csv_task(
+    folder: Path, train: str, evaluation: str = "text,label\nok,pos\nbad,neg\n", labels=None, encoding="utf-8"
+) -> list:
     """distill flags for a custom task on train.csv / eval.csv written into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.csv").write_text(train, encoding=encoding)
     (folder / "eval.csv").write_text(evaluation)
-    return ["--task", "custom", "--train-file", str(folder / "train.csv"), "--eval-file", str(folder / "eval.csv"),
-            "--text-columns", "text", "--label-column", "label", *(["--labels", labels] if labels else [])]
+    return [
+        "--task",
+        "custom",
+        "--train-file",
+        str(folder / "train.csv"),
+        "--eval-file",
+        str(folder / "eval.csv"),
+        "--text-columns",
+        "text",
+        "--label-column",
+        "label",
+        *(["--labels", labels] if labels else []),
+    ]
 
 
 ROWS = "".join(f"{'good' if i % 2 else 'poor'} film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
 
 
 # --- 1. silent wrong results -------------------------------------------------------------------------------
-@pytest.mark.parametrize("change,expected", [
-    ({"num_classes": 3}, "distilled_best.safetensors does not belong to this run: num_classes 3 (the run: 2)"),
-    ({"hidden_size": 8}, "distilled_best.safetensors was not distilled for checkpoint"),
-], ids=["3 classes in an MRPC run", "another model width"])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"num_classes": 3}, "distilled_best.safetensors does not belong to this run: num_classes 3 (the run: 2)"),
+        ({"hidden_size": 8}, "distilled_best.safetensors was not distilled for checkpoint"),
+    ],
+    ids=["3 classes in an MRPC run", "another model width"],
+)
 @pytest.mark.parametrize("main", [evaluate.main, inspect.main], ids=["evaluate", "inspect"])
 def test_distilled_data_that_does_not_fit_the_run_is_refused(finished, env, capsys, main, change, expected):
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
     save_distilled(DistilledData.initial(replace(load_distilled(best).config, **change)), best, extra=provenance(best))
-    assert expected in refused(main, [str(run), "--n-models", "1"] if main is evaluate.main else [str(run)], capsys, run)
+    assert expected in refused(
+        main, [str(run), "--n-models", "1"] if main is evaluate.main else [str(run)], capsys, run
+    )
     assert not (run / "eval.json").exists()
 
 
@@ -104,7 +133,9 @@ def test_distilled_tensors_that_contradict_their_config_are_refused(finished, en
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
     data = load_distilled(best)
-    save_distilled(DistilledData(data.config, {**data.tensors(), "x": torch.zeros(1, 1, 384)}), best, extra=provenance(best))
+    save_distilled(
+        DistilledData(data.config, {**data.tensors(), "x": torch.zeros(1, 1, 384)}), best, extra=provenance(best)
+    )
     assert "do not match its own config" in refused(inspect.main, [str(run)], capsys, run)
 
 
@@ -120,7 +151,9 @@ def test_report_refuses_an_eval_json_whose_distilled_data_has_another_class_coun
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
     write_eval_json(run, "mrpc", json.loads((run / "config.json").read_text()), distilled=best.name)
-    save_distilled(DistilledData.initial(replace(load_distilled(best).config, num_classes=3)), best, extra=provenance(best))
+    save_distilled(
+        DistilledData.initial(replace(load_distilled(best).config, num_classes=3)), best, extra=provenance(best)
+    )
     line = refused(report.main, ["--runs-dir", str(env / "runs"), "--out", str(env / "results")], capsys, run)
     assert "does not belong to this run: num_classes 3 (the run: 2)" in line
 
@@ -128,23 +161,26 @@ def test_report_refuses_an_eval_json_whose_distilled_data_has_another_class_coun
 def test_resume_refuses_a_checkpoint_tensor_that_would_only_broadcast(finished, env, capsys):
     run = copy_run(finished, env)
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
-    checkpoint["distilled"]["x"] = torch.ones(1, 1, 384)                 # broadcasts into (2, 8, 384)
+    checkpoint["distilled"]["x"] = torch.ones(1, 1, 384)  # broadcasts into (2, 8, 384)
     torch.save(checkpoint, run / "checkpoint.pt")
     line = refused(distill.main, ["--resume", str(run)], capsys, run)
     assert "checkpoint.pt (distilled data): x is (1, 1, 384) float32, expected (2, 8, 384) float32" in line
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--clip", "-1"], "--clip must be a positive number"),
-    (["--clip", "nan"], "--clip must be a positive number"),
-    (["--max-steps", "-1"], "--max-steps must be ≥ 0"),
-    (["--weight-decay", "-1"], "--weight-decay must be ≥ 0"),
-    (["--train-limit", "-5"], "--train-limit must be ≥ 0"),
-    (["--max-length", "600"], "--max-length 600 exceeds the 512 positions"),
-    (["--device", "cuda"], "--device cuda: this PyTorch"),
-    (["--log-every", "0"], "--log-every must be ≥ 1"),
-    (["--time-limit", "-3"], "--time-limit must be a positive number of seconds"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--clip", "-1"], "--clip must be a positive number"),
+        (["--clip", "nan"], "--clip must be a positive number"),
+        (["--max-steps", "-1"], "--max-steps must be ≥ 0"),
+        (["--weight-decay", "-1"], "--weight-decay must be ≥ 0"),
+        (["--train-limit", "-5"], "--train-limit must be ≥ 0"),
+        (["--max-length", "600"], "--max-length 600 exceeds the 512 positions"),
+        (["--device", "cuda"], "--device cuda: this PyTorch"),
+        (["--log-every", "0"], "--log-every must be ≥ 1"),
+        (["--time-limit", "-3"], "--time-limit must be a positive number of seconds"),
+    ],
+)
 def test_impossible_settings_are_refused_before_anything_is_written(env, capsys, flags, expected):
     if flags[0] == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -152,12 +188,19 @@ def test_impossible_settings_are_refused_before_anything_is_written(env, capsys,
     assert not (env / "runs").exists()
 
 
-@pytest.mark.parametrize("train,labels,expected", [
-    ("text,label\n" + ROWS, "neg,neg,pos", "--labels names 'neg' twice"),
-    ("text,label,text\n" + "".join(r.rstrip("\n") + ",x\n" for r in ROWS), None, "the header has column 'text' 2 times"),
-    ("text,label\n" + "".join(r for r in ROWS if "pos" in r), "neg,pos", "no row has label 'neg'"),
-    ("text,label\n" + "".join(r for r in ROWS if "pos" in r), None, "needs at least 2 labels"),
-])
+@pytest.mark.parametrize(
+    "train,labels,expected",
+    [
+        ("text,label\n" + ROWS, "neg,neg,pos", "--labels names 'neg' twice"),
+        (
+            "text,label,text\n" + "".join(r.rstrip("\n") + ",x\n" for r in ROWS),
+            None,
+            "the header has column 'text' 2 times",
+        ),
+        ("text,label\n" + "".join(r for r in ROWS if "pos" in r), "neg,pos", "no row has label 'neg'"),
+        ("text,label\n" + "".join(r for r in ROWS if "pos" in r), None, "needs at least 2 labels"),
+    ],
+)
 def test_custom_labels_and_headers_that_would_mislead_are_refused(env, capsys, train, labels, expected):
     flags = csv_task(env / "mine", train, labels=labels)
     assert expected in refused(distill.main, [*TINY_RUN[2:], *flags, "--name", "c"], capsys, env / "mine")
@@ -167,9 +210,23 @@ def test_custom_labels_and_headers_that_would_mislead_are_refused(env, capsys, t
 # --- 2. one process per run ----------------------------------------------------------------------------------
 def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, capsys):
     run = env / "runs" / "mrpc" / "shared"
-    first = subprocess.Popen([sys.executable, "-m", "ddattn.distill", *TINY_RUN, "--max-steps", "500",
-                              "--checkpoint-every", "1", "--name", "shared"], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ddattn.distill",
+            *TINY_RUN,
+            "--max-steps",
+            "500",
+            "--checkpoint-every",
+            "1",
+            "--name",
+            "shared",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not (run / "checkpoint.pt").is_file() and first.poll() is None and time.time() < deadline:
@@ -181,7 +238,7 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, c
         first.send_signal(signal.SIGKILL)
         first.wait()
     step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
-    distill.main(["--resume", str(run), "--max-steps", str(step + 1)])       # takes the stale lock over
+    distill.main(["--resume", str(run), "--max-steps", str(step + 1)])  # takes the stale lock over
     err = capsys.readouterr().err
     assert f"taking over the lock of process {first.pid}" in err and not (run / ".lock").exists()
     assert resumed_at(run) == f"{step}/{step + 1}"
@@ -191,9 +248,17 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_is_taken_over(env, c
 def test_a_fresh_run_racing_a_live_one_is_refused_at_the_lock(env, capsys):
     """Another process took the lock after this run's early checks passed (no checkpoint there yet)."""
     run = env / "runs" / "mrpc" / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from ddattn.rundir import claim; "
-                               f"claim({str(run)!r}); print('held', flush=True); time.sleep(60)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from ddattn.rundir import claim; "
+            f"claim({str(run)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         line = refused(distill.main, [*TINY_RUN, "--name", "busy"], capsys, run)
@@ -228,28 +293,34 @@ def damage_checkpoint(run: Path, how: str) -> None:
     torch.save(checkpoint, path)
 
 
-@pytest.mark.parametrize("how,expected", [
-    ("truncated", "checkpoint.pt is unreadable"),
-    ("garbage", "checkpoint.pt is unreadable"),
-    ("missing key", "checkpoint.pt lacks the field(s) optimizer"),
-    ("wrong shape", "attn_logits is (2, 6, 12, 9) float32, expected (2, 6, 12, 8)"),
-    ("wrong dtype", "x is (2, 8, 384) float64, expected (2, 8, 384) float32"),
-    ("extra tensor", "has tensors ['attn_logits', 'label_logits', 'lr_raw', 'x', 'y']"),
-    ("step beyond the run", "checkpoint.pt is at outer step 7, outside this run's 2 steps"),
-    ("adam moment", "exp_avg of parameter 0 is (1, 8, 1) float32, expected (2, 8, 384)"),
-])
+@pytest.mark.parametrize(
+    "how,expected",
+    [
+        ("truncated", "checkpoint.pt is unreadable"),
+        ("garbage", "checkpoint.pt is unreadable"),
+        ("missing key", "checkpoint.pt lacks the field(s) optimizer"),
+        ("wrong shape", "attn_logits is (2, 6, 12, 9) float32, expected (2, 6, 12, 8)"),
+        ("wrong dtype", "x is (2, 8, 384) float64, expected (2, 8, 384) float32"),
+        ("extra tensor", "has tensors ['attn_logits', 'label_logits', 'lr_raw', 'x', 'y']"),
+        ("step beyond the run", "checkpoint.pt is at outer step 7, outside this run's 2 steps"),
+        ("adam moment", "exp_avg of parameter 0 is (1, 8, 1) float32, expected (2, 8, 384)"),
+    ],
+)
 def test_resume_refuses_a_damaged_checkpoint(finished, env, capsys, how, expected):
     run = copy_run(finished, env)
     damage_checkpoint(run, how)
     assert expected in refused(distill.main, ["--resume", str(run)], capsys, run)
 
 
-@pytest.mark.parametrize("how,expected", [
-    ("bad json", "config.json is not valid JSON"),
-    ("missing field", "config.json lacks the field(s) lr"),
-    ("wrong type", "config.json: seq_len is 'long', not of type int"),
-    ("bad value", "config.json: --clip must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "how,expected",
+    [
+        ("bad json", "config.json is not valid JSON"),
+        ("missing field", "config.json lacks the field(s) lr"),
+        ("wrong type", "config.json: seq_len is 'long', not of type int"),
+        ("bad value", "config.json: --clip must be a positive number"),
+    ],
+)
 def test_resume_refuses_a_damaged_config(finished, env, capsys, how, expected):
     run = copy_run(finished, env)
     config = json.loads((run / "config.json").read_text())
@@ -275,7 +346,7 @@ def test_evaluate_refuses_a_config_without_the_fields_it_needs(finished, env, ca
 def test_resume_drops_a_torn_last_log_line_with_a_note(finished, env, capsys):
     run = copy_run(finished, env)
     with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"step": 3, "epoch": 0, "lo')                        # kill -9 in the middle of an append
+        f.write('{"step": 3, "epoch": 0, "lo')  # kill -9 in the middle of an append
     distill.main(["--resume", str(run), "--max-steps", "3"])
     assert "dropped a half-written last line" in capsys.readouterr().err and resumed_at(run) == "2/3"
     assert logged_steps(run) == [1, 2, 3]
@@ -284,7 +355,7 @@ def test_resume_drops_a_torn_last_log_line_with_a_note(finished, env, capsys):
 def test_evaluate_and_its_card_read_past_a_torn_log_line(finished, env, capsys):
     run = copy_run(finished, env)
     with open(run / "validation.jsonl", "a") as f:
-        f.write('{"step": 3, "loss": {"me')                              # a run killed mid-append, never resumed
+        f.write('{"step": 3, "loss": {"me')  # a run killed mid-append, never resumed
     evaluate.main([str(run), "--n-models", "1"])
     assert "dropped a half-written last line" in capsys.readouterr().err
     assert (run / "eval.json").is_file() and (run / "README.md").is_file()
@@ -296,13 +367,16 @@ def test_a_garbled_log_line_before_the_last_is_an_error(finished, env, capsys):
     assert "metrics.jsonl:1: not a JSON record" in refused(distill.main, ["--resume", str(run)], capsys, run)
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--lr", "0.5"], "--lr 0.5 conflicts with the run's 0.01"),
-    (["--seq-len", "16"], "--seq-len 16 conflicts with the run's 8"),
-    (["--overwrite"], "--overwrite starts a run afresh"),
-    (["--max-steps", "-2"], "--max-steps must be ≥ 0"),
-    (["--max-steps", "1"], "checkpoint.pt is at outer step 2, outside this run's 1 steps"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--lr", "0.5"], "--lr 0.5 conflicts with the run's 0.01"),
+        (["--seq-len", "16"], "--seq-len 16 conflicts with the run's 8"),
+        (["--overwrite"], "--overwrite starts a run afresh"),
+        (["--max-steps", "-2"], "--max-steps must be ≥ 0"),
+        (["--max-steps", "1"], "checkpoint.pt is at outer step 2, outside this run's 1 steps"),
+    ],
+)
 def test_resume_refuses_flags_that_conflict_with_the_run(finished, env, capsys, flags, expected):
     run = copy_run(finished, env)
     assert expected in refused(distill.main, ["--resume", str(run), *flags], capsys, run)
@@ -310,14 +384,14 @@ def test_resume_refuses_flags_that_conflict_with_the_run(finished, env, capsys, 
 
 def test_resume_with_more_steps_extends_the_run(finished, env, capsys):
     run = copy_run(finished, env)
-    distill.main(["--resume", str(run), "--max-steps", "3", "--seq-len", "8"])    # a repeated setting is fine
+    distill.main(["--resume", str(run), "--max-steps", "3", "--seq-len", "8"])  # a repeated setting is fine
     assert json.loads((run / "config.json").read_text())["max_steps"] == 3 and resumed_at(run) == "2/3"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
     assert logged_steps(run) == [1, 2, 3]
 
 
 def test_resume_with_more_epochs_is_refused_where_max_steps_caps_the_run(finished, env, capsys):
-    run = copy_run(finished, env)                                          # TINY_RUN stops at --max-steps 2
+    run = copy_run(finished, env)  # TINY_RUN stops at --max-steps 2
     line = refused(distill.main, ["--resume", str(run), "--epochs", "5"], capsys, run)
     assert "--max-steps 2" in line and "--epochs alone cannot extend" in line
 
@@ -325,7 +399,7 @@ def test_resume_with_more_epochs_is_refused_where_max_steps_caps_the_run(finishe
 # --- 4. restarts -------------------------------------------------------------------------------------------
 def test_rerun_after_a_kill_before_the_first_checkpoint_starts_clean(finished, env, capsys):
     run = copy_run(finished, env)
-    (run / "checkpoint.pt").unlink()                                       # killed before its first checkpoint
+    (run / "checkpoint.pt").unlink()  # killed before its first checkpoint
     (run / "distilled_last.safetensors").unlink()
     (run / ".checkpoint.pt.abc123.part").write_bytes(b"half a checkpoint")
     distill.main([*TINY_RUN, "--name", "done"])
@@ -345,11 +419,18 @@ def test_a_fresh_run_over_a_checkpointed_one_is_refused_or_overwritten(finished,
 
 
 # --- 5. one line instead of a traceback ---------------------------------------------------------------------
-@pytest.mark.parametrize("train,encoding,expected", [
-    ("text,label\n" + ROWS + "café crème,pos\n", "latin-1", "train.csv:42: byte 0xe9 is not UTF-8"),
-    ("text,label\n" + ROWS, "utf-16", "train.csv:1: the file is UTF-16"),
-    ("text,label\n" + ROWS + '"' + "x" * 140_000 + '",pos\n', "utf-8", "train.csv:42: field larger than field limit"),
-])
+@pytest.mark.parametrize(
+    "train,encoding,expected",
+    [
+        ("text,label\n" + ROWS + "café crème,pos\n", "latin-1", "train.csv:42: byte 0xe9 is not UTF-8"),
+        ("text,label\n" + ROWS, "utf-16", "train.csv:1: the file is UTF-16"),
+        (
+            "text,label\n" + ROWS + '"' + "x" * 140_000 + '",pos\n',
+            "utf-8",
+            "train.csv:42: field larger than field limit",
+        ),
+    ],
+)
 def test_unreadable_text_files_name_file_and_line(env, capsys, train, encoding, expected):
     flags = csv_task(env / "mine", train, encoding=encoding)
     assert expected in refused(distill.main, [*TINY_RUN[2:], *flags, "--name", "c"], capsys, env / "mine")
@@ -377,7 +458,8 @@ def test_a_malformed_tokenizer_is_one_line(env, capsys):
         (model / name).symlink_to(paths.weights_dir() / "minilm-l6" / name)
     (model / "tokenizer.json").write_text('{"version": "1.0", "model": ')
     assert f"cannot read tokenizer {model / 'tokenizer.json'}" in refused(
-        distill.main, [*TINY_RUN, "--model", str(model)], capsys, model)
+        distill.main, [*TINY_RUN, "--model", str(model)], capsys, model
+    )
 
 
 def test_a_corrupt_data_cache_is_rebuilt_with_a_note(env, capsys):
@@ -387,11 +469,11 @@ def test_a_corrupt_data_cache_is_rebuilt_with_a_note(env, capsys):
     tokenizer, task = paths.weights_dir() / "minilm-l6" / "tokenizer.json", tasks.get_task("mrpc")
     good = data.load_split(task, "eval", tokenizer, 16, folder)
     [cache] = (folder / "mrpc" / "cache").iterdir()
-    cache.write_bytes(cache.read_bytes()[:200])                          # cut short
+    cache.write_bytes(cache.read_bytes()[:200])  # cut short
     again = data.load_split(task, "eval", tokenizer, 16, folder)
     assert "is damaged; rebuilding it" in capsys.readouterr().err
     assert torch.equal(again.input_ids, good.input_ids) and torch.equal(again.labels, good.labels)
-    data.load_split(task, "eval", tokenizer, 16, folder)                  # the rebuilt cache is good
+    data.load_split(task, "eval", tokenizer, 16, folder)  # the rebuilt cache is good
     assert "damaged" not in capsys.readouterr().err
 
 
@@ -423,11 +505,12 @@ def test_a_full_disk_keeps_the_last_checkpoint(finished, env, capsys, monkeypatc
     def no_space(obj, path):
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(distill.torch, "save", no_space)
     line = cli_error(distill.main, ["--resume", str(run), "--max-steps", "3"], capsys)
     assert "cannot write" in line and "checkpoint.pt: No space left on device; the previous file is intact" in line
     assert (run / "checkpoint.pt").read_bytes() == before and not list(run.glob(".*.part"))
-    monkeypatch.setattr(distill.torch, "save", torch_save)                 # space freed: resume redoes step 3
+    monkeypatch.setattr(distill.torch, "save", torch_save)  # space freed: resume redoes step 3
     distill.main(["--resume", str(run), "--max-steps", "3"])
     assert resumed_at(run) == "2/3"
     assert logged_steps(run) == [1, 2, 3]
@@ -475,13 +558,26 @@ def read_from(event) -> str:
 
 
 def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch):
-    args, run, checkpoint = load_or_start([*TINY_RUN, "--max-steps", "9", "--log-every", "9", "--val-every", "9",
-                                           "--checkpoint-every", "9", "--name", "quiet"])
+    args, run, checkpoint = load_or_start(
+        [
+            *TINY_RUN,
+            "--max-steps",
+            "9",
+            "--log-every",
+            "9",
+            "--val-every",
+            "9",
+            "--checkpoint-every",
+            "9",
+            "--name",
+            "quiet",
+        ]
+    )
     loop = distill.Distillation(args, run, checkpoint)
     try:
         loop.progress = tqdm(disable=True)
-        loop.advance()                                    # the first step creates Adam's state
-        tolist = []                                       # .tolist() of a GPU tensor waits too, unseen by the profiler
+        loop.advance()  # the first step creates Adam's state
+        tolist = []  # .tolist() of a GPU tensor waits too, unseen by the profiler
         monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist.append(t) or t.numpy().tolist())
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof:
             loop.advance()
@@ -492,9 +588,9 @@ def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch)
     reads = [read_from(e) for e in prof.events() if e.name == "aten::_local_scalar_dense"]
     items = [read_from(e) for e in prof.events() if e.name == "aten::item"]
     assert "device" not in reads + items and not tolist
-    assert reads.count("adam step counter") == 2 * len(loop.distilled.learnable())    # one per tensor and step
-    assert reads.count("batch width") == 0                                           # read with numpy
-    assert loop.step == 3 and not (run.path / "metrics.jsonl").exists()             # nothing read yet
+    assert reads.count("adam step counter") == 2 * len(loop.distilled.learnable())  # one per tensor and step
+    assert reads.count("batch width") == 0  # read with numpy
+    assert loop.step == 3 and not (run.path / "metrics.jsonl").exists()  # nothing read yet
     loop.read_metrics()
     assert logged_steps(run.path) == [1, 2, 3]
 
@@ -506,6 +602,7 @@ def test_a_non_finite_step_ends_the_run_at_the_next_read(env, capsys, monkeypatc
         calls.append(1)
         result = hypergradient(*args, **kwargs)
         return replace(result, loss=result.loss * math.nan) if len(calls) == 3 else result
+
     monkeypatch.setattr(distill, "hypergradient", nan_loss_at_step_3)
     line = cli_error(distill.main, [*TINY_RUN, "--max-steps", "6", "--log-every", "4", "--name", "nan"], capsys)
     assert "non-finite loss at outer step 3" in line and "nothing was saved yet" in line and len(calls) == 4
@@ -516,6 +613,7 @@ def test_a_non_finite_step_ends_the_run_at_the_next_read(env, capsys, monkeypatc
 
 class FakeTime:
     """distill.py's clock: time() moves 10 s on at every call; perf_counter is the real one."""
+
     perf_counter = staticmethod(time.perf_counter)
 
     def __init__(self):
@@ -533,12 +631,18 @@ def test_a_time_limit_checkpoints_and_stops_before_it(env, capsys, monkeypatch):
     run = env / "runs" / "mrpc" / "limited"
     step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("preempted")]
-    assert stopped.value.code == 143 and 0 < step < 6 and lines == [
-        f"preempted (the time limit): checkpoint at outer step {step} in {run}; "
-        f"resume with python -m ddattn.distill --resume {run}"]
+    assert (
+        stopped.value.code == 143
+        and 0 < step < 6
+        and lines
+        == [
+            f"preempted (the time limit): checkpoint at outer step {step} in {run}; "
+            f"resume with python -m ddattn.distill --resume {run}"
+        ]
+    )
     assert len((run / "metrics.jsonl").read_text().splitlines()) == step
     monkeypatch.setattr(distill, "time", time)
-    distill.main(["--resume", str(run), "--time-limit", "3600"])       # not a setting of the run: free to change
+    distill.main(["--resume", str(run), "--time-limit", "3600"])  # not a setting of the run: free to change
     assert resumed_at(run) == f"{step}/6" and len((run / "metrics.jsonl").read_text().splitlines()) == 6
     assert "time_limit" not in json.loads((run / "config.json").read_text())
 
@@ -553,8 +657,13 @@ def test_slurm_end_time_is_a_deadline(monkeypatch):
 
 def test_a_second_evaluation_is_refused_and_sigterm_leaves_nothing_half_written(finished, env, capsys):
     run = copy_run(finished, env)
-    first = subprocess.Popen([sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "1000"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "1000"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (run / ".lock").is_file() and first.poll() is None and time.time() < deadline:
@@ -569,9 +678,10 @@ def test_a_second_evaluation_is_refused_and_sigterm_leaves_nothing_half_written(
         first.kill()
     assert first.returncode == 143 and "Traceback" not in err
     assert [line for line in err.splitlines() if "terminated" in line] == [
-        "terminated by SIGTERM: every file written before is intact, none is half-written"]
-    assert not (run / "eval.json").exists() and not list(run.glob(".*"))       # no eval.json, .part or .lock
-    evaluate.main([str(run), "--n-models", "1"])                               # the lock is free again
+        "terminated by SIGTERM: every file written before is intact, none is half-written"
+    ]
+    assert not (run / "eval.json").exists() and not list(run.glob(".*"))  # no eval.json, .part or .lock
+    evaluate.main([str(run), "--n-models", "1"])  # the lock is free again
     assert json.loads((run / "eval.json").read_text())["n_models"] == 1
 
 
@@ -579,16 +689,17 @@ def test_a_stop_signal_that_lands_in_a_finaliser_is_not_lost(monkeypatch, capsys
     """Python runs a signal handler in whatever frame is executing; a Terminated raised inside a `__del__`
     is dropped. The next stop_if_signalled raises it again, and the dropped one prints no traceback."""
     from ddattn import errors
+
     monkeypatch.setattr(errors, "_received", None)
     reported = []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)
 
     class SignalledWhileCollected:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGTERM)       # the handler runs here, inside a finaliser
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside a finaliser
 
     def main(argv):
-        SignalledWhileCollected()                       # collected at once: the Terminated is dropped
+        SignalledWhileCollected()  # collected at once: the Terminated is dropped
         errors.stop_if_signalled()
         raise AssertionError("the stop was lost")
 

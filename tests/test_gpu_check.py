@@ -13,11 +13,17 @@ from tests.helpers import REPO
 
 def test_gpu_check_dry_run_runs_every_step_and_writes_its_report():
     env = dict(os.environ, PYTHON=sys.executable)
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = Path(re.search(r"wrote (\S+report\.md)", proc.stdout).group(1)).read_text()
-    for section in ("One outer step, MiniLM", "bert-base shape", "Memory in T", "Evaluation throughput",
-                    "2-step gpu-preset MRPC distillation"):
+    for section in (
+        "One outer step, MiniLM",
+        "bert-base shape",
+        "Memory in T",
+        "Evaluation throughput",
+        "2-step gpu-preset MRPC distillation",
+    ):
         assert section in report, section
     assert "aten ops" in report and "done:" in report

@@ -25,10 +25,10 @@ def imports_of(path: Path) -> Set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             origin = ".".join(base + ([node.module] if node.module else []))
             found.add(origin)
-            found |= {f"{origin}.{alias.name}" for alias in node.names}     # `from . import x`: maybe a module
+            found |= {f"{origin}.{alias.name}" for alias in node.names}  # `from . import x`: maybe a module
     return found
 
 
@@ -46,7 +46,9 @@ def test_no_import_cycle():
         state[module] = "open"
         path.append(module)
         for imported in sorted(graph[module]):
-            assert state.get(imported) != "open", f"import cycle: {' → '.join(path[path.index(imported):] + [imported])}"
+            assert state.get(imported) != "open", (
+                f"import cycle: {' → '.join(path[path.index(imported) :] + [imported])}"
+            )
             if imported not in state:
                 visit(imported)
         path.pop()

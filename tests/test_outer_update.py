@@ -12,20 +12,23 @@ import torch
 from tqdm import tqdm
 
 from ddattn import distill, settings
-from ddattn.settings import load_or_start
 from ddattn.method import outer
 from ddattn.method.unroll import Hypergradient
+from ddattn.settings import load_or_start
 from tests.helpers import TINY_RUN, make_distilled
 
 F64 = torch.float64
 
 
 # --- the schedule ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("total,warmup,factors", [
-    (10, 0.2, [1 / 3, 2 / 3, 8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]),   # 2 warmup steps
-    (4, 0.5, [1 / 3, 2 / 3, 2 / 2, 1 / 2]),                                              # 2 warmup steps
-    (5, 0.1, [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5]),                                       # int(0.5): none
-])
+@pytest.mark.parametrize(
+    "total,warmup,factors",
+    [
+        (10, 0.2, [1 / 3, 2 / 3, 8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]),  # 2 warmup steps
+        (4, 0.5, [1 / 3, 2 / 3, 2 / 2, 1 / 2]),  # 2 warmup steps
+        (5, 0.1, [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5]),  # int(0.5): none
+    ],
+)
 def test_schedule_warms_up_then_decays_linearly_to_zero(total, warmup, factors):
     """Outer step s (from 0) updates with α · factor(s): (s + 1) / (w + 1) for the w = int(warmup · total)
     warmup steps, then (total − s) / (total − w); after the last step α is 0."""
@@ -33,7 +36,7 @@ def test_schedule_warms_up_then_decays_linearly_to_zero(total, warmup, factors):
     schedule = outer.linear_schedule(optimizer, total, warmup)
     used = []
     for _ in range(total):
-        used.append(optimizer.param_groups[0]["lr"])          # what optimizer.step() would use
+        used.append(optimizer.param_groups[0]["lr"])  # what optimizer.step() would use
         optimizer.step()
         schedule.step()
     assert used == pytest.approx([0.1 * f for f in factors], rel=1e-15, abs=0)
@@ -79,10 +82,13 @@ def test_clipping_is_torchs_clip_grad_norm():
 GROUP_FLAGS = ["--task", "mrpc", "--preset", "paper", "--lr", "0.01", "--lr-labels", "0.03", "--lr-inner", "0.1"]
 
 
-@pytest.mark.parametrize("label_type,attention_type,expected", [
-    ("soft", "cls", {"x": 0.01, "lr_raw": 0.1, "label_logits": 0.03, "attn_logits": 0.01}),
-    ("hard", "none", {"x": 0.01, "lr_raw": 0.1}),                     # fixed labels, no attention labels
-])
+@pytest.mark.parametrize(
+    "label_type,attention_type,expected",
+    [
+        ("soft", "cls", {"x": 0.01, "lr_raw": 0.1, "label_logits": 0.03, "attn_logits": 0.01}),
+        ("hard", "none", {"x": 0.01, "lr_raw": 0.1}),  # fixed labels, no attention labels
+    ],
+)
 def test_each_learned_tensor_is_one_adam_group_with_its_own_alpha(label_type, attention_type, expected):
     """--lr-x/-labels/-attn/-inner set one group's α (η̃'s own: --lr-inner); a group without one takes --lr."""
     distilled = make_distilled(steps=2, label_type=label_type, attention_type=attention_type)
@@ -96,8 +102,9 @@ def test_each_learned_tensor_is_one_adam_group_with_its_own_alpha(label_type, at
 
 def test_adamw_decays_every_group():
     distilled = make_distilled(steps=2)
-    optimizer = distill.optimizer_for(distilled, settings.parse_args(
-        [*GROUP_FLAGS, "--optimizer", "adamw", "--weight-decay", "0.1"]))
+    optimizer = distill.optimizer_for(
+        distilled, settings.parse_args([*GROUP_FLAGS, "--optimizer", "adamw", "--weight-decay", "0.1"])
+    )
     assert type(optimizer) is torch.optim.AdamW
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1] * 4
 
@@ -133,26 +140,57 @@ def adam_by_hand(p0: dict, grads: list, factors: list, clip: float, optimizer: s
 def test_two_outer_steps_update_the_distilled_data_as_computed_by_hand(env, monkeypatch, optimizer, weight_decay):
     """`outer_step` (method/outer.py) with its hypergradient replaced by known gradients (float64, 4 outer steps,
     warmup 0.5: factors 1/3, 2/3): a first gradient far above the clip bound, a second well below it."""
-    args, run, checkpoint = load_or_start([
-        *TINY_RUN, "--max-steps", "4", "--warmup", "0.5", "--clip", "1.0", "--dtype", "float64", "--label-type", "soft",
-        "--lr", "0.01", "--lr-labels", "0.03", "--lr-inner", "0.1", "--optimizer", optimizer,
-        "--weight-decay", str(weight_decay), "--name", "by-hand"])
+    args, run, checkpoint = load_or_start(
+        [
+            *TINY_RUN,
+            "--max-steps",
+            "4",
+            "--warmup",
+            "0.5",
+            "--clip",
+            "1.0",
+            "--dtype",
+            "float64",
+            "--label-type",
+            "soft",
+            "--lr",
+            "0.01",
+            "--lr-labels",
+            "0.03",
+            "--lr-inner",
+            "0.1",
+            "--optimizer",
+            optimizer,
+            "--weight-decay",
+            str(weight_decay),
+            "--name",
+            "by-hand",
+        ]
+    )
     try:
         loop = distill.Distillation(args, run, checkpoint)
         loop.progress = tqdm(disable=True)
         p0 = {k: v.detach().clone() for k, v in loop.distilled.learnable().items()}
         assert loop.total_steps == 4 and set(p0) == set(ALPHA)
         g = torch.Generator().manual_seed(0)
-        grads = [{k: torch.randn(v.shape, generator=g, dtype=F64) * size for k, v in p0.items()} for size in (3.0, 1e-4)]
+        grads = [
+            {k: torch.randn(v.shape, generator=g, dtype=F64) * size for k, v in p0.items()} for size in (3.0, 1e-4)
+        ]
         given = iter(grads)
-        monkeypatch.setattr(outer, "hypergradient", lambda *args, **kwargs: Hypergradient(
-            loss=torch.tensor(0.5, dtype=F64), grads={k: v.clone() for k, v in next(given).items()},
-            inner_losses=torch.zeros(1, 3, dtype=F64)))
+        monkeypatch.setattr(
+            outer,
+            "hypergradient",
+            lambda *args, **kwargs: Hypergradient(
+                loss=torch.tensor(0.5, dtype=F64),
+                grads={k: v.clone() for k, v in next(given).items()},
+                inner_losses=torch.zeros(1, 3, dtype=F64),
+            ),
+        )
         records = [outer.outer_step(loop.outer, s, loop.real_batch(s)) for s in range(len(grads))]
     finally:
         run.release()
     expected, norms = adam_by_hand(p0, grads, [1 / 3, 2 / 3], 1.0, optimizer, weight_decay)
-    assert norms[0] > 100 and norms[1] < 0.1                   # clipped, then not
+    assert norms[0] > 100 and norms[1] < 0.1  # clipped, then not
     assert [r.grad_norm.item() for r in records] == pytest.approx(norms, rel=1e-12)
     for name, tensor in loop.distilled.learnable().items():
         assert not torch.equal(tensor, p0[name]), name

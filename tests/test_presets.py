@@ -14,7 +14,7 @@ def test_no_gpu_means_the_cpu_preset(monkeypatch):
     args = settings.parse_args(["--task", "mrpc"])
     assert args.preset == "cpu" and args.preset_reason == "no GPU visible"
     assert (args.seq_len, args.init, args.attn_init, args.max_steps, args.lr_inner) == (64, "real", "model", 450, 0.1)
-    assert "preset_reason" not in settings.saved_settings(args)             # config.json: settings only
+    assert "preset_reason" not in settings.saved_settings(args)  # config.json: settings only
     json.dumps(settings.saved_settings(args))
 
 
@@ -43,11 +43,11 @@ def test_a_gpu_means_the_gpu_preset_the_cpu_choices_with_the_papers_budget(monke
     assert args.preset == "gpu" and args.preset_reason == "a GPU is visible"
     cpu = settings.parse_args(["--task", "mrpc", "--preset", "cpu"])
     differ = {k for k, v in vars(args).items() if vars(cpu)[k] != v}
-    assert differ == {"preset", "preset_reason", "epochs", "max_steps"}, differ     # MRPC's hard labels, 3 shots too
+    assert differ == {"preset", "preset_reason", "epochs", "max_steps"}, differ  # MRPC's hard labels, 3 shots too
     assert (args.epochs, args.max_steps, cpu.epochs, cpu.max_steps) == (30, 0, 3, 450)
-    paper = settings.parse_args(["--task", "mrpc", "--preset", "paper"])             # only when asked for
+    paper = settings.parse_args(["--task", "mrpc", "--preset", "paper"])  # only when asked for
     assert (paper.seq_len, paper.epochs, paper.init, paper.attn_init) == (512, 30, "random", "random")
-    assert settings.parse_args(["--task", "mrpc", "--device", "cpu"]).preset == "cpu"    # a GPU, but not used
+    assert settings.parse_args(["--task", "mrpc", "--device", "cpu"]).preset == "cpu"  # a GPU, but not used
 
 
 def test_explicit_choices_win(monkeypatch):
@@ -59,6 +59,7 @@ def test_explicit_choices_win(monkeypatch):
 
 def test_settings_are_built_once_and_frozen(monkeypatch):
     import dataclasses
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = settings.parse_args(["--task", "mrpc", "--shots", "2"])
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -9,8 +9,14 @@ from tests.helpers import cli_error
 def test_copies_the_files_of_an_evaluated_run(tmp_path):
     run = tmp_path / "runs" / "mrpc" / "sl-al"
     run.mkdir(parents=True)
-    files = {"config.json": "{}", "distilled_best.safetensors": "x" * 100, "eval.json": json.dumps({"summary": {}}),
-             "validation.jsonl": "{}\n", "metrics.jsonl": "{}\n", "run.log": "done\n"}
+    files = {
+        "config.json": "{}",
+        "distilled_best.safetensors": "x" * 100,
+        "eval.json": json.dumps({"summary": {}}),
+        "validation.jsonl": "{}\n",
+        "metrics.jsonl": "{}\n",
+        "run.log": "done\n",
+    }
     for name, text in files.items():
         (run / name).write_text(text)
     (run / "checkpoint.pt").write_text("not copied: optimiser state, large")

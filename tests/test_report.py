@@ -23,21 +23,24 @@ def test_metrics_by_hand():
     assert compute_metrics(("accuracy",), predictions, labels) == {"accuracy": pytest.approx(0.6)}
 
 
-@pytest.mark.parametrize("predictions, labels, f1", [
-    ([0, 0, 0, 0], [1, 0, 1, 0], 0.0),     # no predicted positive
-    ([1, 1, 0, 0], [0, 0, 0, 0], 0.0),     # no true positive (and no actual positive)
-    ([0, 1, 1, 0], [1, 0, 0, 1], 0.0),     # positives predicted and present, none right
-    ([1, 0, 1, 1], [1, 0, 1, 1], 1.0),     # all correct
-    ([0, 0, 0], [0, 0, 0], 0.0),           # all correct but no positive at all: F1 of class 1 is 0 by convention
-    ([1, 1, 1, 1], [1, 0, 0, 0], 0.4),     # tp 1, predicted 4, actual 1: 2 / 5
-])
+@pytest.mark.parametrize(
+    "predictions, labels, f1",
+    [
+        ([0, 0, 0, 0], [1, 0, 1, 0], 0.0),  # no predicted positive
+        ([1, 1, 0, 0], [0, 0, 0, 0], 0.0),  # no true positive (and no actual positive)
+        ([0, 1, 1, 0], [1, 0, 0, 1], 0.0),  # positives predicted and present, none right
+        ([1, 0, 1, 1], [1, 0, 1, 1], 1.0),  # all correct
+        ([0, 0, 0], [0, 0, 0], 0.0),  # all correct but no positive at all: F1 of class 1 is 0 by convention
+        ([1, 1, 1, 1], [1, 0, 0, 0], 0.4),  # tp 1, predicted 4, actual 1: 2 / 5
+    ],
+)
 def test_f1_edge_cases(predictions, labels, f1):
     assert f1_positive(T(predictions), T(labels)) == pytest.approx(f1)
 
 
 def test_mean_std_is_over_models_without_the_seed():
     summary = mean_std([{"seed": 0, "accuracy": 0.5, "loss": 1.0}, {"seed": 7, "accuracy": 1.0, "loss": 3.0}])
-    assert summary == {"accuracy": {"mean": 0.75, "std": 0.25}, "loss": {"mean": 2.0, "std": 1.0}}   # population std
+    assert summary == {"accuracy": {"mean": 0.75, "std": 0.25}, "loss": {"mean": 2.0, "std": 1.0}}  # population std
     assert headline_metric(compute_metrics(("accuracy", "f1"), T([1]), T([1]))) == "acc_f1"
     assert headline_metric({"accuracy": 1.0, "loss": 0.0}) == "accuracy"
 
@@ -47,26 +50,62 @@ def summary(value: float, std: float = 0.0, f1: bool = True) -> dict:
     out = {"loss": {"mean": 0.5, "std": 0.0}, "accuracy": {"mean": value, "std": std}}
     if f1:
         out["acc_f1"] = {"mean": value, "std": std}
-        out["accuracy"] = {"mean": value - 0.05, "std": std}      # the table must show acc_f1, not accuracy
+        out["accuracy"] = {"mean": value - 0.05, "std": std}  # the table must show acc_f1, not accuracy
     return out
 
 
-def fake_run(root: Path, task: str, name: str, value: float, std: float = 0.01, val_losses=None, n_models=100,
-             split="eval", checkpoint="minilm-l6", **settings) -> Path:
+def fake_run(
+    root: Path,
+    task: str,
+    name: str,
+    value: float,
+    std: float = 0.01,
+    val_losses=None,
+    n_models=100,
+    split="eval",
+    checkpoint="minilm-l6",
+    **settings,
+) -> Path:
     """A run directory as distill + evaluate (or baselines) leave it: config.json, validation.jsonl, eval.json."""
     run = root / task / name
     run.mkdir(parents=True)
     if "baseline" not in settings:
-        settings = {"task": task, "model": checkpoint, "label_type": "soft", "attention_type": "cls", "shots": 1,
-                    "steps": 1, "data_per_step": "same", **settings}
+        settings = {
+            "task": task,
+            "model": checkpoint,
+            "label_type": "soft",
+            "attention_type": "cls",
+            "shots": 1,
+            "steps": 1,
+            "data_per_step": "same",
+            **settings,
+        }
         (run / "config.json").write_text(json.dumps(settings))
-        (run / "validation.jsonl").write_text("".join(
-            json.dumps({"step": 10 * (i + 1), "loss": {"mean": loss, "std": 0.1}, "accuracy": {"mean": 0.5, "std": 0}}) + "\n"
-            for i, loss in enumerate(val_losses or [])))
+        (run / "validation.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {"step": 10 * (i + 1), "loss": {"mean": loss, "std": 0.1}, "accuracy": {"mean": 0.5, "std": 0}}
+                )
+                + "\n"
+                for i, loss in enumerate(val_losses or [])
+            )
+        )
     n = 1 if "baseline" in settings and settings["baseline"] != "random-real" else n_models
-    (run / "eval.json").write_text(json.dumps({
-        "task": task, "split": split, "examples": 408, "checkpoint": checkpoint, "n_models": n, "settings": settings,
-        "summary": summary(value, std if n > 1 else 0.0, f1=task == "mrpc"), "runs": [{}] * n, "seconds": 1.0}))
+    (run / "eval.json").write_text(
+        json.dumps(
+            {
+                "task": task,
+                "split": split,
+                "examples": 408,
+                "checkpoint": checkpoint,
+                "n_models": n,
+                "settings": settings,
+                "summary": summary(value, std if n > 1 else 0.0, f1=task == "mrpc"),
+                "runs": [{}] * n,
+                "seconds": 1.0,
+            }
+        )
+    )
     return run
 
 
@@ -85,12 +124,13 @@ def runs(tmp_path):
     fake_run(root, "mrpc", "sl-al-b", 0.650, val_losses=[0.55, 0.50, 0.52], lr=0.01)
     fake_run(root, "mrpc", "sl-al-c", 0.800, val_losses=[float("nan"), 0.58, 0.59], lr=0.001)
     fake_run(root, "mrpc", "hl", 0.748, 0.0, val_losses=[0.6], label_type="hard", attention_type="none")
-    fake_run(root, "mrpc", "sl-al-3shots", 0.793, 0.005, val_losses=[0.4], shots=3)                  # Table 3 only
+    fake_run(root, "mrpc", "sl-al-3shots", 0.793, 0.005, val_losses=[0.4], shots=3)  # Table 3 only
     fake_run(root, "mrpc", "diff-3-3", 0.803, 0.008, val_losses=[0.4], shots=3, steps=3, data_per_step="different")
     fake_run(root, "mrpc", "diff-2-2", 0.790, 0.008, val_losses=[0.4], shots=2, steps=2, data_per_step="different")
     fake_run(root, "sst2", "sl", 0.825, 0.016, val_losses=[0.3], label_type="soft", attention_type="none")
-    fake_run(root, "sst2", "sl-on-train", 0.990, val_losses=[0.1], label_type="soft", attention_type="none",
-             split="train")                                                                        # not an eval split
+    fake_run(
+        root, "sst2", "sl-on-train", 0.990, val_losses=[0.1], label_type="soft", attention_type="none", split="train"
+    )  # not an eval split
     return root
 
 
@@ -98,13 +138,13 @@ def test_table2_cells_selection_and_percent_of_full(runs, tmp_path, capsys):
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
     text = (tmp_path / "results" / "table2.md").read_text()
     lines = text.splitlines()
-    assert "|  | SST-2 | MRPC |" in lines                                  # the paper's column order
-    assert "| Majority | — | 74.8 |" in lines                             # single run: no ± (as the paper)
-    assert "| HL | — | = majority: 74.8 ± 0.0 |" in lines                 # says so first
-    assert "| SL | 82.5 ± 1.6 | — |" in lines                            # the train-split eval.json is ignored
+    assert "|  | SST-2 | MRPC |" in lines  # the paper's column order
+    assert "| Majority | — | 74.8 |" in lines  # single run: no ± (as the paper)
+    assert "| HL | — | = majority: 74.8 ± 0.0 |" in lines  # says so first
+    assert "| SL | 82.5 ± 1.6 | — |" in lines  # the train-split eval.json is ignored
     assert "| HL + AL | — | — |" in lines
-    assert "| SL + AL | — | 65.0 ± 1.0 |" in lines                       # sl-al-b: lowest validation loss
-    assert "| Full dataset | — | 88.6 |" in lines                         # chosen on held-out training data
+    assert "| SL + AL | — | 65.0 ± 1.0 |" in lines  # sl-al-b: lowest validation loss
+    assert "| Full dataset | — | 88.6 |" in lines  # chosen on held-out training data
     assert "| Full dataset, best on eval split (paper) | — | 90.1 |" in lines  # the paper's pick, labelled
     assert "| Random real | — | 70.0 ± 2.0 |" in lines
     percent = text.split("% of the full-dataset score")[1]
@@ -115,7 +155,9 @@ def test_table2_cells_selection_and_percent_of_full(runs, tmp_path, capsys):
     assert "mrpc/sl-al-b (best validation loss 0.5000; 3 evaluated configuration(s) in the cell)" in text
     tables = json.loads((tmp_path / "results" / "tables.json").read_text())
     cell = tables["table2"]["rows"]["SL + AL"]["mrpc"]
-    assert cell["run"] == "mrpc/sl-al-b" and cell["metric"] == "acc_f1" and cell["candidates"] == 3   # relative: committable
+    assert (
+        cell["run"] == "mrpc/sl-al-b" and cell["metric"] == "acc_f1" and cell["candidates"] == 3
+    )  # relative: committable
     assert cell["val_loss"] == 0.5 and tables["table2"]["rows"]["SL"]["sst2"]["metric"] == "accuracy"
     assert tables["table2"]["percent_of_full"]["SL + AL"]["mrpc"] == pytest.approx(65.0 / 88.6 * 100)
     assert tables["table2"]["percent_of_full"]["SL"]["sst2"] is None
@@ -135,9 +177,11 @@ def test_seeds_of_one_configuration_are_pooled_and_identical_data_counts_once(ru
         record = json.loads((run / "eval.json").read_text())
         models = [{"seed": i, "accuracy": v, "loss": 0.5} for i, v in enumerate(values)]
         (run / "distilled_best.safetensors").write_bytes(name.encode())
-        record.update(runs=models, n_models=len(models), summary=mean_std(models), distilled="distilled_best.safetensors")
+        record.update(
+            runs=models, n_models=len(models), summary=mean_std(models), distilled="distilled_best.safetensors"
+        )
         (run / "eval.json").write_text(json.dumps(record))
-    copy = runs / "toy" / "s0-again"                           # the same distilled file, evaluated again
+    copy = runs / "toy" / "s0-again"  # the same distilled file, evaluated again
     copy.mkdir()
     for f in (runs / "toy" / "s0").iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
@@ -150,36 +194,46 @@ def test_seeds_of_one_configuration_are_pooled_and_identical_data_counts_once(ru
 
 
 def test_table3_rows(runs, tmp_path):
-    fake_run(runs, "mrpc", "steps-5", 0.748, 0.0, val_losses=[0.6], steps=5)             # every model: the majority
+    fake_run(runs, "mrpc", "steps-5", 0.748, 0.0, val_losses=[0.6], steps=5)  # every model: the majority
     fake_run(runs, "mrpc", "hl-al-3shots", 0.771, 0.004, val_losses=[0.5], shots=3, label_type="hard")
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
     text = (tmp_path / "results" / "table3.md").read_text()
-    lines = text[:text.index("## Table 3, extended")].splitlines()
+    lines = text[: text.index("## Table 3, extended")].splitlines()
     rows = [l for l in lines if l.startswith(("| SL", "| HL"))]
-    assert rows == ["| SL + AL | 1 | 1 | single step | — | 65.0 ± 1.0 |", "| SL + AL | 1 | 3 | single step | — | 79.3 ± 0.5 |",
-                    "| SL + AL | 1 | 5 | single step | — | — |", "| SL + AL | 3 | 1 | same | — | — |",
-                    "| SL + AL | 5 | 1 | same | — | = majority: 74.8 ± 0.0 |",
-                    "| SL + AL | 2 | 2 | different | — | 79.0 ± 0.8 |",          # a row the paper lacks, in its group
-                    "| SL + AL | 3 | 3 | different | — | 80.3 ± 0.8 |", "| SL + AL | 5 | 5 | different | — | — |",
-                    "| HL + AL | 1 | 3 | single step | — | 77.1 ± 0.4 |"]      # hard labels: only the rows that ran
+    assert rows == [
+        "| SL + AL | 1 | 1 | single step | — | 65.0 ± 1.0 |",
+        "| SL + AL | 1 | 3 | single step | — | 79.3 ± 0.5 |",
+        "| SL + AL | 1 | 5 | single step | — | — |",
+        "| SL + AL | 3 | 1 | same | — | — |",
+        "| SL + AL | 5 | 1 | same | — | = majority: 74.8 ± 0.0 |",
+        "| SL + AL | 2 | 2 | different | — | 79.0 ± 0.8 |",  # a row the paper lacks, in its group
+        "| SL + AL | 3 | 3 | different | — | 80.3 ± 0.8 |",
+        "| SL + AL | 5 | 5 | different | — | — |",
+        "| HL + AL | 1 | 3 | single step | — | 77.1 ± 0.4 |",
+    ]  # hard labels: only the rows that ran
 
 
 def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_path):
     # a resumed run: two distill invocations (wall times add, the peak is the larger) and one evaluate (ignored)
-    (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text("distill 600.0 409600\ndistill 300.5 512000\n"
-                                                              "evaluate 99.0 999999\n")
+    (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(
+        "distill 600.0 409600\ndistill 300.5 512000\nevaluate 99.0 999999\n"
+    )
     (runs / "mrpc" / "diff-2-2" / "resources.tsv").write_text("distill 120 307200\n")
     fake_run(runs, "mrpc", "diff-8-8", 0.81, 0.01, val_losses=[0.3], shots=8, steps=8, data_per_step="different")
     (runs / "mrpc" / "diff-8-8" / "resources.tsv").write_text("distill 2400 614400\n")
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
     text = (tmp_path / "results" / "table3.md").read_text()
-    extended = text[text.index("## Table 3, extended"):].splitlines()
+    extended = text[text.index("## Table 3, extended") :].splitlines()
     assert "| SL + AL | 3 | 3 | different | MRPC | 80.3 ± 0.8 | 15 min | 500 | mrpc/diff-3-3 |" in extended
     assert "| SL + AL | 8 | 8 | different | MRPC | 81.0 ± 1.0 | 40 min | 600 | mrpc/diff-8-8 |" in extended
-    assert "| SL + AL | 1 | 3 | single | MRPC | 79.3 ± 0.5 | — | — | mrpc/sl-al-3shots |" in extended   # no record
+    assert "| SL + AL | 1 | 3 | single | MRPC | 79.3 ± 0.5 | — | — | mrpc/sl-al-3shots |" in extended  # no record
     series = report.steps_series(json.loads((tmp_path / "results" / "tables.json").read_text())["table3"])
-    assert [(t, c["run"]) for t, c in series["mrpc"]] == [(1, "mrpc/sl-al-b"), (2, "mrpc/diff-2-2"),
-                                                         (3, "mrpc/diff-3-3"), (8, "mrpc/diff-8-8")]
+    assert [(t, c["run"]) for t, c in series["mrpc"]] == [
+        (1, "mrpc/sl-al-b"),
+        (2, "mrpc/diff-2-2"),
+        (3, "mrpc/diff-3-3"),
+        (8, "mrpc/diff-8-8"),
+    ]
     assert (tmp_path / "results" / "table3_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -192,7 +246,10 @@ def test_a_malformed_resources_file_is_one_error_line(runs, tmp_path, capsys):
 def test_mixed_checkpoints_are_named_and_can_be_filtered(runs, tmp_path):
     fake_run(runs, "sst2", "bert", 0.90, val_losses=[0.2], checkpoint="bert-base-uncased", attention_type="none")
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "all")])
-    assert "Checkpoints: bert-base-uncased, minilm-l6 (cells mix checkpoints" in (tmp_path / "all" / "table2.md").read_text()
+    assert (
+        "Checkpoints: bert-base-uncased, minilm-l6 (cells mix checkpoints"
+        in (tmp_path / "all" / "table2.md").read_text()
+    )
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "one"), "--checkpoint", "bert-base-uncased"])
     text = (tmp_path / "one" / "table2.md").read_text()
     assert "|  | SST-2 |" in text and "| SL | 90.0 ± 1.0 |" in text and "Checkpoint: bert-base-uncased." in text
@@ -217,7 +274,7 @@ def test_sweep_plans_one_named_cell_per_grid_point(monkeypatch, tmp_path):
     assert len({c["name"] for c in cells}) == 6
     assert cells[0]["name"] == "soft-cls-s3-t1-same-S64-seed0-lr0.001-eta0.01"
     assert cells[0]["argv"][-6:] == ["--lr", "0.001", "--inner-lr", "0.01", "--name", cells[0]["name"]]
-    assert cells[0]["settings"]["epochs"] == 3 and cells[0]["settings"]["shots"] == 3     # preset passed through
+    assert cells[0]["settings"]["epochs"] == 3 and cells[0]["settings"]["shots"] == 3  # preset passed through
 
 
 def test_sweep_states_and_choice_by_validation_loss(tmp_path):
@@ -230,9 +287,11 @@ def test_sweep_states_and_choice_by_validation_loss(tmp_path):
     with open(finished / "run.log", "a") as f:
         f.write("done: somewhere (validation loss 0.6)\n")
     assert [sweep.state(r) for r in (new, unfinished, finished)] == ["new", "unfinished", "finished"]
-    cells = [{"alpha": 0.1, "status": "finished", "best_val_loss": 0.7},
-             {"alpha": 0.01, "status": "finished", "best_val_loss": 0.5},
-             {"alpha": 1.0, "status": "failed (exit 2)", "best_val_loss": None}]
+    cells = [
+        {"alpha": 0.1, "status": "finished", "best_val_loss": 0.7},
+        {"alpha": 0.01, "status": "finished", "best_val_loss": 0.5},
+        {"alpha": 1.0, "status": "failed (exit 2)", "best_val_loss": None},
+    ]
     assert sweep.choose(cells)["alpha"] == 0.01
     with pytest.raises(Exception, match="no cell"):
         sweep.choose(cells[2:])
@@ -242,19 +301,22 @@ def test_sweep_refuses_a_directory_with_other_settings(tmp_path):
     run = tmp_path / "cell"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"epochs": 3, "lr": 0.01, "batch_size": 2, "device": "cuda"}))
-    sweep.check_same_settings(run, {"epochs": 3, "lr": 0.01, "batch_size": 0, "device": None})   # derived/ignored keys
+    sweep.check_same_settings(run, {"epochs": 3, "lr": 0.01, "batch_size": 0, "device": None})  # derived/ignored keys
     with pytest.raises(Exception, match="epochs 3 there, 30 here"):
         sweep.check_same_settings(run, {"epochs": 30, "lr": 0.01})
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--task", "mrpc", "--lr", "0.1"], "--lr is set by the sweep"),
-    (["--task", "mrpc", "--inner-lr", "0.1"], "--inner-lr is set by the sweep"),
-    (["--task", "mrpc", "--bogus"], "unrecognized arguments: --bogus"),
-    (["--task", "mrpc", "--epochs", "0"], "--epochs must be ≥ 1"),
-    (["--alphas", "0.1"], "--task"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "mrpc", "--lr", "0.1"], "--lr is set by the sweep"),
+        (["--task", "mrpc", "--inner-lr", "0.1"], "--inner-lr is set by the sweep"),
+        (["--task", "mrpc", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--task", "mrpc", "--epochs", "0"], "--epochs must be ≥ 1"),
+        (["--alphas", "0.1"], "--task"),
+    ],
+)
 def test_sweep_bad_input_is_one_error_line(monkeypatch, tmp_path, capsys, argv, message):
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path))
     assert message in cli_error(sweep.main, argv, capsys)
-    assert not any(tmp_path.iterdir())                 # nothing was started
+    assert not any(tmp_path.iterdir())  # nothing was started

@@ -9,30 +9,34 @@ import torch
 import ddattn.distill
 import ddattn.evaluate
 from ddattn import checks
-from ddattn.method import seeds
 from ddattn.errors import UserError
+from ddattn.method import seeds
 from tests.helpers import use_data
-
 
 RUN_SEEDS = [0, 1, 2, 3, 7, 999, seeds.SEED_LIMIT - 1]
 
 
 def test_streams_never_share_a_seed():
     indices = list(range(2_000)) + [seeds.INDEX_LIMIT - 1]
-    by_stream = {stream: {seeds.stream_seed(stream, s, i) for s in RUN_SEEDS for i in indices}
-                 for stream in seeds.STREAMS}
+    by_stream = {
+        stream: {seeds.stream_seed(stream, s, i) for s in RUN_SEEDS for i in indices} for stream in seeds.STREAMS
+    }
     for stream, values in by_stream.items():
         assert len(values) == len(RUN_SEEDS) * len(indices), f"{stream}: two (seed, index) pairs collide"
     for a, b in itertools.combinations(by_stream, 2):
         assert not by_stream[a] & by_stream[b], f"streams {a} and {b} share a seed"
-    assert max(max(v) for v in by_stream.values()) < 2 ** 32     # all that torch's CPU generator keeps
+    assert max(max(v) for v in by_stream.values()) < 2**32  # all that torch's CPU generator keeps
 
 
 def test_streams_never_share_a_draw():
     """Distinct seeds are not enough: torch's CPU generator keeps only the low 32 bits of a seed, so the
     numbers themselves are compared — every (stream, --seed, index) starts a different sequence."""
-    draws = {(stream, s, i): tuple(torch.randn(4, generator=seeds.generator(stream, s, i)).tolist())
-             for stream in seeds.STREAMS for s in RUN_SEEDS for i in [0, 1, 2, 99, seeds.INDEX_LIMIT - 1]}
+    draws = {
+        (stream, s, i): tuple(torch.randn(4, generator=seeds.generator(stream, s, i)).tolist())
+        for stream in seeds.STREAMS
+        for s in RUN_SEEDS
+        for i in [0, 1, 2, 99, seeds.INDEX_LIMIT - 1]
+    }
     assert len(set(draws.values())) == len(draws)
 
 
@@ -62,16 +66,42 @@ def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, mrpc_data, monkeypat
             theta = original(pretrained, config, num_classes, seed)
             drawn[kind].append(tuple(theta["classifier.weight"].flatten().tolist()))
             return theta
+
         return fresh_model
 
     monkeypatch.setattr(ddattn.distill, "fresh_model", recorder("training", ddattn.distill.fresh_model))
-    monkeypatch.setattr(ddattn.evaluate, "fresh_model", recorder("validation or evaluation", ddattn.evaluate.fresh_model))
-    ddattn.distill.main(["--task", "mrpc", "--train-limit", "80", "--val-size", "16", "--real-batch-size", "16",
-                         "--seq-len", "8", "--max-length", "16", "--epochs", "1", "--val-models", "3",
-                         "--val-every", "2", "--seed", "0", "--name", "heads"])
+    monkeypatch.setattr(
+        ddattn.evaluate, "fresh_model", recorder("validation or evaluation", ddattn.evaluate.fresh_model)
+    )
+    ddattn.distill.main(
+        [
+            "--task",
+            "mrpc",
+            "--train-limit",
+            "80",
+            "--val-size",
+            "16",
+            "--real-batch-size",
+            "16",
+            "--seq-len",
+            "8",
+            "--max-length",
+            "16",
+            "--epochs",
+            "1",
+            "--val-models",
+            "3",
+            "--val-every",
+            "2",
+            "--seed",
+            "0",
+            "--name",
+            "heads",
+        ]
+    )
     validation_heads = list(drawn["validation or evaluation"])
     ddattn.evaluate.main([str(tmp_path / "runs" / "mrpc" / "heads"), "--n-models", "5", "--seed", "0"])
-    evaluation_heads = drawn["validation or evaluation"][len(validation_heads):]
+    evaluation_heads = drawn["validation or evaluation"][len(validation_heads) :]
 
     assert len(drawn["training"]) == 4 and len(set(validation_heads)) == 3 and len(evaluation_heads) == 5
     assert not set(drawn["training"]) & set(validation_heads)

@@ -61,8 +61,9 @@ def matmul(kernels: str):
     return torch.matmul if kernels == "cpu" else torch.bmm
 
 
-def masked_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor], kernels: str = "cpu",
-                  heads: int = 1) -> torch.Tensor:
+def masked_scores(
+    q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor], kernels: str = "cpu", heads: int = 1
+) -> torch.Tensor:
     """(B, H, Sq, S) pre-softmax scores q kᵀ, or (B·H, Sq, S) under gpu (`heads` = H); padded keys
     (key_mask (B, S) False) get the dtype's minimum, so that exp(min − max) is exactly 0 after the softmax."""
     scores = _scores(matmul(kernels), q, k)
@@ -74,8 +75,15 @@ def masked_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Ten
     return scores.unflatten(0, (-1, heads)).masked_fill(~key_mask[:, None, None, :], fill).flatten(0, 1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor], kernel: str,
-           kernels: str = "cpu", heads: int = 1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    kernel: str,
+    kernels: str = "cpu",
+    heads: int = 1,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(context softmax(q kᵀ) v, the scores for "plain", else None), in the layout of the policy
     `kernels` ("cpu": (B, H, Sq, Dh) and (B, H, Sq, S); "gpu": (B·H, Sq, Dh) and (B·H, Sq, S), `heads` = H)."""
     if kernel == "sdpa":
@@ -102,10 +110,10 @@ class RecomputedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, kernels):          # (B, H, Sq or S, Dh), (B·H, ·, Dh) under gpu; q pre-scaled
+    def forward(ctx, q, k, v, kernels):  # (B, H, Sq or S, Dh), (B·H, ·, Dh) under gpu; q pre-scaled
         ctx.save_for_backward(q, k, v)
         ctx.kernels = kernels
-        return _by_heads(kernels, _attention_probs_v, q, k, v)[0]      # like q
+        return _by_heads(kernels, _attention_probs_v, q, k, v)[0]  # like q
 
     @staticmethod
     def backward(ctx, grad_context):
@@ -138,7 +146,7 @@ def _per_head(fn, *tensors):
     temporaries of one head (2 MB at B = 2, S = 512) stay in cache; all 12 heads at once (25 MB each)
     stream through memory. Measured per layer at that size on 2 CPU cores: forward 9.0 → 7.6 ms, backward
     26 → 20 ms, double backward 74 → 56 ms (`python bench/attention_heads.py`)."""
-    per_head = [fn(torch.matmul, *(t[:, h:h + 1] for t in tensors)) for h in range(tensors[0].shape[1])]
+    per_head = [fn(torch.matmul, *(t[:, h : h + 1] for t in tensors)) for h in range(tensors[0].shape[1])]
     return tuple(torch.cat(parts, 1) for parts in zip(*per_head))
 
 
@@ -174,14 +182,16 @@ def _attention_backward(mm, q, k, v, grad_context):
 def _attention_double_backward(mm, q, k, v, grad_context, gq, gk, gv):
     probs, grad_probs, delta, grad_scores = _attention_backward_parts(mm, q, k, v, grad_context)  # recomputed
     w = mm(torch.cat([gq, q], -1), torch.cat([k, gk], -1).transpose(-1, -2))  # (B, H, S, S) gq kᵀ + q gkᵀ
-    e = (w * probs).sum(-1, keepdim=True)                                     # (B, H, S, 1)
-    g_dp = probs * (w - e)                                                    # (B, H, S, S)
+    e = (w * probs).sum(-1, keepdim=True)  # (B, H, S, 1)
+    g_dp = probs * (w - e)  # (B, H, S, S)
     g_p = mm(grad_context, gv.transpose(-1, -2)) + w * (grad_probs - delta) - e * grad_probs
-    g_s = probs * (g_p - (probs * g_p).sum(-1, keepdim=True))                 # (B, H, S, S)
-    return (mm(grad_scores, gk) + mm(g_s, k),
-            mm(grad_scores.transpose(-1, -2), gq) + mm(g_s.transpose(-1, -2), q),
-            mm(g_dp.transpose(-1, -2), grad_context),
-            mm(probs, gv) + mm(g_dp, v))
+    g_s = probs * (g_p - (probs * g_p).sum(-1, keepdim=True))  # (B, H, S, S)
+    return (
+        mm(grad_scores, gk) + mm(g_s, k),
+        mm(grad_scores.transpose(-1, -2), gq) + mm(g_s.transpose(-1, -2), q),
+        mm(g_dp.transpose(-1, -2), grad_context),
+        mm(probs, gv) + mm(g_dp, v),
+    )
 
 
 def _attention_backward_parts(mm, q, k, v, grad_context):

@@ -72,44 +72,63 @@ def param_shapes(config: BertConfig) -> Dict[str, tuple]:
         "embeddings.word": (V, D),
         "embeddings.position": (config.max_positions, D),
         "embeddings.token_type": (config.type_vocab_size, D),
-        "embeddings.norm.weight": (D,), "embeddings.norm.bias": (D,),
+        "embeddings.norm.weight": (D,),
+        "embeddings.norm.bias": (D,),
     }
     for i in range(config.num_layers):
         p = f"layers.{i}."
-        shapes.update({
-            p + "attention.qkv.weight": (3 * D, D), p + "attention.qkv.bias": (3 * D,),   # [W_q; W_k; W_v]
-            p + "attention.out.weight": (D, D), p + "attention.out.bias": (D,),
-            p + "attention.norm.weight": (D,), p + "attention.norm.bias": (D,),
-            p + "ffn.up.weight": (I, D), p + "ffn.up.bias": (I,),
-            p + "ffn.down.weight": (D, I), p + "ffn.down.bias": (D,),
-            p + "ffn.norm.weight": (D,), p + "ffn.norm.bias": (D,),
-        })
+        shapes.update(
+            {
+                p + "attention.qkv.weight": (3 * D, D),
+                p + "attention.qkv.bias": (3 * D,),  # [W_q; W_k; W_v]
+                p + "attention.out.weight": (D, D),
+                p + "attention.out.bias": (D,),
+                p + "attention.norm.weight": (D,),
+                p + "attention.norm.bias": (D,),
+                p + "ffn.up.weight": (I, D),
+                p + "ffn.up.bias": (I,),
+                p + "ffn.down.weight": (D, I),
+                p + "ffn.down.bias": (D,),
+                p + "ffn.norm.weight": (D,),
+                p + "ffn.norm.bias": (D,),
+            }
+        )
     shapes.update({"pooler.weight": (D, D), "pooler.bias": (D,)})
     return shapes
 
 
-def init_classifier(config: BertConfig, num_classes: int, generator: Optional[torch.Generator] = None,
-                    dtype: torch.dtype = torch.float32, device="cpu") -> Params:
+def init_classifier(
+    config: BertConfig,
+    num_classes: int,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
+) -> Params:
     """A fresh classification head W ∈ R^{C×D} (paper Sec. 3.1), N(0, 0.02²) weights and zero bias as in BERT."""
     weight = torch.randn(num_classes, config.hidden_size, generator=generator, dtype=dtype) * 0.02
-    return {"classifier.weight": weight.to(device), "classifier.bias": torch.zeros(num_classes, dtype=dtype, device=device)}
+    return {
+        "classifier.weight": weight.to(device),
+        "classifier.bias": torch.zeros(num_classes, dtype=dtype, device=device),
+    }
 
 
 def fresh_model(pretrained: Params, config: BertConfig, num_classes: int, seed: int) -> Params:
     """θ_0 ~ p(θ_0) (Eq. 5; Algorithm 1, line 4): the pretrained encoder and pooler with a new head drawn
     from `seed`. Each outer step, validation model and evaluation model draws its own (seeds.py)."""
     like = pretrained["pooler.weight"]
-    head = init_classifier(config, num_classes, torch.Generator().manual_seed(seed), dtype=like.dtype, device=like.device)
+    head = init_classifier(
+        config, num_classes, torch.Generator().manual_seed(seed), dtype=like.dtype, device=like.device
+    )
     return {**pretrained, **head}
 
 
 @dataclass
 class BertOutput:
-    logits: Optional[torch.Tensor]        # (B, C), None when theta has no classifier
-    pooled: torch.Tensor                  # (B, D) tanh(W_p h_[CLS] + b_p)
-    cls_hidden: torch.Tensor              # (B, D) final hidden state of [CLS]
-    cls_scores: Optional[torch.Tensor]    # (B, L, H, S) pre-softmax [CLS] attention scores, padded keys = dtype min
-    scores: Optional[torch.Tensor]        # (B, L, H, S, S) all pre-softmax scores, when requested
+    logits: Optional[torch.Tensor]  # (B, C), None when theta has no classifier
+    pooled: torch.Tensor  # (B, D) tanh(W_p h_[CLS] + b_p)
+    cls_hidden: torch.Tensor  # (B, D) final hidden state of [CLS]
+    cls_scores: Optional[torch.Tensor]  # (B, L, H, S) pre-softmax [CLS] attention scores, padded keys = dtype min
+    scores: Optional[torch.Tensor]  # (B, L, H, S, S) all pre-softmax scores, when requested
 
     @property
     def cls_attention(self) -> torch.Tensor:
@@ -122,26 +141,37 @@ class BertOutput:
         return torch.softmax(self.scores, dim=-1)
 
 
-def _attention(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, B: int, S: int, cls_only: bool,
-               key_mask: Optional[torch.Tensor], want: str, kernel: str, kernels: str):
+def _attention(
+    theta: Params,
+    prefix: str,
+    config: BertConfig,
+    x: torch.Tensor,
+    B: int,
+    S: int,
+    cls_only: bool,
+    key_mask: Optional[torch.Tensor],
+    want: str,
+    kernel: str,
+    kernels: str,
+):
     """Multi-head self-attention of one layer → (output, [CLS] scores (B, H, S) or None, all scores
     (B, H, S, S) or None). x: the hidden states (B, S, D), as rows (B·S, D) under the gpu policy, and so
     is the output (B, Sq, D) or (B·Sq, D). cls_only: only the [CLS] query (Sq = 1), keys and values from all
     S rows; else Sq = S. key_mask (B, S) bool, or None when every key is real (distilled data)."""
     H, D, Sq = config.num_heads, config.hidden_size, 1 if cls_only else S
     q, k, v = _queries_keys_values(theta, prefix, config, x, B, S, cls_only, kernels)
-    scale = config.head_dim ** -0.5                    # scale the (Sq, Dh) queries, not the (Sq, S) scores
-    q = q * (scale if kernels == "cpu" else q.new_full((), scale))   # gpu: a tensor, its backward is one op
-    context, scores = attend(q, k, v, key_mask, kernel, kernels, H)    # (B, H, Sq, Dh), or (B·H, Sq, Dh) (gpu)
-    scores = None if scores is None else _heads(scores, B, kernels)                    # (B, H, Sq, S)
-    cls_scores = _cls_scores(q, k, key_mask, scores, B, kernels) if want != "none" else None   # (B, H, S)
+    scale = config.head_dim**-0.5  # scale the (Sq, Dh) queries, not the (Sq, S) scores
+    q = q * (scale if kernels == "cpu" else q.new_full((), scale))  # gpu: a tensor, its backward is one op
+    context, scores = attend(q, k, v, key_mask, kernel, kernels, H)  # (B, H, Sq, Dh), or (B·H, Sq, Dh) (gpu)
+    scores = None if scores is None else _heads(scores, B, kernels)  # (B, H, Sq, S)
+    cls_scores = _cls_scores(q, k, key_mask, scores, B, kernels) if want != "none" else None  # (B, H, S)
     context = _heads(context, B, kernels).transpose(1, 2).reshape((B, Sq, D) if kernels == "cpu" else (B * Sq, D))
-    return (_linear(theta, prefix + "out.", context, kernels), cls_scores,
-            scores if want == "all" else None)
+    return (_linear(theta, prefix + "out.", context, kernels), cls_scores, scores if want == "all" else None)
 
 
-def _queries_keys_values(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, B: int, S: int,
-                         cls_only: bool, kernels: str):
+def _queries_keys_values(
+    theta: Params, prefix: str, config: BertConfig, x: torch.Tensor, B: int, S: int, cls_only: bool, kernels: str
+):
     """q, k, v from [W_q; W_k; W_v], in the layout of the policy (attention.py): (B, H, Sq, Dh) and
     (B, H, S, Dh), or (B·H, Sq, Dh) and (B·H, S, Dh) under gpu. The cpu policy projects the [CLS] row alone
     for the query of a cls_only layer; the gpu policy makes one projection of every row (one matmul
@@ -155,7 +185,7 @@ def _queries_keys_values(theta: Params, prefix: str, config: BertConfig, x: torc
         q = F.linear(x[:, :1], weight[:D], bias[:D]).view(B, 1, H, Dh).transpose(1, 2)  # (B, H, 1, Dh)
         k, v = F.linear(x, weight[D:], bias[D:]).view(B, S, 2, H, Dh).permute(2, 0, 3, 1, 4)  # 2 × (B, H, S, Dh)
         return q, k, v
-    return F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)       # 3 × (B, H, S, Dh)
+    return F.linear(x, weight, bias).view(B, S, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 × (B, H, S, Dh)
 
 
 def _heads(t: torch.Tensor, B: int, kernels: str) -> torch.Tensor:
@@ -163,13 +193,19 @@ def _heads(t: torch.Tensor, B: int, kernels: str) -> torch.Tensor:
     return t if kernels == "cpu" else t.view(B, -1, *t.shape[1:])
 
 
-def _cls_scores(q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
-                scores: Optional[torch.Tensor], B: int, kernels: str) -> torch.Tensor:
+def _cls_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    scores: Optional[torch.Tensor],
+    B: int,
+    kernels: str,
+) -> torch.Tensor:
     """(B, H, S) pre-softmax scores of the [CLS] query, the only row the attention labels read (Eq. 6):
     row 0 of the full scores (B, H, Sq, S) when the kernel made them, else the first query's row."""
     if scores is not None:
         return scores[:, :, 0]
-    first = q[:, :, :1] if kernels == "cpu" else q[:, :1]                          # (B, H, 1, Dh) or (B·H, 1, Dh)
+    first = q[:, :, :1] if kernels == "cpu" else q[:, :1]  # (B, H, 1, Dh) or (B·H, 1, Dh)
     return _heads(masked_scores(first, k, key_mask, kernels, q.shape[0] // B), B, kernels).squeeze(2)
 
 
@@ -197,10 +233,19 @@ def _layer_norm(theta: Params, prefix: str, config: BertConfig, x: torch.Tensor,
     return torch.addcmul(bias, normed, weight)
 
 
-def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Tensor] = None, *,
-                 inputs_embeds: Optional[torch.Tensor] = None, token_type_ids: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, attention: str = "cls",
-                 fused: bool = False, plain: bool = False, kernels: str = "auto") -> BertOutput:
+def bert_forward(
+    theta: Params,
+    config: BertConfig,
+    input_ids: Optional[torch.Tensor] = None,
+    *,
+    inputs_embeds: Optional[torch.Tensor] = None,
+    token_type_ids: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    attention: str = "cls",
+    fused: bool = False,
+    plain: bool = False,
+    kernels: str = "auto",
+) -> BertOutput:
     """Run BERT at parameters `theta`.
 
     input_ids (B, S) or inputs_embeds (B, S, D): tokens, or embeddings that replace the word lookup.
@@ -221,7 +266,7 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if inputs_embeds is None:
-        inputs_embeds = F.embedding(input_ids, theta["embeddings.word"])                 # (B, S, D)
+        inputs_embeds = F.embedding(input_ids, theta["embeddings.word"])  # (B, S, D)
     B, S, D = inputs_embeds.shape
     if S > config.max_positions:
         raise ValueError(f"sequence length {S} exceeds the model's {config.max_positions} positions")
@@ -229,34 +274,38 @@ def bert_forward(theta: Params, config: BertConfig, input_ids: Optional[torch.Te
     kernels = policy.resolve(kernels, device)
     if token_type_ids is None:
         token_type_ids = torch.zeros(B, S, dtype=torch.long, device=device)
-    key_mask = None if attention_mask is None else attention_mask.to(torch.bool)       # (B, S)
+    key_mask = None if attention_mask is None else attention_mask.to(torch.bool)  # (B, S)
 
-    x = (inputs_embeds + theta["embeddings.position"][:S]
-         + F.embedding(token_type_ids, theta["embeddings.token_type"]))                 # (B, S, D)
+    x = (
+        inputs_embeds + theta["embeddings.position"][:S] + F.embedding(token_type_ids, theta["embeddings.token_type"])
+    )  # (B, S, D)
     x = _layer_norm(theta, "embeddings.norm.", config, x, kernels)
     if kernels == "gpu":
-        x = x.view(B * S, D)     # rows (B·S, D): each linear layer one matmul, without views around it
+        x = x.view(B * S, D)  # rows (B·S, D): each linear layer one matmul, without views around it
     cls_scores, all_scores = [], []
     for i in range(config.num_layers):
         p = f"layers.{i}."
         cls_only = i == config.num_layers - 1 and attention != "all" and not plain
         kernel = choose_kernel(fused, plain, cls_only, key_mask, attention)
-        attn_out, cls, scores = _attention(theta, p + "attention.", config, x, B, S, cls_only, key_mask, attention,
-                                           kernel, kernels)
-        x = _layer_norm(theta, p + "attention.norm.", config, (_cls_rows(x, B, kernels) if cls_only else x) + attn_out,
-                        kernels)                                                         # (B, Sq, D)
-        h = F.gelu(_linear(theta, p + "ffn.up.", x, kernels))                          # (B, Sq, I), erf GELU
-        h = _linear(theta, p + "ffn.down.", h, kernels)                                  # (B, Sq, D)
+        attn_out, cls, scores = _attention(
+            theta, p + "attention.", config, x, B, S, cls_only, key_mask, attention, kernel, kernels
+        )
+        x = _layer_norm(
+            theta, p + "attention.norm.", config, (_cls_rows(x, B, kernels) if cls_only else x) + attn_out, kernels
+        )  # (B, Sq, D)
+        h = F.gelu(_linear(theta, p + "ffn.up.", x, kernels))  # (B, Sq, I), erf GELU
+        h = _linear(theta, p + "ffn.down.", h, kernels)  # (B, Sq, D)
         x = _layer_norm(theta, p + "ffn.norm.", config, x + h, kernels)
         cls_scores.append(cls)
         all_scores.append(scores)
 
-    cls_hidden = (x if kernels == "cpu" else x.view(B, -1, D))[:, 0]                   # (B, D)
-    pooled = torch.tanh(_linear(theta, "pooler.", cls_hidden, kernels))                # (B, D)
-    logits = (_linear(theta, "classifier.", pooled, kernels)
-              if "classifier.weight" in theta else None)                                 # (B, C)
+    cls_hidden = (x if kernels == "cpu" else x.view(B, -1, D))[:, 0]  # (B, D)
+    pooled = torch.tanh(_linear(theta, "pooler.", cls_hidden, kernels))  # (B, D)
+    logits = _linear(theta, "classifier.", pooled, kernels) if "classifier.weight" in theta else None  # (B, C)
     return BertOutput(
-        logits=logits, pooled=pooled, cls_hidden=cls_hidden,
-        cls_scores=torch.stack(cls_scores, dim=1) if attention != "none" else None,      # (B, L, H, S)
-        scores=torch.stack(all_scores, dim=1) if attention == "all" else None,           # (B, L, H, S, S)
+        logits=logits,
+        pooled=pooled,
+        cls_hidden=cls_hidden,
+        cls_scores=torch.stack(cls_scores, dim=1) if attention != "none" else None,  # (B, L, H, S)
+        scores=torch.stack(all_scores, dim=1) if attention == "all" else None,  # (B, L, H, S, S)
     )

@@ -23,7 +23,6 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-
 LABEL_TYPES = ("hard", "soft", "unrestricted")
 ATTENTION_TYPES = ("none", "cls", "all")
 
@@ -31,17 +30,17 @@ ATTENTION_TYPES = ("none", "cls", "all")
 @dataclass(frozen=True)
 class DistilledConfig:
     num_classes: int
-    seq_len: int                  # S: tokens per distilled sample (paper: 512)
-    hidden_size: int              # D, from the checkpoint
-    num_layers: int               # L, from the checkpoint
-    num_heads: int                # H, from the checkpoint
-    shots: int = 1                # distilled samples per class
-    steps: int = 1                # T: inner SGD steps
-    batch_size: int = 0           # samples per inner step; 0 = all M (same data at every step)
+    seq_len: int  # S: tokens per distilled sample (paper: 512)
+    hidden_size: int  # D, from the checkpoint
+    num_layers: int  # L, from the checkpoint
+    num_heads: int  # H, from the checkpoint
+    shots: int = 1  # distilled samples per class
+    steps: int = 1  # T: inner SGD steps
+    batch_size: int = 0  # samples per inner step; 0 = all M (same data at every step)
     label_type: str = "soft"
     attention_type: str = "cls"
-    attn_weight: float = 1.0      # λ of Eq. 7
-    inner_lr_init: float = 1e-2   # η̃_0 (paper: 1e-2 or 1e-1)
+    attn_weight: float = 1.0  # λ of Eq. 7
+    inner_lr_init: float = 1e-2  # η̃_0 (paper: 1e-2 or 1e-1)
 
     @property
     def num_samples(self) -> int:
@@ -72,16 +71,22 @@ class DistilledData:
         self.lr_raw = tensors["lr_raw"]
 
     @classmethod
-    def initial(cls, config: DistilledConfig, generator: Optional[torch.Generator] = None,
-                dtype: torch.dtype = torch.float32, device="cpu") -> "DistilledData":
+    def initial(
+        cls,
+        config: DistilledConfig,
+        generator: Optional[torch.Generator] = None,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+    ) -> "DistilledData":
         """Algorithm 1, lines 1–2: random embeddings and attention labels, one-hot labels, η̃ = η̃_0."""
         M, C, shapes = config.num_samples, config.num_classes, config.tensor_shapes()
         tensors = {
-            "x": torch.randn(shapes["x"], generator=generator, dtype=dtype),               # N(0, 1), as the paper
-            "label_logits": F.one_hot(torch.arange(M) % C, C).to(dtype),                   # one-hot
+            "x": torch.randn(shapes["x"], generator=generator, dtype=dtype),  # N(0, 1), as the paper
+            "label_logits": F.one_hot(torch.arange(M) % C, C).to(dtype),  # one-hot
             # softplus⁻¹(η) = log(exp(η) − 1) = η + log(1 − exp(−η)), so that softplus(lr_raw) starts at η̃_0
-            "lr_raw": torch.full((config.steps,), config.inner_lr_init + math.log(-math.expm1(-config.inner_lr_init)),
-                                 dtype=dtype),
+            "lr_raw": torch.full(
+                (config.steps,), config.inner_lr_init + math.log(-math.expm1(-config.inner_lr_init)), dtype=dtype
+            ),
         }
         if "attn_logits" in shapes:
             tensors["attn_logits"] = torch.randn(shapes["attn_logits"], generator=generator, dtype=dtype)

@@ -67,13 +67,19 @@ def inference_weights(theta: Params, precision: str) -> Params:
     (so autocast does not cast them again for every batch); embeddings, LayerNorm and biases stay fp32."""
     if precision == "fp32":
         return theta
-    return {k: v.to(torch.bfloat16) if v.dim() == 2 and not k.startswith("embeddings.") else v
-            for k, v in theta.items()}
+    return {
+        k: v.to(torch.bfloat16) if v.dim() == 2 and not k.startswith("embeddings.") else v for k, v in theta.items()
+    }
 
 
 @torch.inference_mode()
-def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]], precision: str = "fp32",
-            kernels: str = "auto"):
+def predict(
+    theta: Params,
+    config: BertConfig,
+    batches: Iterable[Dict[str, torch.Tensor]],
+    precision: str = "fp32",
+    kernels: str = "auto",
+):
     """Mean cross-entropy, predictions and labels of `theta` over batches: fused attention, no autograd
     state, the last layer for [CLS] only (bert.py). precision "bf16": matmuls in bfloat16 under
     torch.autocast, faster where the CPU or GPU has bf16 units, approximate (bench/README.md: its effect
@@ -84,10 +90,18 @@ def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch
     device_type = theta["pooler.bias"].device.type
     losses, predictions, labels = [], [], []
     for batch in batches:
-        mask = None if batch["attention_mask"].all() else batch["attention_mask"]    # unpadded: no mask to apply
+        mask = None if batch["attention_mask"].all() else batch["attention_mask"]  # unpadded: no mask to apply
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                                  attention_mask=mask, attention="none", fused=True, kernels=kernels).logits
+            logits = bert_forward(
+                theta,
+                config,
+                batch["input_ids"],
+                token_type_ids=batch["token_type_ids"],
+                attention_mask=mask,
+                attention="none",
+                fused=True,
+                kernels=kernels,
+            ).logits
         losses.append(F.cross_entropy(logits.double(), batch["labels"], reduction="sum"))
         predictions.append(logits.argmax(-1))
         labels.append(batch["labels"])
@@ -96,8 +110,13 @@ def predict(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch
 
 
 @torch.inference_mode()
-def predict_models(thetas: Sequence[Params], config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]],
-                   precision: str = "fp32", kernels: str = "auto"):
+def predict_models(
+    thetas: Sequence[Params],
+    config: BertConfig,
+    batches: Iterable[Dict[str, torch.Tensor]],
+    precision: str = "fp32",
+    kernels: str = "auto",
+):
     """`predict` for K models in one batched computation over a model axis: the K parameter sets stacked
     along a new leading axis (the word embeddings, which training leaves at θ_0's, kept once) and the
     same forward mapped over it by torch.func.vmap, so each linear layer is one batched matmul over the K
@@ -109,29 +128,37 @@ def predict_models(thetas: Sequence[Params], config: BertConfig, batches: Iterab
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     models = [inference_weights(theta, precision) for theta in thetas]
     shared = {n: models[0][n] for n in FROZEN}
-    stacked = {n: torch.stack([m[n] for m in models]) for n in models[0] if n not in FROZEN}    # (K, ...) each
+    stacked = {n: torch.stack([m[n] for m in models]) for n in models[0] if n not in FROZEN}  # (K, ...) each
     device_type = stacked["pooler.bias"].device.type
 
-    def logits(params: Params, batch: Dict[str, torch.Tensor]) -> torch.Tensor:              # one model: (B, C)
+    def logits(params: Params, batch: Dict[str, torch.Tensor]) -> torch.Tensor:  # one model: (B, C)
         # The mask even where nothing is padded: without one, the last layer's [CLS] row takes a custom
         # autograd Function (attention.py), which vmap cannot map.
-        return bert_forward({**shared, **params}, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                            attention_mask=batch["attention_mask"], attention="none", fused=True,
-                            kernels=kernels).logits
+        return bert_forward(
+            {**shared, **params},
+            config,
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            attention_mask=batch["attention_mask"],
+            attention="none",
+            fused=True,
+            kernels=kernels,
+        ).logits
 
     losses, predictions, labels = [], [], []
     for batch in batches:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = torch.func.vmap(logits, in_dims=(0, None))(stacked, batch)                 # (K, B, C)
+            out = torch.func.vmap(logits, in_dims=(0, None))(stacked, batch)  # (K, B, C)
         losses.append(torch.stack([F.cross_entropy(o.double(), batch["labels"], reduction="sum") for o in out]))
-        predictions.append(out.argmax(-1))                                                  # (K, B)
+        predictions.append(out.argmax(-1))  # (K, B)
         labels.append(batch["labels"])
     labels = torch.cat(labels)
     return (torch.stack(losses).sum(0) / len(labels)).tolist(), torch.cat(predictions, 1), labels
 
 
-def scored(loss: float, predictions: torch.Tensor, labels: torch.Tensor, metric_names: Sequence[str]
-           ) -> Dict[str, float]:
+def scored(
+    loss: float, predictions: torch.Tensor, labels: torch.Tensor, metric_names: Sequence[str]
+) -> Dict[str, float]:
     """{"loss", **metrics} of one model's predictions; the metrics are NaN when the loss is (a diverged model)."""
     metrics = compute_metrics(metric_names, predictions, labels)
     if not math.isfinite(loss):
@@ -139,21 +166,34 @@ def scored(loss: float, predictions: torch.Tensor, labels: torch.Tensor, metric_
     return {"loss": loss, **metrics}
 
 
-def score(theta: Params, config: BertConfig, batches: Iterable[Dict[str, torch.Tensor]],
-          metric_names: Sequence[str], precision: str = "fp32", kernels: str = "auto") -> Dict[str, float]:
+def score(
+    theta: Params,
+    config: BertConfig,
+    batches: Iterable[Dict[str, torch.Tensor]],
+    metric_names: Sequence[str],
+    precision: str = "fp32",
+    kernels: str = "auto",
+) -> Dict[str, float]:
     """{"loss", **metrics} of one model on `batches` (see `scored`)."""
     return scored(*predict(theta, config, batches, precision, kernels), metric_names)
 
 
-def trained_model(pretrained: Params, config: BertConfig, distilled: DistilledData, seed: int,
-                  kernels: str = "auto") -> Params:
+def trained_model(
+    pretrained: Params, config: BertConfig, distilled: DistilledData, seed: int, kernels: str = "auto"
+) -> Params:
     """θ_T of one evaluated model: θ_0 with the head drawn from `seed`, T SGD steps on D̃ (Eq. 2)."""
     theta0 = fresh_model(pretrained, config, distilled.config.num_classes, seed)
     return train_on_distilled(theta0, config, distilled, kernels=kernels)[0]
 
 
-def predict_each(thetas: Sequence[Params], config: BertConfig, make_batches, models_at_once: int,
-                 precision: str = "fp32", kernels: str = "auto") -> List[tuple]:
+def predict_each(
+    thetas: Sequence[Params],
+    config: BertConfig,
+    make_batches,
+    models_at_once: int,
+    precision: str = "fp32",
+    kernels: str = "auto",
+) -> List[tuple]:
     """[(mean loss, predictions, labels)] of K trained models: each alone (`predict`) when models_at_once
     is 1, else all K in one batched computation (`predict_models`)."""
     if models_at_once == 1:
@@ -162,11 +202,18 @@ def predict_each(thetas: Sequence[Params], config: BertConfig, make_batches, mod
     return [(loss, p, labels) for loss, p in zip(losses, predictions)]
 
 
-def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: DistilledData,
-                       make_batches, seeds: Sequence[int], metric_names: Sequence[str],
-                       after_models: Optional[Callable[[int], None]] = None,
-                       precision: str = "fp32", models_at_once: int = 1, kernels: str = "auto"
-                       ) -> List[Dict[str, float]]:
+def evaluate_distilled(
+    pretrained: Params,
+    config: BertConfig,
+    distilled: DistilledData,
+    make_batches,
+    seeds: Sequence[int],
+    metric_names: Sequence[str],
+    after_models: Optional[Callable[[int], None]] = None,
+    precision: str = "fp32",
+    models_at_once: int = 1,
+    kernels: str = "auto",
+) -> List[Dict[str, float]]:
     """Train one model per seed on D̃ (T steps) and score it; `make_batches()` yields evaluation batches.
     models_at_once K > 1: the models are trained one after the other and scored K at a time, in one
     batched computation over a model axis (`predict_models`); 1 (the default, and validation's inside
@@ -174,7 +221,7 @@ def evaluate_distilled(pretrained: Params, config: BertConfig, distilled: Distil
     `after_models(k)` is called after each k models are scored (a progress bar; a stop signal's check)."""
     runs = []
     for start in range(0, len(seeds), models_at_once):
-        chunk = seeds[start:start + models_at_once]
+        chunk = seeds[start : start + models_at_once]
         thetas = [trained_model(pretrained, config, distilled, seed, kernels) for seed in chunk]
         results = predict_each(thetas, config, make_batches, models_at_once, precision, kernels)
         runs += [{"seed": seed, **scored(*result, metric_names)} for seed, result in zip(chunk, results)]

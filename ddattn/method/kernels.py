@@ -17,11 +17,11 @@ import torch
 KERNELS = ("auto", "cpu", "gpu")
 # Bytes of (rows, Sq, S) attention temporaries that the gpu policy lets one attention call hold; beyond it
 # the rows (batch × heads) are taken in chunks (attention.py).
-ATTENTION_BUDGET = 2 ** 30
+ATTENTION_BUDGET = 2**30
 
 
 def resolve(kernels: str, device) -> str:
-    """"cpu" or "gpu": the policy `kernels` names, "auto" decided by the device (a torch.device or a name)."""
+    """ "cpu" or "gpu": the policy `kernels` names, "auto" decided by the device (a torch.device or a name)."""
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernel policy {kernels!r}; choose from {', '.join(KERNELS)}")
     if kernels == "auto":

@@ -88,23 +88,25 @@ class LayerNormBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy, x, weight, bias, mean, rstd):
         ctx.save_for_backward(dy, x, weight, mean, rstd)
-        return torch.ops.aten.native_layer_norm_backward(dy, x, (x.shape[-1],), mean, rstd, weight, bias,
-                                                         (True, True, True))
+        return torch.ops.aten.native_layer_norm_backward(
+            dy, x, (x.shape[-1],), mean, rstd, weight, bias, (True, True, True)
+        )
 
     @staticmethod
     def backward(ctx, gx, gw, gb):
         dy, x, weight, mean, rstd = ctx.saved_tensors
-        normed = (x - mean) * rstd                                                  # x̂
-        rstd_n = rstd / x.shape[-1]                                                 # r / N: means as sums
+        normed = (x - mean) * rstd  # x̂
+        rstd_n = rstd / x.shape[-1]  # r / N: means as sums
 
-        def jacobian(a):                                                            # J a
+        def jacobian(a):  # J a
             return rstd * a - rstd_n * (a.sum(-1, keepdim=True) + normed * (a * normed).sum(-1, keepdim=True))
 
-        grad_normed = dy * weight                                                   # ĝ
+        grad_normed = dy * weight  # ĝ
         dx, u = jacobian(grad_normed), jacobian(gx)
         # J (gw ⊙ dy) − r ⟨ĝ ⊙ x̂⟩ u in one J (it is linear), then the other two terms
-        grad_x = (jacobian(gw * dy - rstd_n * (grad_normed * normed).sum(-1, keepdim=True) * gx)
-                  - rstd_n * ((gx * dx).sum(-1, keepdim=True) * normed + (gx * normed).sum(-1, keepdim=True) * dx))
+        grad_x = jacobian(gw * dy - rstd_n * (grad_normed * normed).sum(-1, keepdim=True) * gx) - rstd_n * (
+            (gx * dx).sum(-1, keepdim=True) * normed + (gx * normed).sum(-1, keepdim=True) * dx
+        )
         grad_dy = gb + gw * normed + u * weight
         grad_w = (u * dy).flatten(0, -2).sum(0)
         return grad_dy, grad_x, grad_w, None, None, None

@@ -48,8 +48,9 @@ def init_from_real(distilled: DistilledData, pretrained: Params, real: Batch) ->
         distilled.x.copy_(word[real["input_ids"]] + token_type[real["token_type_ids"]] - token_type[0])  # (M, S, D)
 
 
-def init_attention_from_model(distilled: DistilledData, pretrained: Params, config: BertConfig,
-                              kernels: str = "auto") -> None:
+def init_attention_from_model(
+    distilled: DistilledData, pretrained: Params, config: BertConfig, kernels: str = "auto"
+) -> None:
     """ã_i ← the pretrained model's own attention on x̃_i: the logits are its attention scores, so
     softmax(ã) equals its attention and the attention loss (Eq. 6) starts at 0 instead of at a random
     target's KL. (The head does not matter: attention is computed before it.)"""
@@ -58,16 +59,19 @@ def init_attention_from_model(distilled: DistilledData, pretrained: Params, conf
         return
     with torch.no_grad():
         out = bert_forward(pretrained, config, inputs_embeds=distilled.x, attention=kind, kernels=kernels)
-        distilled.attn_logits.copy_(out.cls_scores if kind == "cls" else out.scores)   # (M, L, H, S[, S])
+        distilled.attn_logits.copy_(out.cls_scores if kind == "cls" else out.scores)  # (M, L, H, S[, S])
 
 
 # --- the update of lines 14–15 (Appendix B) ---------------------------------------------------------
-def make_optimizer(distilled: DistilledData, lr: float, group_lrs: Dict[str, float], kind: str = "adam",
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    distilled: DistilledData, lr: float, group_lrs: Dict[str, float], kind: str = "adam", weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """Adam (or AdamW) over D̃: one parameter group per learnable tensor, each with its own α where
     `group_lrs` gives one (x, label_logits, attn_logits, lr_raw), else `lr`."""
-    groups = [{"params": [tensor], "lr": group_lrs.get(name) or lr, "name": name}
-              for name, tensor in distilled.learnable().items()]
+    groups = [
+        {"params": [tensor], "lr": group_lrs.get(name) or lr, "name": name}
+        for name, tensor in distilled.learnable().items()
+    ]
     optimizer_class = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
     return optimizer_class(groups, weight_decay=weight_decay)
 
@@ -80,6 +84,7 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -97,16 +102,17 @@ def clip_grad_norm(parameters: List[torch.Tensor], max_norm: float) -> torch.Ten
 @dataclass
 class Outer:
     """What every outer step uses: the model, D̃, its optimiser and schedule, and how to differentiate."""
+
     pretrained: Params
     config: BertConfig
     num_classes: int
     distilled: DistilledData
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    seed: int                               # --seed: θ_0 of step s is draw s of its "training-head" stream
+    seed: int  # --seed: θ_0 of step s is draw s of its "training-head" stream
     clip: float = 1.0
-    mode: str = "recompute"                 # unroll.py: "graph" or "recompute" (memory flat in T)
-    real_batch_size: Optional[int] = None   # the whole real batch, where `real` is this rank's share of it
+    mode: str = "recompute"  # unroll.py: "graph" or "recompute" (memory flat in T)
+    real_batch_size: Optional[int] = None  # the whole real batch, where `real` is this rank's share of it
     autocast: Optional[torch.dtype] = None
     all_reduce: Optional[AllReduce] = None
     kernels: str = "auto"
@@ -115,37 +121,54 @@ class Outer:
 @dataclass
 class OuterStep:
     """What one outer step did, as device tensors (reading them waits for the device: the caller decides when)."""
-    loss: torch.Tensor             # L(x_s, y_s, θ_T)
-    inner_losses: torch.Tensor     # (T, 3) [L_task + λ L_attn, L_task, L_attn] at each θ_t
-    grad_norm: torch.Tensor        # ‖∇_D̃ L‖ before clipping
-    finite: torch.Tensor           # (2 + 2 G,) is each of: loss, inner losses, the G gradients, the G tensors after
+
+    loss: torch.Tensor  # L(x_s, y_s, θ_T)
+    inner_losses: torch.Tensor  # (T, 3) [L_task + λ L_attn, L_task, L_attn] at each θ_t
+    grad_norm: torch.Tensor  # ‖∇_D̃ L‖ before clipping
+    finite: torch.Tensor  # (2 + 2 G,) is each of: loss, inner losses, the G gradients, the G tensors after
 
 
 def outer_step(outer: Outer, s: int, real: Sequence[Batch]) -> OuterStep:
     """Algorithm 1, lines 4–15, for outer step s (counted from 0) on the real batch `real` (micro-batches)."""
-    theta0 = fresh_model(outer.pretrained, outer.config, outer.num_classes,                 # line 4: θ_0 ~ p(θ_0)
-                         seed=seeds.stream_seed("training-head", outer.seed, s))
-    result = hypergradient(theta0, outer.config, outer.distilled, real, mode=outer.mode,   # lines 5–13, ∇ of 15
-                           real_batch_size=outer.real_batch_size, autocast=outer.autocast,
-                           all_reduce=outer.all_reduce, kernels=outer.kernels)
+    theta0 = fresh_model(
+        outer.pretrained,
+        outer.config,
+        outer.num_classes,  # line 4: θ_0 ~ p(θ_0)
+        seed=seeds.stream_seed("training-head", outer.seed, s),
+    )
+    result = hypergradient(
+        theta0,
+        outer.config,
+        outer.distilled,
+        real,
+        mode=outer.mode,  # lines 5–13, ∇ of 15
+        real_batch_size=outer.real_batch_size,
+        autocast=outer.autocast,
+        all_reduce=outer.all_reduce,
+        kernels=outer.kernels,
+    )
     finite = [torch.isfinite(x).all() for x in (result.loss, result.inner_losses, *result.grads.values())]
     learnable = outer.distilled.learnable()
     for name, tensor in learnable.items():
         tensor.grad = result.grads[name]
     grad_norm = clip_grad_norm(list(learnable.values()), outer.clip)
-    outer.optimizer.step()                                                 # lines 14–15: D̃ ← D̃ − α ∇_D̃ L
+    outer.optimizer.step()  # lines 14–15: D̃ ← D̃ − α ∇_D̃ L
     finite += [torch.isfinite(v).all() for v in learnable.values()]
     outer.scheduler.step()
     outer.optimizer.zero_grad(set_to_none=True)
     return OuterStep(result.loss, result.inner_losses, grad_norm, torch.stack(finite))
 
 
-def algorithm_1(outer: Outer, steps: range, real_batch: Callable[[int], Sequence[Batch]],
-                after_step: Callable[[int, OuterStep], bool]) -> bool:
+def algorithm_1(
+    outer: Outer,
+    steps: range,
+    real_batch: Callable[[int], Sequence[Batch]],
+    after_step: Callable[[int, OuterStep], bool],
+) -> bool:
     """Algorithm 1, line 3 on (lines 1–2 made `outer.distilled`): the outer steps `steps`, each followed by
     the caller's `after_step(s, result)` (logging, validation, checkpoint), which returns False to stop
     early. True when every step ran."""
-    for s in steps:                                                        # line 3: for s = 1..S
-        if not after_step(s, outer_step(outer, s, real_batch(s))):         # lines 4–15; line 13: real_batch
+    for s in steps:  # line 3: for s = 1..S
+        if not after_step(s, outer_step(outer, s, real_batch(s))):  # lines 4–15; line 13: real_batch
             return False
     return True

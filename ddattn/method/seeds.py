@@ -14,16 +14,16 @@ of outer step 0" are different draws by construction.
 import torch
 
 STREAMS = {
-    "distilled-init": 0,      # x̃ and attention-label initialisation (Algorithm 1, lines 1–2)
-    "real-init": 1,           # which real examples --init real copies
-    "train-val-split": 2,     # the held-out validation slice of the training split
-    "real-batch-order": 3,    # the order of real mini-batches, one index per epoch
-    "training-head": 4,       # θ_0 of outer step s (Algorithm 1, line 4), index = s
-    "validation-head": 5,     # the K models of a validation during distillation
-    "evaluation-head": 6,     # the N models of `python -m ddattn.evaluate` (and of the baselines)
-    "baseline": 7,            # draws of the baselines (full fine-tuning's head and batch order)
+    "distilled-init": 0,  # x̃ and attention-label initialisation (Algorithm 1, lines 1–2)
+    "real-init": 1,  # which real examples --init real copies
+    "train-val-split": 2,  # the held-out validation slice of the training split
+    "real-batch-order": 3,  # the order of real mini-batches, one index per epoch
+    "training-head": 4,  # θ_0 of outer step s (Algorithm 1, line 4), index = s
+    "validation-head": 5,  # the K models of a validation during distillation
+    "evaluation-head": 6,  # the N models of `python -m ddattn.evaluate` (and of the baselines)
+    "baseline": 7,  # draws of the baselines (full fine-tuning's head and batch order)
 }
-STREAM_BITS, SEED_BITS, INDEX_BITS = 3, 10, 19          # 32 bits in all
+STREAM_BITS, SEED_BITS, INDEX_BITS = 3, 10, 19  # 32 bits in all
 SEED_LIMIT, INDEX_LIMIT = 1 << SEED_BITS, 1 << INDEX_BITS
 assert len(STREAMS) <= 1 << STREAM_BITS
 

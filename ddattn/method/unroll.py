@@ -44,10 +44,10 @@ from . import kernels as policy
 from .bert import BertConfig, Params, bert_forward
 from .distilled import DistilledData
 
-FROZEN = ("embeddings.word",)   # no gradient path from distilled inputs
+FROZEN = ("embeddings.word",)  # no gradient path from distilled inputs
 MODES = ("graph", "recompute", "finite-difference")
-FD_PERTURBATION = 1e-2          # ε = ‖r v‖ of the finite-difference mode
-AllReduce = Callable[[List[torch.Tensor]], None]   # sums tensors in place across processes
+FD_PERTURBATION = 1e-2  # ε = ‖r v‖ of the finite-difference mode
+AllReduce = Callable[[List[torch.Tensor]], None]  # sums tensors in place across processes
 
 
 def trainable_names(theta: Params) -> List[str]:
@@ -103,37 +103,45 @@ def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tens
     return AttentionKL.apply(label_logits, scores)
 
 
-def inner_losses(theta: Params, config: BertConfig, distilled: DistilledData, t: int, first_order: bool = False,
-                 kernels: str = "cpu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def inner_losses(
+    theta: Params, config: BertConfig, distilled: DistilledData, t: int, first_order: bool = False, kernels: str = "cpu"
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7). `first_order`:
     only first derivatives will be taken, so attention may use the fused kernel (not for full maps).
     `kernels`: the resolved kernel policy, "cpu" or "gpu" (kernels.py), as in every function below."""
-    rows = distilled.step_indices(t)                       # Algorithm 1, lines 6–7: the t-th mini-batch of D̃
+    rows = distilled.step_indices(t)  # Algorithm 1, lines 6–7: the t-th mini-batch of D̃
     attention = distilled.config.attention_type
-    out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention,
-                       fused=first_order and attention != "all", kernels=kernels)
-    task = soft_cross_entropy(out.logits, distilled.targets(t))           # line 8: L_task (Eq. 1)
+    out = bert_forward(
+        theta,
+        config,
+        inputs_embeds=distilled.x[rows],
+        attention=attention,
+        fused=first_order and attention != "all",
+        kernels=kernels,
+    )
+    task = soft_cross_entropy(out.logits, distilled.targets(t))  # line 8: L_task (Eq. 1)
     if attention == "none":
         attn = torch.zeros((), dtype=task.dtype, device=task.device)
     else:
-        scores = out.cls_scores if attention == "cls" else out.scores     # (b, L, H, S) or (b, L, H, S, S)
-        attn = attention_kl(distilled.attn_logits[rows], scores).mean()   # line 9: L_attn (Eq. 6), mean over
-                                                                          # sample, layer, head(, query)
+        scores = out.cls_scores if attention == "cls" else out.scores  # (b, L, H, S) or (b, L, H, S, S)
+        attn = attention_kl(distilled.attn_logits[rows], scores).mean()  # line 9: L_attn (Eq. 6), mean over
+        # sample, layer, head(, query)
     return task + distilled.config.attn_weight * attn, task, attn
 
 
-def sgd_step(theta: Params, config: BertConfig, distilled: DistilledData, t: int, create_graph: bool,
-             kernels: str = "cpu") -> Tuple[Params, torch.Tensor]:
+def sgd_step(
+    theta: Params, config: BertConfig, distilled: DistilledData, t: int, create_graph: bool, kernels: str = "cpu"
+) -> Tuple[Params, torch.Tensor]:
     """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7; Algorithm 1, lines 10–11). Returns θ_{t+1} and
     the three losses."""
     names = trainable_names(theta)
     losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph, kernels=kernels))
-    grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)   # ∇_θ L
-    eta = distilled.inner_lr(t)                                                                  # η̃_t
-    with torch.set_grad_enabled(create_graph):          # a step that is not differentiated keeps no graph
+    grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)  # ∇_θ L
+    eta = distilled.inner_lr(t)  # η̃_t
+    with torch.set_grad_enabled(create_graph):  # a step that is not differentiated keeps no graph
         if kernels == "cpu":
-            theta_next = {n: theta[n] - along_rows(eta, g) * g for n, g in zip(names, grads)}    # θ − η̃ g
-        else:   # θ + (−η̃) g, the same numbers: the backward of + costs no op, that of − one per tensor
+            theta_next = {n: theta[n] - along_rows(eta, g) * g for n, g in zip(names, grads)}  # θ − η̃ g
+        else:  # θ + (−η̃) g, the same numbers: the backward of + costs no op, that of − one per tensor
             minus_eta = -eta
             theta_next = {n: theta[n] + minus_eta * g for n, g in zip(names, grads)}
     return {**theta, **theta_next}, losses.detach()
@@ -145,19 +153,33 @@ def along_rows(eta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return eta.expand(g.shape[-1])
 
 
-def outer_loss(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean",
-               kernels: str = "cpu") -> torch.Tensor:
+def outer_loss(
+    theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor], reduction: str = "mean", kernels: str = "cpu"
+) -> torch.Tensor:
     """Eq. 3–4: cross-entropy of a real mini-batch at θ_T = F(θ_0; D̃, η̃, T), the loss whose gradient
     Algorithm 1's line 15 descends. Only first-order gradients flow through this
     forward, so it may use the fused attention kernel."""
-    out = bert_forward(theta, config, batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                       attention_mask=batch["attention_mask"], attention="none", fused=True, kernels=kernels)
+    out = bert_forward(
+        theta,
+        config,
+        batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        attention="none",
+        fused=True,
+        kernels=kernels,
+    )
     return F.cross_entropy(out.logits, batch["labels"], reduction=reduction)
 
 
-def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Dict[str, torch.Tensor]],
-                   batch_size: int, all_reduce: Optional[AllReduce] = None, kernels: str = "cpu"
-                   ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+def outer_gradient(
+    theta: Params,
+    config: BertConfig,
+    micro_batches: Sequence[Dict[str, torch.Tensor]],
+    batch_size: int,
+    all_reduce: Optional[AllReduce] = None,
+    kernels: str = "cpu",
+) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """L_outer(θ_T) of a real mini-batch of `batch_size` examples and g_T = ∂L_outer/∂θ_T (trainable
     parameters, in `trainable_names` order): the seed of the reverse sweep.
 
@@ -192,9 +214,9 @@ def outer_gradient(theta: Params, config: BertConfig, micro_batches: Sequence[Di
 
 @dataclass
 class Hypergradient:
-    loss: torch.Tensor                   # outer loss at θ_T (scalar, detached)
-    grads: Dict[str, torch.Tensor]       # ∂L_outer / ∂(learnable distilled tensor), by name
-    inner_losses: torch.Tensor           # (T, 3): [L_task + λ L_attn, L_task, L_attn] at each θ_t
+    loss: torch.Tensor  # outer loss at θ_T (scalar, detached)
+    grads: Dict[str, torch.Tensor]  # ∂L_outer / ∂(learnable distilled tensor), by name
+    inner_losses: torch.Tensor  # (T, 3): [L_task + λ L_attn, L_task, L_attn] at each θ_t
 
 
 def _with_grad(theta: Params) -> Params:
@@ -203,11 +225,17 @@ def _with_grad(theta: Params) -> Params:
     return {n: v.detach().requires_grad_(n not in FROZEN) for n, v in theta.items()}
 
 
-def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
-                  real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
-                  mode: str = "recompute", real_batch_size: Optional[int] = None,
-                  autocast: Optional[torch.dtype] = None, all_reduce: Optional[AllReduce] = None,
-                  kernels: str = "auto") -> Hypergradient:
+def hypergradient(
+    theta0: Params,
+    config: BertConfig,
+    distilled: DistilledData,
+    real: Union[Dict[str, torch.Tensor], Sequence[Dict[str, torch.Tensor]]],
+    mode: str = "recompute",
+    real_batch_size: Optional[int] = None,
+    autocast: Optional[torch.dtype] = None,
+    all_reduce: Optional[AllReduce] = None,
+    kernels: str = "auto",
+) -> Hypergradient:
     """∂ L_outer(θ_T(D̃)) / ∂D̃ for one θ_0 and one real mini-batch: Algorithm 1, lines 5–12 (the inner
     loop, differentiated through) and the gradient of line 15.
 
@@ -233,36 +261,41 @@ def hypergradient(theta0: Params, config: BertConfig, distilled: DistilledData,
 
 def _hypergradient_graph(theta0, config, distilled, outer, kernels) -> Hypergradient:
     theta, losses = _with_grad(theta0), []
-    for t in range(distilled.config.steps):                        # Algorithm 1, lines 5–12, one graph
+    for t in range(distilled.config.steps):  # Algorithm 1, lines 5–12, one graph
         theta, step_losses = sgd_step(theta, config, distilled, t, create_graph=True, kernels=kernels)
         losses.append(step_losses)
     loss, g_T = outer(theta)
     learnable = distilled.learnable()
-    grads = torch.autograd.grad([theta[n] for n in trainable_names(theta)], list(learnable.values()),
-                                grad_outputs=g_T, materialize_grads=True)
+    grads = torch.autograd.grad(
+        [theta[n] for n in trainable_names(theta)], list(learnable.values()), grad_outputs=g_T, materialize_grads=True
+    )
     return Hypergradient(loss, dict(zip(learnable, grads)), torch.stack(losses))
 
 
-def sgd_steps(theta: Params, config: BertConfig, distilled: DistilledData, start: int, stop: int,
-              kernels: str = "auto") -> Iterator[Tuple[Params, torch.Tensor]]:
+def sgd_steps(
+    theta: Params, config: BertConfig, distilled: DistilledData, start: int, stop: int, kernels: str = "auto"
+) -> Iterator[Tuple[Params, torch.Tensor]]:
     """θ_{start+1}, …, θ_stop from θ = θ_start, one SGD step on D̃ at a time and without any graph:
     yields each θ_{t+1} (detached) with its step's (3,) inner losses."""
     kernels = policy.resolve(kernels, next(iter(theta.values())).device)
     frozen_distilled = distilled.detached()
     theta = {n: v.detach() for n, v in theta.items()}
     for t in range(start, stop):
-        theta, step_losses = sgd_step(_with_grad(theta), config, frozen_distilled, t, create_graph=False,
-                                      kernels=kernels)
+        theta, step_losses = sgd_step(
+            _with_grad(theta), config, frozen_distilled, t, create_graph=False, kernels=kernels
+        )
         yield theta, step_losses
 
 
-def train_on_distilled(theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None,
-                       kernels: str = "auto") -> Tuple[Params, torch.Tensor]:
+def train_on_distilled(
+    theta0: Params, config: BertConfig, distilled: DistilledData, steps: Optional[int] = None, kernels: str = "auto"
+) -> Tuple[Params, torch.Tensor]:
     """θ_T = F(θ_0; D̃, η̃, T) (Eq. 2): T (or `steps`) SGD steps on D̃ without any graph, for evaluation.
     Returns θ_T (detached; one θ in memory at a time) and the (T, 3) inner losses."""
     theta, losses = {n: v.detach() for n, v in theta0.items()}, []
-    for theta, step_losses in sgd_steps(theta0, config, distilled, 0,
-                                        distilled.config.steps if steps is None else steps, kernels):
+    for theta, step_losses in sgd_steps(
+        theta0, config, distilled, 0, distilled.config.steps if steps is None else steps, kernels
+    ):
         losses.append(step_losses)
     return theta, torch.stack(losses) if losses else torch.zeros(0, 3)
 
@@ -288,12 +321,15 @@ def _hypergradient_recompute(theta0, config, distilled, outer, kernels) -> Hyper
         theta_next, step_losses = sgd_step(theta_t, config, distilled, t, create_graph=True, kernels=kernels)
         loss = None
         if cotangent is None:
-            loss, cotangent = outer(theta_next)                   # Eq. 3 at θ_T, and g_T
-        wrt_theta = names if t > 0 else []          # nothing needs ∂L/∂θ_0: skip that work
-        grads = torch.autograd.grad([theta_next[n] for n in names],
-                                    [theta_t[n] for n in wrt_theta] + list(learnable.values()),
-                                    grad_outputs=cotangent, materialize_grads=True)
-        return grads[:len(wrt_theta)], dict(zip(learnable, grads[len(wrt_theta):])), loss, step_losses
+            loss, cotangent = outer(theta_next)  # Eq. 3 at θ_T, and g_T
+        wrt_theta = names if t > 0 else []  # nothing needs ∂L/∂θ_0: skip that work
+        grads = torch.autograd.grad(
+            [theta_next[n] for n in names],
+            [theta_t[n] for n in wrt_theta] + list(learnable.values()),
+            grad_outputs=cotangent,
+            materialize_grads=True,
+        )
+        return grads[: len(wrt_theta)], dict(zip(learnable, grads[len(wrt_theta) :])), loss, step_losses
 
     # forward sweep to θ_{T−1}, no graph: keep θ_0, θ_k, θ_2k, … and every θ of the last segment
     last_start = (T - 1) // k * k
@@ -303,16 +339,16 @@ def _hypergradient_recompute(theta0, config, distilled, outer, kernels) -> Hyper
         if t % k == 0 or t >= last_start:
             kept[t] = theta
     v, totals, loss, last_losses = None, None, None, None
-    for start in reversed(range(0, T, k)):                         # reverse sweep, one segment at a time
+    for start in reversed(range(0, T, k)):  # reverse sweep, one segment at a time
         stop = min(start + k, T)
-        segment = [kept.pop(start)]                                # θ_start … θ_{stop−1}
+        segment = [kept.pop(start)]  # θ_start … θ_{stop−1}
         if start == last_start:
             segment += [kept.pop(t) for t in range(start + 1, stop)]
-        else:                                                      # rebuilt from θ_start: the same bits
+        else:  # rebuilt from θ_start: the same bits
             segment += [theta for theta, _ in sgd_steps(segment[0], config, distilled, start, stop - 1, kernels)]
         for t in reversed(range(start, stop)):
             v, step_grads, step_loss, step_losses = step_vjp(segment.pop(), t, v)
-            if totals is None:                                     # the last step: g_T, the outer loss
+            if totals is None:  # the last step: g_T, the outer loss
                 totals, loss, last_losses = step_grads, step_loss, step_losses
             else:
                 for name, g in step_grads.items():
@@ -321,8 +357,9 @@ def _hypergradient_recompute(theta0, config, distilled, outer, kernels) -> Hyper
     return Hypergradient(loss, totals, torch.cat([inner, last_losses[None]]))
 
 
-def _hypergradient_finite_difference(theta0, config, distilled, outer, kernels: str = "cpu",
-                                     perturbation: float = FD_PERTURBATION) -> Hypergradient:
+def _hypergradient_finite_difference(
+    theta0, config, distilled, outer, kernels: str = "cpu", perturbation: float = FD_PERTURBATION
+) -> Hypergradient:
     """Approximate: the reverse sweep of `recompute` with each vector–Hessian product replaced by a central
     difference of two first-order gradients (as in DARTS), so no double backward and fused attention:
         θ_{t+1} = θ_t − η_t g_t,  g_t = ∇_θ L_in(θ_t, D̃),  v = ∂L/∂θ_{t+1}
@@ -330,7 +367,7 @@ def _hypergradient_finite_difference(theta0, config, distilled, outer, kernels: 
         (H_θθ v, H_D̃θ v) ≈ (∇_(θ,D̃) L_in(θ_t + r v) − ∇_(θ,D̃) L_in(θ_t − r v)) / 2r,   r = ε / ‖v‖
     and g_t ≈ the mean of the two gradients. Error O(r²) plus rounding / r; measured in bench/README.md."""
     T = distilled.config.steps
-    steps = list(sgd_steps(theta0, config, distilled, 0, T, kernels))            # θ_1 … θ_T, no graph
+    steps = list(sgd_steps(theta0, config, distilled, 0, T, kernels))  # θ_1 … θ_T, no graph
     thetas = [{n: v.detach() for n, v in theta0.items()}] + [theta for theta, _ in steps]
     losses = torch.stack([step_losses for _, step_losses in steps])
     loss, g_T = outer(thetas[-1])
@@ -340,9 +377,11 @@ def _hypergradient_finite_difference(theta0, config, distilled, outer, kernels: 
     for t in reversed(range(T)):
         r = perturbation / torch.sqrt(sum(total(x * x, kernels) for x in v.values()))
         (plus_theta, plus_d), (minus_theta, minus_d) = (
-            _inner_gradients({**thetas[t], **{n: thetas[t][n] + sign * r * v[n] for n in names}}, config, distilled, t,
-                             kernels)
-            for sign in (1, -1))
+            _inner_gradients(
+                {**thetas[t], **{n: thetas[t][n] + sign * r * v[n] for n in names}}, config, distilled, t, kernels
+            )
+            for sign in (1, -1)
+        )
         lr = distilled.inner_lr(t)
         g_dot_v = sum(total((p + m) * v[n], kernels) for n, p, m in zip(names, plus_theta, minus_theta)) / 2
         totals["lr_raw"] += torch.autograd.grad(lr, learnable["lr_raw"], grad_outputs=-g_dot_v)[0]
@@ -359,8 +398,11 @@ def _inner_gradients(theta: Params, config: BertConfig, distilled: DistilledData
     names = trainable_names(leaves)
     loss = inner_losses(leaves, config, distilled, t, first_order=True, kernels=kernels)[0]
     grads = torch.autograd.grad(loss, [leaves[n] for n in names] + list(learnable.values()), materialize_grads=True)
-    return grads[:len(names)], dict(zip(learnable, grads[len(names):]))
+    return grads[: len(names)], dict(zip(learnable, grads[len(names) :]))
 
 
-_HYPERGRADIENTS = {"graph": _hypergradient_graph, "recompute": _hypergradient_recompute,
-                   "finite-difference": _hypergradient_finite_difference}
+_HYPERGRADIENTS = {
+    "graph": _hypergradient_graph,
+    "recompute": _hypergradient_recompute,
+    "finite-difference": _hypergradient_finite_difference,
+}

@@ -7,12 +7,28 @@ Validation = mean accuracy of fresh models on the held-out *training* slice (val
 sweeps choose by. With --eval, a last column adds the run's eval.json (mean ± std over its fresh models on
 the task's evaluation split), shown only to see how far the held-out choice carries, never to choose.
 """
+
 import json
 import sys
 from pathlib import Path
 
-SHOWN = ["init", "attn_init", "attention_type", "label_type", "attn_weight", "inner_lr", "lr", "lr_inner", "lr_labels",
-         "lr_attn", "seq_len", "shots", "real_batch_size", "max_steps", "seed"]
+SHOWN = [
+    "init",
+    "attn_init",
+    "attention_type",
+    "label_type",
+    "attn_weight",
+    "inner_lr",
+    "lr",
+    "lr_inner",
+    "lr_labels",
+    "lr_attn",
+    "seq_len",
+    "shots",
+    "real_batch_size",
+    "max_steps",
+    "seed",
+]
 
 
 def eval_cell(run: Path) -> str:
@@ -29,15 +45,27 @@ def main(paths, with_eval=False):
     varied = [k for k in SHOWN if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
     curves = {r: [json.loads(l) for l in (r / "validation.jsonl").read_text().splitlines() if l.strip()] for r in runs}
     steps = sorted({v["step"] for c in curves.values() for v in c})
-    print("| run | " + " | ".join(varied) + " | " + " | ".join(f"acc @{s}" for s in steps) + " | best val. loss |"
-          + (" eval split (not used to choose) |" if with_eval else ""))
+    print(
+        "| run | "
+        + " | ".join(varied)
+        + " | "
+        + " | ".join(f"acc @{s}" for s in steps)
+        + " | best val. loss |"
+        + (" eval split (not used to choose) |" if with_eval else "")
+    )
     print("|---" * (2 + len(varied) + len(steps) + with_eval) + "|")
     for r in runs:
         by_step = {v["step"]: v for v in curves[r]}
         cells = [f"{by_step[s]['accuracy']['mean'] * 100:.1f}" if s in by_step else "—" for s in steps]
         best = min(v["loss"]["mean"] for v in curves[r])
-        print(f"| {r.name} | " + " | ".join(str(configs[r].get(k)) for k in varied) + " | " + " | ".join(cells)
-              + f" | {best:.4f} |" + (f" {eval_cell(r)} |" if with_eval else ""))
+        print(
+            f"| {r.name} | "
+            + " | ".join(str(configs[r].get(k)) for k in varied)
+            + " | "
+            + " | ".join(cells)
+            + f" | {best:.4f} |"
+            + (f" {eval_cell(r)} |" if with_eval else "")
+        )
 
 
 if __name__ == "__main__":
