@@ -196,10 +196,10 @@ def check_distilled_config(config: DistilledConfig, max_positions: int) -> None:
         f"unknown attention label type {config.attention_type!r}; choose from {ATTENTION_TYPES}",
     )
     require(config.attn_weight >= 0, f"--attn-weight (λ) must be ≥ 0, not {config.attn_weight}")
-    require(config.inner_lr_init > 0, f"--inner-lr must be > 0, not {config.inner_lr_init}")
+    require(config.inner_lr_init > 0, f"--eta-init must be > 0, not {config.inner_lr_init}")
     require(
         0 <= config.batch_size <= config.num_samples and config.num_samples % config.step_batch_size == 0,
-        f"--batch-size {config.batch_size} must divide the {config.num_samples} distilled samples",
+        f"--samples-per-step {config.batch_size} must divide the {config.num_samples} distilled samples",
     )
 
 

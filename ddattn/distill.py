@@ -66,7 +66,7 @@ from .settings import distilled_config, load_or_start, preset_summary, saved_set
 
 # --- pieces of the loop ---------------------------------------------------------------------------
 def optimizer_for(distilled: DistilledData, args) -> torch.optim.Optimizer:
-    """Adam over D̃ (method/outer.py) with the α of --lr, or of --lr-x / --lr-labels / --lr-attn / --lr-inner
+    """Adam over D̃ (method/outer.py) with the α of --lr, or of --lr-x / --lr-labels / --lr-attn / --lr-eta
     for their tensor."""
     group_lrs = {"x": args.lr_x, "label_logits": args.lr_labels, "attn_logits": args.lr_attn, "lr_raw": args.lr_inner}
     return make_optimizer(distilled, args.lr, group_lrs, args.optimizer, args.weight_decay)

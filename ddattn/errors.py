@@ -15,7 +15,7 @@ import argparse
 import signal
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STOPPED = 128 + signal.SIGTERM  # 143: the exit status of a run stopped by a stop signal
@@ -26,7 +26,22 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is a UserError (one line, exit 2) instead of usage text plus a line."""
+    """argparse, but a bad flag is a UserError (one line, exit 2) instead of usage text plus a line; and
+    `renamed` = {old flag: new flag}: an old name still works (the commands recorded in results/ use
+    them), with one line on stderr saying the new one. `--help` shows only the new names."""
+
+    def __init__(self, *args, renamed: Optional[Dict[str, str]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.renamed = renamed or {}
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(args):
+            old, _, value = arg.partition("=")
+            if old in self.renamed:
+                print(f"note: {old} is now {self.renamed[old]}", file=sys.stderr)
+                args[i] = self.renamed[old] + ("=" + value if "=" in arg else "")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         raise UserError(f"{message} (see {self.prog} --help)")

@@ -91,6 +91,7 @@ def model_bytes(theta: Params, config: BertConfig, batches: Sequence[Dict[str, t
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(
         prog="python -m ddattn.evaluate",
+        renamed={"--batch-size": "--eval-batch-size"},
         description="Train N fresh models on a run's distilled data and score them (paper Sec. 3.1).",
         epilog="One process at a time works on a run (its lock): an evaluation while another, or a "
         "distillation, works on it is refused with one line. SIGTERM or SIGUSR1: one line, exit "
@@ -108,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="run seed: model i gets head i of the evaluation stream (ddattn/seeds.py)"
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-batch-size", dest="batch_size", type=int, default=64, help="examples per batch")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -134,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--out", type=Path, help="default RUN_DIR/eval.json")
     args = p.parse_args(argv)
     if args.n_models < 1 or args.batch_size < 1:
-        raise UserError("--n-models and --batch-size must be ≥ 1")
+        raise UserError("--n-models and --eval-batch-size must be ≥ 1")
     check_models_at_once(args.models_at_once)
     checks.check_seed(args.seed)
     if args.precision == "bf16":

@@ -129,12 +129,16 @@ def print_lines(examples: Sequence[tasks.Example], label_names: Sequence[str], p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = ArgumentParser(prog="python -m ddattn.predict", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(
+        prog="python -m ddattn.predict",
+        description=__doc__.split("\n\n")[0],
+        renamed={"--batch-size": "--eval-batch-size"},
+    )
     p.add_argument("model", type=Path, help="a directory from python -m ddattn.train, or runs/<task>/<name>/")
     p.add_argument("texts", nargs="*", help="texts to classify (two by two for pair tasks)")
     p.add_argument("--file", type=Path, help="a CSV file with a header: text, or text_a and text_b")
     p.add_argument("--out", type=Path, help="with --file: write the predictions as CSV here (must not exist)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-batch-size", dest="batch_size", type=int, default=64, help="examples per batch")
     p.add_argument("--which", choices=["best", "last"], default="best", help="for a run: distilled_best or _last")
     p.add_argument("--seed", type=int, default=0, help="for a run: seed of the fresh classification head")
     args = p.parse_args(argv)
@@ -143,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.out and not args.file:
         raise UserError("--out goes with --file")
     if args.batch_size < 1:
-        raise UserError(f"--batch-size must be ≥ 1, not {args.batch_size}")
+        raise UserError(f"--eval-batch-size must be ≥ 1, not {args.batch_size}")
     if args.out:
         refuse_existing(args.out)
     with contextlib.redirect_stdout(sys.stderr):  # convert's "reading ..." lines: stdout is for predictions

@@ -136,6 +136,10 @@ Settings = make_dataclass(
 )
 
 
+# Flags renamed so that one concept has one name; the old names still work, with a one-line note.
+RENAMED = {"--inner-lr": "--eta-init", "--lr-inner": "--lr-eta", "--batch-size": "--samples-per-step"}
+
+
 def parse_args(argv: Optional[Sequence[str]]):
     """The settings a command line asks for: `Settings` for a new run; for `--resume RUN_DIR`, the flags
     given (resumed_settings reads the rest from the run)."""
@@ -147,7 +151,7 @@ def parse_args(argv: Optional[Sequence[str]]):
 
 def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line as given: None for every flag left out."""
-    p = ArgumentParser(prog="python -m ddattn.distill", description=DESCRIPTION, epilog=STOPPING)
+    p = ArgumentParser(prog="python -m ddattn.distill", description=DESCRIPTION, epilog=STOPPING, renamed=RENAMED)
     p.add_argument("--task", help=f"task to distil: {', '.join(tasks.TASK_NAMES)}")
     p.add_argument("--model", help="converted checkpoint: a name under weights/ or a directory")
     p.add_argument("--data-dir", help="task data directory (default data/, env DDATTN_DATA_DIR)")
@@ -185,7 +189,12 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         choices=["same", "different"],
         help="same distilled batch at every step, or its own per step (Table 3)",
     )
-    g.add_argument("--batch-size", type=int, help="distilled samples per inner step (0: from --data-per-step)")
+    g.add_argument(
+        "--samples-per-step",
+        dest="batch_size",
+        type=int,
+        help="distilled samples per inner step (0: from --data-per-step)",
+    )
     g.add_argument("--seq-len", type=int, help="S, tokens per distilled sample")
     g.add_argument(
         "--label-type",
@@ -195,7 +204,9 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     g.add_argument("--attention-type", choices=ATTENTION_TYPES, help="attention labels: none, cls (the paper), all")
     g.add_argument("--attn-weight", type=float, help="λ, weight of the attention loss (Eq. 7)")
-    g.add_argument("--inner-lr", type=float, help="η̃_0, initial learned inner learning rate (paper: 1e-2 or 1e-1)")
+    g.add_argument(
+        "--eta-init", dest="inner_lr", type=float, help="η̃_0, initial learned inner learning rate (paper: 1e-2 or 1e-1)"
+    )
     g.add_argument("--init", choices=["random", "real"], help="x̃ init: N(0,1) (paper) or embeddings of real examples")
     g.add_argument(
         "--attn-init",
@@ -205,8 +216,13 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     g = p.add_argument_group("outer optimisation (Algorithm 1, Appendix B)")
     g.add_argument("--lr", type=float, help="α, Adam learning rate for every distilled tensor (paper 1e-3, 1e-2, 1e-1)")
-    for name in ("x", "labels", "attn", "inner"):
-        g.add_argument(f"--lr-{name}", type=float, help=f"α for the {name} group (default --lr)")
+    for name, dest, what in (
+        ("x", "lr_x", "x̃"),
+        ("labels", "lr_labels", "ỹ"),
+        ("attn", "lr_attn", "ã"),
+        ("eta", "lr_inner", "η̃"),
+    ):
+        g.add_argument(f"--lr-{name}", dest=dest, type=float, help=f"α for {what} (default --lr)")
     g.add_argument("--optimizer", choices=["adam", "adamw"])
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup", type=float, help="fraction of outer steps with linear warmup, then linear decay")
@@ -310,8 +326,8 @@ def saved_settings(args) -> dict:
 
 
 def step_batch_size(args, num_classes: int) -> int:
-    """Distilled samples per inner step: --batch-size, or with --data-per-step different (and no
-    --batch-size) each step's own C × shots / T samples."""
+    """Distilled samples per inner step: --samples-per-step, or with --data-per-step different (and no
+    --samples-per-step) each step's own C × shots / T samples."""
     if args.data_per_step != "different" or args.batch_size:
         return args.batch_size
     if args.shots % args.steps:

@@ -23,7 +23,7 @@ from .errors import STOPPED, ArgumentParser, Terminated, UserError, run_cli
 from .paths import runs_dir, write_json_atomic
 from .report import best_validation_loss
 
-GRID_FLAGS = ("--lr", "--inner-lr", "--name", "--resume")  # set per cell by the sweep itself
+GRID_FLAGS = ("--lr", "--eta-init", "--inner-lr", "--name", "--resume")  # set per cell by the sweep itself
 IGNORED = {"resume", "device", "batch_size"}  # may differ from a saved config.json (batch_size is derived)
 
 
@@ -31,18 +31,19 @@ def parse_args(argv: Optional[Sequence[str]]):
     p = ArgumentParser(
         prog="python -m ddattn.sweep",
         allow_abbrev=False,
+        renamed={"--inner-lrs": "--eta-inits"},
         description=__doc__.split("\n\n")[0] + " Other flags go to python -m ddattn.distill.",
     )
     p.add_argument("--task", required=True)
     p.add_argument("--alphas", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1], help="α, distill --lr")
-    p.add_argument("--inner-lrs", type=float, nargs="+", default=[1e-2, 1e-1], help="η̃_0, distill --inner-lr")
+    p.add_argument("--eta-inits", type=float, nargs="+", default=[1e-2, 1e-1], help="η̃_0, distill --eta-init")
     p.add_argument("--name", help="prefix of the cells' run names (default: derived from the settings)")
     p.add_argument("--n-models", type=int, default=100, help="evaluation models for the chosen run (paper: 100)")
     p.add_argument("--device", help="cpu, cuda, ... for distillation and evaluation")
     args, passthrough = p.parse_known_args(argv)
     clash = [a for a in passthrough if a.split("=")[0] in GRID_FLAGS]
     if clash:
-        raise UserError(f"{clash[0]} is set by the sweep; use --alphas / --inner-lrs / --name")
+        raise UserError(f"{clash[0]} is set by the sweep; use --alphas / --eta-inits / --name")
     if args.n_models < 1:
         raise UserError(f"--n-models must be ≥ 1, not {args.n_models}")
     return args, passthrough
@@ -54,8 +55,8 @@ def plan(args, passthrough: List[str]) -> List[dict]:
     base = ["--task", args.task, *passthrough, *(["--device", args.device] if args.device else [])]
     cells = []
     for alpha in args.alphas:
-        for eta in args.inner_lrs:
-            argv = [*base, "--lr", repr(alpha), "--inner-lr", repr(eta)]
+        for eta in args.eta_inits:
+            argv = [*base, "--lr", repr(alpha), "--eta-init", repr(eta)]
             settings = run_settings.parse_args(argv)
             run_settings.check_settings(settings)
             prefix = args.name or run_settings.settings_name(settings)

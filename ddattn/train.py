@@ -1,6 +1,6 @@
 """`python -m ddattn.train RUN_DIR --out DIR`: the classifier a distilled dataset trains, ready to use.
 
-θ_0 is the run's pretrained checkpoint with a fresh classification head: with --seed N, the head of model N
+θ_0 is the run's pretrained checkpoint with a fresh classification head: with --model-index N, the head of model N
 of `python -m ddattn.evaluate` (whose run seed defaults to 0; seeds.py). It takes the T inner SGD steps on D̃
 with the learned η̃ and the attention loss (paper Eq. 7), exactly as during distillation and evaluation:
 seconds on a CPU. θ_T is written in the Hugging Face layout (export.py), for `python -m ddattn.predict`
@@ -36,11 +36,17 @@ def train_classifier(run_dir: Path, which: str = "best", seed: int = 0) -> Class
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = ArgumentParser(prog="python -m ddattn.train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(
+        prog="python -m ddattn.train", description=__doc__.split("\n\n")[0], renamed={"--seed": "--model-index"}
+    )
     p.add_argument("run_dir", type=Path, help="runs/<task>/<name>/ of python -m ddattn.distill")
     p.add_argument("--which", choices=["best", "last"], default="best", help="distilled_best or distilled_last")
     p.add_argument(
-        "--seed", type=int, default=0, help="which fresh head: that of model N of `python -m ddattn.evaluate`"
+        "--model-index",
+        dest="seed",
+        type=int,
+        default=0,
+        help="which fresh head: that of model N of `python -m ddattn.evaluate`",
     )
     p.add_argument("--out", type=Path, required=True, help="the directory to write (must not exist)")
     args = p.parse_args(argv)

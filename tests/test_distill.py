@@ -117,7 +117,7 @@ def test_sigterm_checkpoints_the_step_in_flight_and_resumes_there(tmp_path, mrpc
 
 def test_divergence_stops_with_one_line(tmp_path, mrpc_data):
     use_data(tmp_path, mrpc_data)
-    done = run_distill(tmp_path, *SMALL_RUN, "--name", "diverge", "--inner-lr", "1e38")
+    done = run_distill(tmp_path, *SMALL_RUN, "--name", "diverge", "--eta-init", "1e38")
     line = one_error_line(done)
     assert "non-finite" in line and "outer step 1" in line
 

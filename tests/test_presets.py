@@ -54,7 +54,7 @@ def test_explicit_choices_win(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = settings.parse_args(["--task", "mrpc", "--preset", "paper", "--seq-len", "128"])
     assert args.preset == "paper" and args.seq_len == 128 and args.preset_reason is None
-    assert settings.parse_args(["--task", "mrpc", "--inner-lr", "0.05"]).inner_lr == 0.05
+    assert settings.parse_args(["--task", "mrpc", "--eta-init", "0.05"]).inner_lr == 0.05
 
 
 def test_settings_are_built_once_and_frozen(monkeypatch):
@@ -65,3 +65,21 @@ def test_settings_are_built_once_and_frozen(monkeypatch):
     with pytest.raises(dataclasses.FrozenInstanceError):
         args.shots = 3
     assert settings.step_batch_size(dataclasses.replace(args, data_per_step="different", steps=2), 2) == 2
+
+
+def test_renamed_flags_still_work_with_one_note(capsys):
+    """--inner-lr, --lr-inner and --batch-size (the commands recorded in results/ use them) set what
+    --eta-init, --lr-eta and --samples-per-step set, and say the new name in one line each."""
+    from ddattn import settings
+
+    common = ["--task", "sst2", "--preset", "cpu", "--steps", "2", "--shots", "2"]
+    old = settings.parse_args([*common, "--inner-lr", "0.2", "--lr-inner=0.05", "--batch-size", "2"])
+    notes = capsys.readouterr().err.splitlines()
+    new = settings.parse_args([*common, "--eta-init", "0.2", "--lr-eta=0.05", "--samples-per-step", "2"])
+    assert capsys.readouterr().err == ""
+    assert old == new and (new.inner_lr, new.lr_inner, new.batch_size) == (0.2, 0.05, 2)
+    assert notes == [
+        "note: --inner-lr is now --eta-init",
+        "note: --lr-inner is now --lr-eta",
+        "note: --batch-size is now --samples-per-step",
+    ]

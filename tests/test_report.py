@@ -273,7 +273,7 @@ def test_sweep_plans_one_named_cell_per_grid_point(monkeypatch, tmp_path):
     assert [(c["alpha"], c["inner_lr"]) for c in cells] == [(a, e) for a in (1e-3, 1e-2, 1e-1) for e in (1e-2, 1e-1)]
     assert len({c["name"] for c in cells}) == 6
     assert cells[0]["name"] == "soft-cls-s3-t1-same-S64-seed0-lr0.001-eta0.01"
-    assert cells[0]["argv"][-6:] == ["--lr", "0.001", "--inner-lr", "0.01", "--name", cells[0]["name"]]
+    assert cells[0]["argv"][-6:] == ["--lr", "0.001", "--eta-init", "0.01", "--name", cells[0]["name"]]
     assert cells[0]["settings"]["epochs"] == 3 and cells[0]["settings"]["shots"] == 3  # preset passed through
 
 
@@ -311,6 +311,7 @@ def test_sweep_refuses_a_directory_with_other_settings(tmp_path):
     [
         (["--task", "mrpc", "--lr", "0.1"], "--lr is set by the sweep"),
         (["--task", "mrpc", "--inner-lr", "0.1"], "--inner-lr is set by the sweep"),
+        (["--task", "mrpc", "--eta-init", "0.1"], "--eta-init is set by the sweep"),
         (["--task", "mrpc", "--bogus"], "unrecognized arguments: --bogus"),
         (["--task", "mrpc", "--epochs", "0"], "--epochs must be ≥ 1"),
         (["--alphas", "0.1"], "--task"),
