@@ -4,7 +4,7 @@ to use it. `python -m ddattn.card RUN_DIR` rewrites it.
 Written at the end of `python -m ddattn.distill` and again by `python -m ddattn.evaluate`, from what is
 on disk only: config.json (task and settings), metrics.jsonl, validation.jsonl and run.log (budget and
 device), distilled_best.safetensors (each sample's nearest-token reading and label, the learned inner
-learning rate η̃ and a heatmap of the attention labels ã, as `python -m ddattn.inspect` shows them), and
+learning rate η̃ and a heatmap of the attention labels ã, as `python -m ddattn.show` shows them), and
 eval.json with the baselines' runs/<task>/{majority,random-real,full}/eval.json beside it. Every number in
 the evaluation table is read from those eval.json files.
 """
@@ -19,11 +19,11 @@ from . import checks, tasks
 from . import data as taskdata
 from .errors import ArgumentParser, run_cli
 from .files import load_pretrained
-from .inspect import attention_labels, describe_sample, plot_attention_labels
 from .method.distilled import DistilledData
 from .paths import atomic_path, resolve_checkpoint
 from .report import BASELINE_ROWS
 from .rundir import load_run
+from .show import attention_labels, describe_sample, plot_attention_labels
 
 HEATMAP = "attention_labels.png"
 CURVES = "validation.png"

@@ -23,7 +23,7 @@ from .method.distilled import ATTENTION_TYPES, LABEL_TYPES, DistilledConfig
 from .method.seeds import SEED_LIMIT
 from .paths import resolve_checkpoint
 
-# What evaluate and inspect need from a run's config.json.
+# What evaluate and show need from a run's config.json.
 RUN_FIELDS = ("task", "model", "max_length", "seq_len", "shots", "steps")
 
 

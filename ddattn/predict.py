@@ -96,7 +96,7 @@ def probabilities(
             batch["input_ids"],
             token_type_ids=batch["token_type_ids"],
             attention_mask=batch["attention_mask"],
-            attention="none",
+            attention_type="none",
             fused=True,
         ).logits
         probs[rows] = torch.softmax(logits, dim=-1)

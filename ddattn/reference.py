@@ -31,12 +31,12 @@ EVAL_BATCH_SIZE = 128
 def inner_loss(theta: Params, config: BertConfig, distilled: DistilledData, t: int) -> torch.Tensor:
     """L_task + λ L_attn of inner step t (Eq. 6–7), textbook ops."""
     rows = distilled.step_indices(t)
-    attention = distilled.config.attention_type
-    out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention, plain=True)
+    attention_type = distilled.config.attention_type
+    out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention_type=attention_type, plain=True)
     loss = soft_cross_entropy(out.logits, distilled.targets(t))
-    if attention == "none":
+    if attention_type == "none":
         return loss
-    scores = out.cls_scores if attention == "cls" else out.scores  # (b, L, H, S) or (b, L, H, S, S)
+    scores = out.cls_scores if attention_type == "cls" else out.scores  # (b, L, H, S) or (b, L, H, S, S)
     log_label = F.log_softmax(distilled.attn_logits[rows], dim=-1)
     kl = (log_label.exp() * (log_label - F.log_softmax(scores, dim=-1))).sum(-1)
     return loss + distilled.config.attn_weight * kl.mean()
@@ -63,7 +63,7 @@ def logits(theta: Params, config: BertConfig, batch: Dict[str, torch.Tensor]) ->
         batch["input_ids"],
         token_type_ids=batch["token_type_ids"],
         attention_mask=batch["attention_mask"],
-        attention="none",
+        attention_type="none",
         plain=True,
     ).logits
 

@@ -14,7 +14,7 @@ from tests.helpers import TINY, tiny_inputs, tiny_theta
 def test_shapes_and_attention_rows():
     theta = tiny_theta()
     ids, types, mask = tiny_inputs()
-    out = bert_forward(theta, TINY, ids, token_type_ids=types, attention_mask=mask, attention="all")
+    out = bert_forward(theta, TINY, ids, token_type_ids=types, attention_mask=mask, attention_type="all")
     B, S, L, H = 3, 8, TINY.num_layers, TINY.num_heads
     assert out.logits.shape == (B, 2) and out.pooled.shape == (B, TINY.hidden_size)
     assert out.cls_scores.shape == (B, L, H, S) and out.scores.shape == (B, L, H, S, S)
@@ -42,7 +42,7 @@ def test_attention_paths_agree(masked):
     ids, types, mask = tiny_inputs()
     mask = mask if masked else None
     runs = [
-        bert_forward(theta, TINY, ids, token_type_ids=types, attention_mask=mask, attention=a, fused=f)
+        bert_forward(theta, TINY, ids, token_type_ids=types, attention_mask=mask, attention_type=a, fused=f)
         for a, f in [("cls", True), ("cls", False), ("all", False)]
     ]
     for out in runs[1:]:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from ddattn import baselines, data, distill, evaluate, inspect, paths, report, tasks
+from ddattn import baselines, data, distill, evaluate, paths, report, show, tasks
 from ddattn.errors import UserError, run_cli
 from ddattn.files import load_distilled, read_distilled_metadata, save_distilled
 from ddattn.method.distilled import DistilledConfig, DistilledData
@@ -110,7 +110,7 @@ ROWS = "".join(f"{'good' if i % 2 else 'poor'} film {i},{'pos' if i % 2 else 'ne
     ],
     ids=["3 classes in an MRPC run", "another model width"],
 )
-@pytest.mark.parametrize("main", [evaluate.main, inspect.main], ids=["evaluate", "inspect"])
+@pytest.mark.parametrize("main", [evaluate.main, show.main], ids=["evaluate", "show"])
 def test_distilled_data_that_does_not_fit_the_run_is_refused(finished, env, capsys, main, change, expected):
     run = copy_run(finished, env)
     best = run / "distilled_best.safetensors"
@@ -136,7 +136,7 @@ def test_distilled_tensors_that_contradict_their_config_are_refused(finished, en
     save_distilled(
         DistilledData(data.config, {**data.tensors(), "x": torch.zeros(1, 1, 384)}), best, extra=provenance(best)
     )
-    assert "do not match its own config" in refused(inspect.main, [str(run)], capsys, run)
+    assert "do not match its own config" in refused(show.main, [str(run)], capsys, run)
 
 
 def test_report_refuses_an_eval_json_of_another_task(finished, env, capsys):

@@ -40,7 +40,7 @@ def test_forward_matches_golden(minilm, golden, dtype, atol, fused, kernels):
         golden["forward.input_ids"],
         token_type_ids=golden["forward.token_type_ids"],
         attention_mask=golden["forward.attention_mask"],
-        attention="cls",
+        attention_type="cls",
         fused=fused,
         kernels=kernels,
     )

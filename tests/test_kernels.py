@@ -56,7 +56,7 @@ def test_forward_agrees(attention_type, fused, masked):
             ids,
             token_type_ids=types,
             attention_mask=mask if masked else None,
-            attention=attention_type,
+            attention_type=attention_type,
             fused=fused,
             kernels=k,
         )

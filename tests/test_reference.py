@@ -24,13 +24,13 @@ from tests.helpers import TINY, tiny_theta
 def naive_hypergradient(theta0, config, distilled, batch):
     """(L(x_s, y_s, θ_T), ∇_D̃ of it by name) for θ_0 = theta0 and the real mini-batch `batch`."""
     theta = {n: p.detach().requires_grad_() for n, p in theta0.items()}
-    attention = distilled.config.attention_type
+    attention_type = distilled.config.attention_type
     for t in range(distilled.config.steps):  # lines 5–12
         rows = distilled.step_indices(t)  # lines 6–7
-        out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention=attention, plain=True)
+        out = bert_forward(theta, config, inputs_embeds=distilled.x[rows], attention_type=attention_type, plain=True)
         loss = -(distilled.targets(t) * F.log_softmax(out.logits, -1)).sum(-1).mean()  # line 8, Eq. 1
-        if attention != "none":  # line 9, Eq. 6
-            model_attention = out.cls_scores if attention == "cls" else out.scores  # (b, L, H, [S,] S)
+        if attention_type != "none":  # line 9, Eq. 6
+            model_attention = out.cls_scores if attention_type == "cls" else out.scores  # (b, L, H, [S,] S)
             kl = F.kl_div(
                 F.log_softmax(model_attention, -1),
                 F.log_softmax(distilled.attn_logits[rows], -1),
@@ -47,7 +47,7 @@ def naive_hypergradient(theta0, config, distilled, batch):
         batch["input_ids"],
         token_type_ids=batch["token_type_ids"],
         attention_mask=batch["attention_mask"],
-        attention="none",
+        attention_type="none",
         plain=True,
     ).logits
     outer = F.cross_entropy(logits, batch["labels"])  # Eq. 3–4 at θ_T

@@ -113,7 +113,7 @@ def test_transformers_loads_the_export_and_agrees(exported):
         batch["input_ids"],
         token_type_ids=batch["token_type_ids"],
         attention_mask=batch["attention_mask"],
-        attention="none",
+        attention_type="none",
     ).logits
     assert model.config.id2label == {0: "not_equivalent", 1: "equivalent"}
     assert torch.allclose(theirs, mine, atol=1e-5)

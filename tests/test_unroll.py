@@ -122,13 +122,13 @@ def test_attention_kl_is_kl_of_softmaxes():
 @pytest.mark.parametrize("attention_type", ["cls", "all"])
 def test_attention_labels_initialised_from_the_model_start_with_zero_attention_loss(tiny, attention_type):
     from ddattn.method.outer import init_attention_from_model
-    from ddattn.method.unroll import inner_losses
+    from ddattn.method.unroll import inner_objective
 
     config, theta = tiny
     distilled = make_distilled(attention_type=attention_type)
-    assert inner_losses(theta, config, distilled, 0)[2] > 0.1  # a random target: KL > 0
+    assert inner_objective(theta, config, distilled, 0)[2] > 0.1  # a random target: KL > 0
     init_attention_from_model(distilled, theta, config)
-    assert inner_losses(theta, config, distilled, 0)[2].abs() < 1e-12  # softmax(ã) = the model's attention
+    assert inner_objective(theta, config, distilled, 0)[2].abs() < 1e-12  # softmax(ã) = the model's attention
 
 
 def test_real_init_of_a_pair_enters_bert_as_the_real_pair(tiny):

@@ -9,7 +9,7 @@ not the method: bert.py asks it for the attention context of one layer, with the
   (pytorch#116350), so only where nothing differentiates the step again (the outer loss, evaluation);
 - "recomputed" — `RecomputedAttention` below: differentiable twice with a hand-written double backward,
   never keeping an (S, S) tensor alive; unpadded sequences only (the distilled data have no padding);
-- "plain" — the textbook ops, which also give the full (Sq, S) scores (attention="all", padded batches
+- "plain" — the textbook ops, which also give the full (Sq, S) scores (attention_type="all", padded batches
   inside a differentiated step, and the straightforward model of reference.py).
 
 Queries arrive pre-scaled by 1/√d_h; Sq = S, or Sq = 1 when a layer computes the [CLS] row only.
@@ -45,9 +45,11 @@ import torch.nn.functional as F
 from . import kernels as policy
 
 
-def choose_kernel(fused: bool, plain: bool, cls_only: bool, key_mask: Optional[torch.Tensor], want: str) -> str:
+def choose_kernel(
+    fused: bool, plain: bool, cls_only: bool, key_mask: Optional[torch.Tensor], attention_type: str
+) -> str:
     """The kernel for one layer (see the module docstring)."""
-    if plain or want == "all":
+    if plain or attention_type == "all":
         return "plain"
     # Not part of the method: SDPA's CPU kernel splits a one-row query by thread count (its last bits change
     # with the threads), so the [CLS] row, cheap anyway, takes the other paths (1 thread = 2 threads = 2 ranks).

@@ -137,7 +137,7 @@ class BertOutput:
 
     @property
     def attention(self) -> torch.Tensor:
-        """(B, L, H, S, S) attention probabilities of every query (needs attention="all")."""
+        """(B, L, H, S, S) attention probabilities of every query (needs attention_type="all")."""
         return torch.softmax(self.scores, dim=-1)
 
 
@@ -150,7 +150,7 @@ def _attention(
     S: int,
     cls_only: bool,
     key_mask: Optional[torch.Tensor],
-    want: str,
+    attention_type: str,
     kernel: str,
     kernels: str,
 ):
@@ -164,9 +164,9 @@ def _attention(
     q = q * (scale if kernels == "cpu" else q.new_full((), scale))  # gpu: a tensor, its backward is one op
     context, scores = attend(q, k, v, key_mask, kernel, kernels, H)  # (B, H, Sq, Dh), or (B·H, Sq, Dh) (gpu)
     scores = None if scores is None else _heads(scores, B, kernels)  # (B, H, Sq, S)
-    cls_scores = _cls_scores(q, k, key_mask, scores, B, kernels) if want != "none" else None  # (B, H, S)
+    cls_scores = _cls_scores(q, k, key_mask, scores, B, kernels) if attention_type != "none" else None  # (B, H, S)
     context = _heads(context, B, kernels).transpose(1, 2).reshape((B, Sq, D) if kernels == "cpu" else (B * Sq, D))
-    return (_linear(theta, prefix + "out.", context, kernels), cls_scores, scores if want == "all" else None)
+    return (_linear(theta, prefix + "out.", context, kernels), cls_scores, scores if attention_type == "all" else None)
 
 
 def _queries_keys_values(
@@ -241,7 +241,7 @@ def bert_forward(
     inputs_embeds: Optional[torch.Tensor] = None,
     token_type_ids: Optional[torch.Tensor] = None,
     attention_mask: Optional[torch.Tensor] = None,
-    attention: str = "cls",
+    attention_type: str = "cls",
     fused: bool = False,
     plain: bool = False,
     kernels: str = "auto",
@@ -255,13 +255,13 @@ def bert_forward(
     plain: the textbook model, for reference.py: every layer computes every row, attention materialises
         its (S, S) probabilities and autograd differentiates the ops as written.
     Otherwise the last layer computes the [CLS] row only (its query, attention output and FFN): nothing
-    else of it is read, unless attention="all" returns its full maps.
+    else of it is read, unless attention_type="all" returns its full maps.
     kernels: the kernel policy, "cpu", "gpu" or "auto" (by the inputs' device): the same numbers cut into
         operators for a CPU's cache or for a GPU's launch overhead (kernels.py).
     """
-    if attention not in ("none", "cls", "all"):
-        raise ValueError(f"attention must be 'none', 'cls' or 'all', not {attention!r}")
-    if fused and (attention == "all" or plain):
+    if attention_type not in ("none", "cls", "all"):
+        raise ValueError(f"attention_type must be 'none', 'cls' or 'all', not {attention_type!r}")
+    if fused and (attention_type == "all" or plain):
         raise ValueError("full attention maps and the plain model need the explicit (unfused) attention path")
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -285,10 +285,10 @@ def bert_forward(
     cls_scores, all_scores = [], []
     for i in range(config.num_layers):
         p = f"layers.{i}."
-        cls_only = i == config.num_layers - 1 and attention != "all" and not plain
-        kernel = choose_kernel(fused, plain, cls_only, key_mask, attention)
+        cls_only = i == config.num_layers - 1 and attention_type != "all" and not plain
+        kernel = choose_kernel(fused, plain, cls_only, key_mask, attention_type)
         attn_out, cls, scores = _attention(
-            theta, p + "attention.", config, x, B, S, cls_only, key_mask, attention, kernel, kernels
+            theta, p + "attention.", config, x, B, S, cls_only, key_mask, attention_type, kernel, kernels
         )
         x = _layer_norm(
             theta, p + "attention.norm.", config, (_cls_rows(x, B, kernels) if cls_only else x) + attn_out, kernels
@@ -306,6 +306,6 @@ def bert_forward(
         logits=logits,
         pooled=pooled,
         cls_hidden=cls_hidden,
-        cls_scores=torch.stack(cls_scores, dim=1) if attention != "none" else None,  # (B, L, H, S)
-        scores=torch.stack(all_scores, dim=1) if attention == "all" else None,  # (B, L, H, S, S)
+        cls_scores=torch.stack(cls_scores, dim=1) if attention_type != "none" else None,  # (B, L, H, S)
+        scores=torch.stack(all_scores, dim=1) if attention_type == "all" else None,  # (B, L, H, S, S)
     )

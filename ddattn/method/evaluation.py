@@ -98,7 +98,7 @@ def predict(
                 batch["input_ids"],
                 token_type_ids=batch["token_type_ids"],
                 attention_mask=mask,
-                attention="none",
+                attention_type="none",
                 fused=True,
                 kernels=kernels,
             ).logits
@@ -140,7 +140,7 @@ def predict_models(
             batch["input_ids"],
             token_type_ids=batch["token_type_ids"],
             attention_mask=batch["attention_mask"],
-            attention="none",
+            attention_type="none",
             fused=True,
             kernels=kernels,
         ).logits

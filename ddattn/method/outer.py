@@ -54,12 +54,14 @@ def init_attention_from_model(
     """ã_i ← the pretrained model's own attention on x̃_i: the logits are its attention scores, so
     softmax(ã) equals its attention and the attention loss (Eq. 6) starts at 0 instead of at a random
     target's KL. (The head does not matter: attention is computed before it.)"""
-    kind = distilled.config.attention_type
-    if kind == "none":
+    attention_type = distilled.config.attention_type
+    if attention_type == "none":
         return
     with torch.no_grad():
-        out = bert_forward(pretrained, config, inputs_embeds=distilled.x, attention=kind, kernels=kernels)
-        distilled.attn_logits.copy_(out.cls_scores if kind == "cls" else out.scores)  # (M, L, H, S[, S])
+        out = bert_forward(
+            pretrained, config, inputs_embeds=distilled.x, attention_type=attention_type, kernels=kernels
+        )
+        distilled.attn_logits.copy_(out.cls_scores if attention_type == "cls" else out.scores)  # (M, L, H, S[, S])
 
 
 # --- the update of lines 14–15 (Appendix B) ---------------------------------------------------------

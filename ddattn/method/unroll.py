@@ -103,27 +103,27 @@ def attention_kl(label_logits: torch.Tensor, scores: torch.Tensor) -> torch.Tens
     return AttentionKL.apply(label_logits, scores)
 
 
-def inner_losses(
+def inner_objective(
     theta: Params, config: BertConfig, distilled: DistilledData, t: int, first_order: bool = False, kernels: str = "cpu"
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_task + λ L_attn, L_task, L_attn) of inner step t at parameters θ_t (Eq. 6–7). `first_order`:
     only first derivatives will be taken, so attention may use the fused kernel (not for full maps).
     `kernels`: the resolved kernel policy, "cpu" or "gpu" (kernels.py), as in every function below."""
     rows = distilled.step_indices(t)  # Algorithm 1, lines 6–7: the t-th mini-batch of D̃
-    attention = distilled.config.attention_type
+    attention_type = distilled.config.attention_type
     out = bert_forward(
         theta,
         config,
         inputs_embeds=distilled.x[rows],
-        attention=attention,
-        fused=first_order and attention != "all",
+        attention_type=attention_type,
+        fused=first_order and attention_type != "all",
         kernels=kernels,
     )
     task = soft_cross_entropy(out.logits, distilled.targets(t))  # line 8: L_task (Eq. 1)
-    if attention == "none":
+    if attention_type == "none":
         attn = torch.zeros((), dtype=task.dtype, device=task.device)
     else:
-        scores = out.cls_scores if attention == "cls" else out.scores  # (b, L, H, S) or (b, L, H, S, S)
+        scores = out.cls_scores if attention_type == "cls" else out.scores  # (b, L, H, S) or (b, L, H, S, S)
         attn = attention_kl(distilled.attn_logits[rows], scores).mean()  # line 9: L_attn (Eq. 6), mean over
         # sample, layer, head(, query)
     return task + distilled.config.attn_weight * attn, task, attn
@@ -135,7 +135,7 @@ def sgd_step(
     """θ_{t+1} = θ_t − η̃_t ∇_θ (L_task + λ L_attn) (Eq. 7; Algorithm 1, lines 10–11). Returns θ_{t+1} and
     the three losses."""
     names = trainable_names(theta)
-    losses = torch.stack(inner_losses(theta, config, distilled, t, first_order=not create_graph, kernels=kernels))
+    losses = torch.stack(inner_objective(theta, config, distilled, t, first_order=not create_graph, kernels=kernels))
     grads = torch.autograd.grad(losses[0], [theta[n] for n in names], create_graph=create_graph)  # ∇_θ L
     eta = distilled.inner_lr(t)  # η̃_t
     with torch.set_grad_enabled(create_graph):  # a step that is not differentiated keeps no graph
@@ -165,7 +165,7 @@ def outer_loss(
         batch["input_ids"],
         token_type_ids=batch["token_type_ids"],
         attention_mask=batch["attention_mask"],
-        attention="none",
+        attention_type="none",
         fused=True,
         kernels=kernels,
     )
@@ -396,7 +396,7 @@ def _inner_gradients(theta: Params, config: BertConfig, distilled: DistilledData
     """First-order ∇_θ L_in (list, trainable names) and ∇_D̃ L_in (by name) of inner step t at θ."""
     leaves, learnable = _with_grad(theta), distilled.learnable()
     names = trainable_names(leaves)
-    loss = inner_losses(leaves, config, distilled, t, first_order=True, kernels=kernels)[0]
+    loss = inner_objective(leaves, config, distilled, t, first_order=True, kernels=kernels)[0]
     grads = torch.autograd.grad(loss, [leaves[n] for n in names] + list(learnable.values()), materialize_grads=True)
     return grads[: len(names)], dict(zip(learnable, grads[len(names) :]))
 

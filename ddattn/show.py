@@ -1,4 +1,4 @@
-"""`python -m ddattn.inspect RUN_DIR`: look inside a distilled dataset.
+"""`python -m ddattn.show RUN_DIR`: look inside a distilled dataset.
 
 For each distilled sample (x̃_i, ỹ_i, ã_i) (paper Sec. 2) it prints
 - its class (sample i belongs to class i mod C) and its label ỹ_i: softmax(label_logits) for soft labels
@@ -110,7 +110,7 @@ def plot_attention_labels(probs: torch.Tensor, path: Path, title: str) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = ArgumentParser(prog="python -m ddattn.inspect", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m ddattn.show", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="runs/<task>/<name>/ of python -m ddattn.distill")
     p.add_argument("--which", choices=["best", "last"], default="best", help="distilled_best or distilled_last")
     p.add_argument("--top", type=int, default=1, help="nearest tokens per position (above 1: listed per position)")

@@ -1,4 +1,4 @@
-"""`python -m ddattn.inspect` on the tiny distillation run (the `tiny_run` fixture), and on copies of it whose
+"""`python -m ddattn.show` on the tiny distillation run (the `tiny_run` fixture), and on copies of it whose
 contents are known."""
 
 import shutil
@@ -10,7 +10,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from ddattn import inspect
+from ddattn import show
 from ddattn.files import load_distilled, load_pretrained, save_distilled
 from ddattn.method.distilled import DistilledData
 from ddattn.paths import weights_dir
@@ -29,7 +29,7 @@ def copy_with(run: Path, target: Path, config: dict = None, **tensors) -> Path:
 
 
 def test_text_names_every_sample_its_label_and_eta(tiny_run, capsys):
-    inspect.main([str(tiny_run)])
+    show.main([str(tiny_run)])
     out = capsys.readouterr().out
     data = load_distilled(tiny_run / "distilled_best.safetensors")
     assert "sample 0 · class 0 (not_equivalent)" in out and "sample 1 · class 1 (equivalent)" in out
@@ -50,7 +50,7 @@ def test_nearest_tokens_of_real_word_embeddings_are_those_words(tiny_run, tmp_pa
     _, theta = load_pretrained(weights_dir() / "minilm-l6")
     x = theta["embeddings.word"][ids] * 3.0  # (8, D): cosine ignores the scale
     copy = copy_with(tiny_run, tmp_path / "words", x=torch.stack([x, x.flip(0)]))
-    inspect.main([str(copy), "--top", "2", "--png", str(tmp_path / "a.png")])
+    show.main([str(copy), "--top", "2", "--png", str(tmp_path / "a.png")])
     out = capsys.readouterr().out
     assert "nearest tokens (mean cosine 1.000): " + " ".join(WORDS) in out
     assert "nearest tokens (mean cosine 1.000): " + " ".join(reversed(WORDS)) in out
@@ -66,7 +66,7 @@ def test_hard_labels_are_shown_as_stored_and_no_attention_labels_no_png(tiny_run
         attn_logits=None,
         label_logits=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
     )
-    inspect.main([str(copy)])
+    show.main([str(copy)])
     out = capsys.readouterr().out
     assert "label ỹ: not_equivalent 1.000, equivalent 0.000" in out and "no attention labels" in out
     assert not (copy / "attention_labels.png").exists()
@@ -77,12 +77,12 @@ def test_all_query_attention_labels_draw_the_cls_row(tiny_run):
     M, L, H, S = data.attn_logits.shape
     logits = torch.randn(M, L, H, S, S)
     full = DistilledData(replace(data.config, attention_type="all"), {**data.tensors(), "attn_logits": logits})
-    assert torch.allclose(inspect.attention_labels(full, 1), torch.softmax(logits[1, :, :, 0], -1))
+    assert torch.allclose(show.attention_labels(full, 1), torch.softmax(logits[1, :, :, 0], -1))
 
 
 def test_without_matplotlib_one_line_and_no_png(tiny_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
-    inspect.main([str(tiny_run), "--png", str(tmp_path / "none.png")])
+    show.main([str(tiny_run), "--png", str(tmp_path / "none.png")])
     out = capsys.readouterr().out
     assert "pip install matplotlib" in out and not (tmp_path / "none.png").exists()
 
@@ -96,8 +96,8 @@ def test_without_matplotlib_one_line_and_no_png(tiny_run, tmp_path, capsys, monk
     ],
 )
 def test_bad_input_is_one_error_line(tiny_run, capsys, argv, message):
-    assert message in cli_error(inspect.main, [str(tiny_run), *argv], capsys)
+    assert message in cli_error(show.main, [str(tiny_run), *argv], capsys)
 
 
 def test_not_a_run_is_one_error_line(tmp_path, capsys):
-    assert "is missing" in cli_error(inspect.main, [str(tmp_path)], capsys)
+    assert "is missing" in cli_error(show.main, [str(tmp_path)], capsys)
