@@ -28,7 +28,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import checks, tasks
 from .errors import ArgumentParser, UserError, run_cli
@@ -537,9 +537,48 @@ def steps_series(table: dict) -> dict:
     return {task: sorted(points, key=lambda p: p[0]) for task, points in series.items()}
 
 
-def plot_steps(table: dict, path: Path) -> Optional[Path]:
-    """results/table3_T.png: score and peak memory against T, one line per task (None without matplotlib
-    or without such runs)."""
+def read_memory_in_t(path: Path) -> Dict[str, List[Tuple[int, float]]]:
+    """results/memory_T.tsv (results/memory_T.sh): {which code: [(T, peak MB)]}; empty without the file."""
+    memory: Dict[str, List[Tuple[int, float]]] = {}
+    if not path.is_file():
+        return memory
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+        try:
+            steps, peak, code = line.split("\t")
+            memory.setdefault(code, []).append((int(steps), float(peak)))
+        except ValueError:
+            raise UserError(f"{path}, line {number}: not 'T<tab>peak_mb<tab>code' ({line!r})") from None
+    return memory
+
+
+def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
+    """The section of table3.md on peak memory against T (issue target: T = 16 within 1.5× of T = 1)."""
+    if not memory:
+        return ""
+    steps = sorted({t for points in memory.values() for t, _ in points})
+    lines = [
+        "## Peak memory of a distillation against T",
+        "",
+        "SST-2, cpu preset, different distilled data at each step (one sample per class per step), recompute "
+        "mode: two outer steps and one validation per T (`results/memory_T.sh`; peak resident set, GNU time "
+        "%M, model and data included; memory only, no times). Each column is one version of the code; the "
+        "ratio is to its own T = 1.",
+        "",
+        "| T | " + " | ".join(memory) + " |",
+        "|---:|" + "---:|" * len(memory),
+    ]
+    for t in steps:
+        cells = []
+        for points in memory.values():
+            peak, first = dict(points).get(t), dict(points).get(1)
+            cells.append(MISSING if peak is None else f"{peak:.0f} MB" + (f" ({peak / first:.2f}×)" if first else ""))
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]]]) -> Optional[Path]:
+    """results/table3_T.png: score against T, one line per task, and peak memory against T (memory_T.tsv,
+    one line per version of the code; else the runs' own peaks). None without matplotlib or such runs."""
     series = steps_series(table)
     if not series:
         return None
@@ -561,8 +600,11 @@ def plot_steps(table: dict, path: Path) -> Optional[Path]:
             capsize=3,
             label=label,
         )
-        measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
-        ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label)
+        if not memory:
+            measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
+            ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label)
+    for code, points in memory.items():
+        ax_mem.plot([t for t, _ in points], [m for _, m in points], marker="o", label=f"SST-2, code {code}")
     for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("inner steps T (1 shot per class per step, different data per step)")
@@ -604,12 +646,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "runs_dir": _shown(root),
     }
     checks.writable_dir(args.out, "--out")
+    memory = read_memory_in_t(args.out / "memory_T.tsv")
     table3 = render_table3(tables["table3"]) + "\n" + render_table3_extended(tables["table3"])
+    table3 += ("\n" + render_memory_in_t(memory)) if memory else ""
     for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", table3)):
         with atomic_path(args.out / name) as tmp:
             tmp.write_text(text)
     write_json_atomic(args.out / "tables.json", tables)
-    plotted = plot_steps(tables["table3"], args.out / "table3_T.png")
+    plotted = plot_steps(tables["table3"], args.out / "table3_T.png", memory)
     print(table2_markdown(tables["table2"]))
     print(
         f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json"

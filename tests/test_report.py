@@ -321,3 +321,18 @@ def test_sweep_bad_input_is_one_error_line(monkeypatch, tmp_path, capsys, argv, 
     monkeypatch.setenv("DDATTN_RUNS_DIR", str(tmp_path))
     assert message in cli_error(sweep.main, argv, capsys)
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_memory_in_t_is_read_and_shown_with_its_ratio_to_t1(tmp_path):
+    from ddattn.errors import UserError
+
+    path = tmp_path / "memory_T.tsv"
+    path.write_text("T\tpeak_mb\tcode\n1\t500\told\n16\t1000\told\n1\t400\tnew\n16\t560\tnew\n")
+    memory = report.read_memory_in_t(path)
+    assert memory == {"old": [(1, 500.0), (16, 1000.0)], "new": [(1, 400.0), (16, 560.0)]}
+    text = report.render_memory_in_t(memory)
+    assert "| 16 | 1000 MB (2.00×) | 560 MB (1.40×) |" in text and "| T | old | new |" in text
+    assert report.read_memory_in_t(tmp_path / "absent.tsv") == {} and report.render_memory_in_t({}) == ""
+    path.write_text("T\tpeak_mb\tcode\n1\tmany\told\n")
+    with pytest.raises(UserError, match="line 2"):
+        report.read_memory_in_t(path)
