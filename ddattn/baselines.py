@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from . import checks, distributed, tasks
 from . import data as taskdata
+from .data import eval_batches
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
-from .evaluate import eval_batches
 from .files import load_pretrained
 from .method import seeds
 from .method.bert import BertConfig, Params, fresh_model

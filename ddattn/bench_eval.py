@@ -27,8 +27,9 @@ import torch
 
 from . import data as taskdata
 from . import reference, tasks
+from .data import eval_batches
 from .errors import UserError
-from .evaluate import check_models_at_once, choose_models_at_once, eval_batches
+from .evaluate import check_models_at_once, choose_models_at_once
 from .files import load_pretrained, read_bert_config
 from .method.bert import fresh_model
 from .method.distilled import DistilledConfig, DistilledData

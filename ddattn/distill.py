@@ -41,8 +41,8 @@ from tqdm import tqdm
 from . import checks, distributed, tasks
 from . import data as taskdata
 from .card import write_card
+from .data import eval_batches
 from .errors import STOPPED, UserError, first_line, on_stop_signals, run_cli
-from .evaluate import eval_batches
 from .files import load_pretrained, save_distilled
 from .method import seeds
 from .method.distilled import DistilledData
@@ -90,6 +90,20 @@ class StopSignal:
 
     def __call__(self, signum: int, frame) -> None:
         self.name = signal.Signals(signum).name
+
+
+class StepClock:
+    """When an outer step started: by the precise clock (its `seconds` in metrics.jsonl) and by the wall
+    clock that `Deadline` counts in."""
+
+    def __init__(self):
+        self.precise, self.wall = time.perf_counter(), time.time()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.precise
+
+    def deadline_seconds(self) -> float:
+        return time.time() - self.wall
 
 
 class Deadline:
@@ -142,6 +156,7 @@ class Distillation:
         self.stop, self.stop_reason = StopSignal(), None
         self.deadline = Deadline(args.time_limit, time.time() if started is None else started)
         self.pending: List[dict] = []  # records of the outer steps not yet read (`read_metrics`)
+        self.step_started = StepClock()  # of the next outer step (`after_step`)
         self.progress = None  # the progress bar, during `run_to_end`
         device = distributed.local_device(args.device)
         distributed.setup(device)
@@ -418,7 +433,7 @@ class Distillation:
         if self.step < self.total_steps and self.should_stop():
             self.save()
             return False
-        self.step_started = time.perf_counter()
+        self.step_started = StepClock()
         return algorithm_1(self.outer, range(self.step, self.total_steps), self.real_batch, self.after_step)
 
     def after_step(self, s: int, result: OuterStep) -> bool:
@@ -426,11 +441,11 @@ class Distillation:
         checkpoint when due (each reads the metrics first; between reads nothing waits for the device),
         then whether to go on."""
         self.step = s + 1
-        self.pending.append(self.record(s, result, time.perf_counter() - self.step_started))
+        self.pending.append(self.record(s, result, self.step_started.seconds()))
         self.progress.update(1)
         if self.step % self.args.log_every == 0:
             self.read_metrics()
-        self.deadline.add("step", time.perf_counter() - self.step_started)
+        self.deadline.add("step", self.step_started.deadline_seconds())
         if self.validates(self.step):
             with self.deadline.timing("validation"):
                 self.after_validation(self.validate())
@@ -440,7 +455,7 @@ class Distillation:
         if self.step < self.total_steps and self.should_stop():
             self.save()
             return False
-        self.step_started = time.perf_counter()
+        self.step_started = StepClock()
         return True
 
     def validates(self, step: int) -> bool:

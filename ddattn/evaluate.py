@@ -7,7 +7,7 @@ loss), then scored on the task's evaluation split. We report mean ± std over th
 
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -25,32 +25,6 @@ from .method.unroll import FROZEN
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .rundir import claim, distilled_path, load_run
-
-
-def eval_batches(
-    split: "taskdata.EncodedSplit",
-    batch_size: int,
-    device="cpu",
-    indices: Optional[torch.Tensor] = None,
-    one_length: bool = False,
-) -> List[Dict[str, torch.Tensor]]:
-    """A split (or its rows `indices`) sorted by length and cut into batches, each exactly as wide as its
-    longest row: on AG News test at 64 per batch 0.9 % of the tokens are padding, against 7.6 % when
-    rounded up to 8 and 121 % in file order. Where a batch's rows are all of one length (most of them on a
-    large split) `predict` also drops the mask. Same metrics; built once and reused for all N models.
-    one_length: every batch holds rows of one length (at most `batch_size`), so no token is padding (on
-    MRPC and SST-2 dev at 64 per batch, 7 % of the tokens are otherwise) and no batch needs a mask; more,
-    smaller batches (56 on MRPC dev instead of 7), which a CPU's matmuls run as fast per row."""
-    rows = torch.arange(len(split)) if indices is None else torch.as_tensor(indices)
-    rows = rows[split.lengths[rows].argsort(stable=True)]
-    groups = [rows]
-    if one_length:  # runs of equal length in the sorted rows
-        groups = rows.split(torch.unique_consecutive(split.lengths[rows], return_counts=True)[1].tolist())
-    return [
-        taskdata.collate(split, chunk, device, width=int(split.lengths[chunk].max()))
-        for group in groups
-        for chunk in group.split(batch_size)
-    ]
 
 
 def choose_models_at_once(
@@ -155,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         split = taskdata.load_split(
             task, args.split, model_dir / "tokenizer.json", settings["max_length"], settings.get("data_dir")
         )
-        eval_set = eval_batches(split, args.batch_size, device, one_length=True)
+        eval_set = taskdata.eval_batches(split, args.batch_size, device, one_length=True)
         head_seeds = [seeds.stream_seed("evaluation-head", args.seed, i) for i in range(args.n_models)]
         head_seeds = head_seeds[distributed.rank() :: distributed.world_size()]
         models_at_once = choose_models_at_once(

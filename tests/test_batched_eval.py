@@ -29,7 +29,7 @@ def setting(sst2_data):
     split = taskdata.load_split(
         tasks.get_task("sst2"), "eval", model_dir / "tokenizer.json", settings["max_length"], str(sst2_data)
     )
-    batches = evaluate.eval_batches(split, 8, indices=torch.arange(64), one_length=True)
+    batches = taskdata.eval_batches(split, 8, indices=torch.arange(64), one_length=True)
     return config, pretrained, distilled, batches
 
 
@@ -84,3 +84,13 @@ def test_models_at_once_setting():
             evaluate.check_models_at_once(bad)
     with pytest.raises(UserError, match="--models-at-once"):
         evaluate.main([str(RUN), "--models-at-once", "0"])
+
+
+def test_each_batch_says_from_the_host_whether_it_is_padded(sst2_data):
+    """`padded` (data.EvalBatch) is what the mask says, so `predict` drops exactly the masks of unpadded
+    batches without asking the device; sorted pairs of SST-2 dev rows hold both kinds."""
+    tokenizer = weights_dir() / "minilm-l6" / "tokenizer.json"
+    split = taskdata.load_split(tasks.get_task("sst2"), "eval", tokenizer, 128, str(sst2_data))
+    batches = taskdata.eval_batches(split, 2, indices=torch.arange(64))
+    kinds = [batch.padded for batch in batches]
+    assert kinds == [not bool(batch["attention_mask"].all()) for batch in batches] and len(set(kinds)) == 2

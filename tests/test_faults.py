@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ddattn import baselines, data, distill, evaluate, paths, report, show, tasks
 from ddattn.errors import UserError, run_cli
 from ddattn.files import load_distilled, read_distilled_metadata, save_distilled
+from ddattn.method import outer
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.settings import load_or_start
 from tests.helpers import REPO, TINY_RUN, cli_error, logged_steps, resumed_at, small_mrpc, snapshot
@@ -557,6 +558,11 @@ def read_from(event) -> str:
     return "device"
 
 
+def one_step(loop: distill.Distillation) -> None:
+    """One outer step through Algorithm 1's loop and distill's `after_step`, as `Distillation.loop` runs it."""
+    outer.algorithm_1(loop.outer, range(loop.step, loop.step + 1), loop.real_batch, loop.after_step)
+
+
 def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch):
     args, run, checkpoint = load_or_start(
         [
@@ -576,12 +582,12 @@ def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch)
     loop = distill.Distillation(args, run, checkpoint)
     try:
         loop.progress = tqdm(disable=True)
-        loop.advance()  # the first step creates Adam's state
+        one_step(loop)  # the first step creates Adam's state
         tolist = []  # .tolist() of a GPU tensor waits too, unseen by the profiler
         monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist.append(t) or t.numpy().tolist())
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof:
-            loop.advance()
-            loop.advance()
+            one_step(loop)
+            one_step(loop)
         monkeypatch.undo()
     finally:
         run.release()
@@ -596,14 +602,14 @@ def test_outer_steps_that_do_not_log_never_wait_for_the_device(env, monkeypatch)
 
 
 def test_a_non_finite_step_ends_the_run_at_the_next_read(env, capsys, monkeypatch):
-    calls, hypergradient = [], distill.hypergradient
+    calls, hypergradient = [], outer.hypergradient
 
     def nan_loss_at_step_3(*args, **kwargs):
         calls.append(1)
         result = hypergradient(*args, **kwargs)
         return replace(result, loss=result.loss * math.nan) if len(calls) == 3 else result
 
-    monkeypatch.setattr(distill, "hypergradient", nan_loss_at_step_3)
+    monkeypatch.setattr(outer, "hypergradient", nan_loss_at_step_3)
     line = cli_error(distill.main, [*TINY_RUN, "--max-steps", "6", "--log-every", "4", "--name", "nan"], capsys)
     assert "non-finite loss at outer step 3" in line and "nothing was saved yet" in line and len(calls) == 4
     run = env / "runs" / "mrpc" / "nan"

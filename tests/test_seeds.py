@@ -10,7 +10,7 @@ import ddattn.distill
 import ddattn.evaluate
 from ddattn import checks
 from ddattn.errors import UserError
-from ddattn.method import seeds
+from ddattn.method import evaluation, outer, seeds
 from tests.helpers import use_data
 
 RUN_SEEDS = [0, 1, 2, 3, 7, 999, seeds.SEED_LIMIT - 1]
@@ -69,10 +69,8 @@ def test_distill_and_evaluate_draw_disjoint_heads(tmp_path, mrpc_data, monkeypat
 
         return fresh_model
 
-    monkeypatch.setattr(ddattn.distill, "fresh_model", recorder("training", ddattn.distill.fresh_model))
-    monkeypatch.setattr(
-        ddattn.evaluate, "fresh_model", recorder("validation or evaluation", ddattn.evaluate.fresh_model)
-    )
+    monkeypatch.setattr(outer, "fresh_model", recorder("training", outer.fresh_model))
+    monkeypatch.setattr(evaluation, "fresh_model", recorder("validation or evaluation", evaluation.fresh_model))
     ddattn.distill.main(
         [
             "--task",

@@ -90,7 +90,9 @@ def predict(
     device_type = theta["pooler.bias"].device.type
     losses, predictions, labels = [], [], []
     for batch in batches:
-        mask = None if batch["attention_mask"].all() else batch["attention_mask"]  # unpadded: no mask to apply
+        # no mask where no row is padded; a batch says so from the host (data.EvalBatch), a plain dict
+        # always applies its mask (to ask the mask itself would wait for the device, batch by batch)
+        mask = batch["attention_mask"] if getattr(batch, "padded", True) else None
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = bert_forward(
                 theta,
