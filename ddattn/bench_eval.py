@@ -27,13 +27,13 @@ import torch
 
 from . import data as taskdata
 from . import reference, tasks
+from .checks import check_models_at_once
 from .data import eval_batches
 from .errors import UserError
-from .evaluate import check_models_at_once, choose_models_at_once
 from .files import load_pretrained, read_bert_config
 from .method.bert import fresh_model
 from .method.distilled import DistilledConfig, DistilledData
-from .method.evaluation import compute_metrics, headline_metric, predict_each
+from .method.evaluation import choose_models_at_once, compute_metrics, headline_metric, predict_each
 from .method.unroll import train_on_distilled
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint

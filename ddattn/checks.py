@@ -206,3 +206,9 @@ def check_distilled_config(config: DistilledConfig, max_positions: int) -> None:
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def check_models_at_once(setting: str) -> None:
+    """--models-at-once is "auto" or a whole number ≥ 1."""
+    if setting != "auto" and not (setting.isdigit() and int(setting) >= 1):
+        raise UserError(f"--models-at-once must be auto or a whole number ≥ 1, not {setting!r}")

@@ -7,61 +7,24 @@ loss), then scored on the task's evaluation split. We report mean ± std over th
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
-import torch
 from tqdm import tqdm
 
 from . import checks, distributed, tasks
 from . import data as taskdata
+from .checks import check_models_at_once
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .files import load_pretrained
 from .method import seeds
-from .method.bert import BertConfig, Params
 from .method.distilled import DistilledData
-from .method.evaluation import PRECISIONS, evaluate_distilled, format_summary, mean_std
+from .method.evaluation import PRECISIONS, choose_models_at_once, evaluate_distilled, format_summary, mean_std
 from .method.kernels import KERNELS
-from .method.unroll import FROZEN
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .rundir import claim, distilled_path, load_run
 
 
-def choose_models_at_once(
-    setting: str,
-    device: torch.device,
-    theta: Params,
-    config: BertConfig,
-    batches: Sequence[Dict[str, torch.Tensor]],
-    n_models: int,
-) -> int:
-    """--models-at-once: a number as given; "auto": 1 on a CPU (its evaluation is bound by the matmuls'
-    FLOPs, which batching over models does not cut: bench/README.md), on a GPU as many of the N models
-    as half its free memory holds (each: a trained and a stacked copy of its parameters, and the widest
-    batch's activations, `model_bytes`)."""
-    if setting != "auto":
-        return min(int(setting), n_models)
-    if device.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(n_models, free // 2 // model_bytes(theta, config, batches)))
-
-
-def check_models_at_once(setting: str) -> None:
-    """--models-at-once is "auto" or a whole number ≥ 1."""
-    if setting != "auto" and not (setting.isdigit() and int(setting) >= 1):
-        raise UserError(f"--models-at-once must be auto or a whole number ≥ 1, not {setting!r}")
-
-
-def model_bytes(theta: Params, config: BertConfig, batches: Sequence[Dict[str, torch.Tensor]]) -> int:
-    """Memory one more model takes in `predict_models`, roughly: two copies of its trained parameters and,
-    for its widest batch (B, S), the FFN's two (B, S, I) tensors and a few (B, S, D) ones."""
-    parameters = sum(v.numel() * v.element_size() for n, v in theta.items() if n not in FROZEN)
-    tokens = max(batch["input_ids"].numel() for batch in batches)
-    return 2 * parameters + tokens * (2 * config.intermediate_size + 6 * config.hidden_size) * 4
-
-
-# --- command line: python -m ddattn.evaluate RUN_DIR -------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = ArgumentParser(
         prog="python -m ddattn.evaluate",

@@ -6,8 +6,8 @@ from model to model (results/runs/sst2/cpu-sl-al, dev 77 %), on the first 64 SST
 import pytest
 import torch
 
+from ddattn import checks, evaluate, rundir, tasks
 from ddattn import data as taskdata
-from ddattn import evaluate, rundir, tasks
 from ddattn.errors import UserError
 from ddattn.files import load_pretrained
 from ddattn.method import evaluation
@@ -77,11 +77,11 @@ def test_one_length_batches_have_no_padding_and_keep_the_sorted_order(setting):
 
 def test_models_at_once_setting():
     cpu = torch.device("cpu")
-    assert evaluate.choose_models_at_once("auto", cpu, {}, None, [], 100) == 1  # a CPU: one at a time
-    assert evaluate.choose_models_at_once("8", cpu, {}, None, [], 3) == 3  # never more than the models
+    assert evaluation.choose_models_at_once("auto", cpu, {}, None, [], 100) == 1  # a CPU: one at a time
+    assert evaluation.choose_models_at_once("8", cpu, {}, None, [], 3) == 3  # never more than the models
     for bad in ("0", "-1", "two", "1.5"):
         with pytest.raises(UserError, match="--models-at-once must be auto or a whole number"):
-            evaluate.check_models_at_once(bad)
+            checks.check_models_at_once(bad)
     with pytest.raises(UserError, match="--models-at-once"):
         evaluate.main([str(RUN), "--models-at-once", "0"])
 

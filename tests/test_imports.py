@@ -1,4 +1,4 @@
-"""The package's imports run one way (issue 30): the method ← run support ← tools ← commands.
+"""The package's imports run one way: the method ← run support ← tools ← commands.
 
 Read from the source (ast), not by importing: every `import` statement anywhere in a module counts,
 those inside functions included, so a cycle cannot hide in a late import."""
@@ -10,6 +10,26 @@ from typing import Dict, Set
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ddattn"
 METHOD_MAY_IMPORT = {"torch", "safetensors"}
+# The layers outside ddattn/method, lowest first; a module may import its own layer and those below.
+RUN_SUPPORT = {"errors", "paths", "files", "checks", "tasks", "data", "distributed", "options", "rundir", "settings"}
+COMMANDS = {"distill", "evaluate", "sweep"}  # sweep runs the other two
+TOOLS = {
+    "card",
+    "report",
+    "show",
+    "baselines",
+    "bench",
+    "bench_eval",
+    "publish",
+    "convert",
+    "export",
+    "predict",
+    "train",
+    "fetch",
+    "download",
+    "opcount",
+    "reference",
+}
 
 
 def module_name(path: Path) -> str:
@@ -68,6 +88,22 @@ def test_the_method_imports_nothing_outside_it():
             assert root in allowed_roots, f"{path.name} imports {name}"
             if root == "ddattn":
                 assert name.startswith("ddattn.method"), f"{path.name} imports {name}, outside ddattn/method"
+
+
+def layer(module: str) -> int:
+    name = module.removeprefix("ddattn.")
+    if name.startswith("method."):
+        return 0
+    for rank, members in enumerate((RUN_SUPPORT, TOOLS, COMMANDS), start=1):
+        if name in members:
+            return rank
+    raise AssertionError(f"{module} is in no layer: add it to one in tests/test_imports.py")
+
+
+def test_imports_run_from_commands_to_tools_to_run_support_to_the_method():
+    for module, imported in package_graph().items():
+        for other in imported:
+            assert layer(other) <= layer(module), f"{module} (layer {layer(module)}) imports {other} ({layer(other)})"
 
 
 def test_the_graph_is_read_right():

@@ -230,3 +230,34 @@ def evaluate_distilled(
         if after_models is not None:
             after_models(len(chunk))
     return runs
+
+
+def choose_models_at_once(
+    setting: str,
+    device: torch.device,
+    theta: Params,
+    config: BertConfig,
+    batches: Sequence[Dict[str, torch.Tensor]],
+    n_models: int,
+) -> int:
+    """--models-at-once: a number as given; "auto": 1 on a CPU (its evaluation is bound by the matmuls'
+    FLOPs, which batching over models does not cut: bench/README.md), on a GPU as many of the N models
+    as half its free memory holds (each: a trained and a stacked copy of its parameters, and the widest
+    batch's activations, `model_bytes`)."""
+    if setting != "auto":
+        return min(int(setting), n_models)
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(n_models, free // 2 // model_bytes(theta, config, batches)))
+
+
+def model_bytes(theta: Params, config: BertConfig, batches: Sequence[Dict[str, torch.Tensor]]) -> int:
+    """Memory one more model takes in `predict_models`, roughly: two copies of its trained parameters and,
+    for its widest batch (B, S), the FFN's two (B, S, I) tensors and a few (B, S, D) ones."""
+    parameters = sum(v.numel() * v.element_size() for n, v in theta.items() if n not in FROZEN)
+    tokens = max(batch["input_ids"].numel() for batch in batches)
+    return 2 * parameters + tokens * (2 * config.intermediate_size + 6 * config.hidden_size) * 4
+
+
+# --- command line: python -m ddattn.evaluate RUN_DIR -------------------------------------------------
