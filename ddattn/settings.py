@@ -9,7 +9,7 @@ of how this process runs, PROCESS, which are never saved). Either way the result
 
 import argparse
 import math
-from dataclasses import field, make_dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -73,67 +73,72 @@ def task_preset(preset: str, task: Optional[str]) -> dict:
     return TASK_PRESETS.get((preset, task), {})
 
 
-DEFAULTS = dict(
-    task=None,
-    model="minilm-l6",
-    data_dir=None,
-    name=None,
-    preset="paper",
-    shots=1,
-    steps=1,
-    batch_size=0,
-    data_per_step="same",
-    label_type="soft",
-    attention_type="cls",
-    attn_weight=1.0,
-    inner_lr=1e-2,
-    init="random",
-    attn_init="random",
-    lr=1e-2,
-    lr_x=None,
-    lr_labels=None,
-    lr_attn=None,
-    lr_inner=None,
-    optimizer="adam",
-    weight_decay=0.0,
-    warmup=0.1,
-    clip=1.0,
-    real_batch_size=32,
-    micro_batch_size=0,
-    max_length=128,
-    mode="recompute",
-    autocast="none",
-    kernels="auto",
-    val_every=0,
-    seed=0,
-    device=None,
-    dtype="float32",
-    max_steps=0,
-    train_limit=0,
-    checkpoint_every=25,
-    train_file=None,
-    eval_file=None,
-    text_columns=None,
-    label_column=None,
-    labels=None,
-    seq_len=None,
-    epochs=None,
-    val_size=None,
-    val_models=None,
-)
+# The distilled data's own defaults (DistilledConfig) are those of its flags: one place for each default.
+_DISTILLED = {f.name: f.default for f in fields(DistilledConfig) if f.default is not MISSING}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one run, as an immutable record: what it computes (saved in config.json; a preset
+    fills in the None ones), then how this process runs (PROCESS: never saved, free to change on
+    --resume), `resume` (always None once a run is open) and `preset_reason` (how the preset was chosen)."""
+
+    task: Optional[str] = None
+    model: str = "minilm-l6"
+    data_dir: Optional[str] = None
+    name: Optional[str] = None
+    preset: str = "paper"
+    shots: int = _DISTILLED["shots"]
+    steps: int = _DISTILLED["steps"]
+    batch_size: int = _DISTILLED["batch_size"]  # --samples-per-step
+    data_per_step: str = "same"
+    label_type: str = _DISTILLED["label_type"]
+    attention_type: str = _DISTILLED["attention_type"]
+    attn_weight: float = _DISTILLED["attn_weight"]
+    inner_lr: float = _DISTILLED["inner_lr_init"]  # --eta-init
+    init: str = "random"
+    attn_init: str = "random"
+    lr: float = 1e-2
+    lr_x: Optional[float] = None
+    lr_labels: Optional[float] = None
+    lr_attn: Optional[float] = None
+    lr_inner: Optional[float] = None  # --lr-eta
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup: float = 0.1
+    clip: float = 1.0
+    real_batch_size: int = 32
+    micro_batch_size: int = 0
+    max_length: int = 128
+    mode: str = "recompute"
+    autocast: str = "none"
+    kernels: str = "auto"
+    val_every: int = 0
+    seed: int = 0
+    device: Optional[str] = None
+    dtype: str = "float32"
+    max_steps: int = 0
+    train_limit: int = 0
+    checkpoint_every: int = 25
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None
+    text_columns: Optional[str] = None
+    label_column: Optional[str] = None
+    labels: Optional[str] = None
+    seq_len: Optional[int] = None
+    epochs: Optional[int] = None
+    val_size: Optional[int] = None
+    val_models: Optional[int] = None
+    log_every: int = 10
+    time_limit: Optional[float] = None
+    resume: Optional[str] = None
+    preset_reason: Optional[str] = None
+
 
 # How this process runs, not what the run computes: never saved in config.json, free to change on --resume.
-PROCESS = dict(log_every=10, time_limit=None)
-
-# Every setting of one run, as an immutable record: the fields of DEFAULTS (a preset fills the None ones)
-# and of PROCESS, `resume` (always None once a run is open) and `preset_reason` (how the preset was
-# chosen; not saved).
-Settings = make_dataclass(
-    "Settings",
-    [(name, object, field(default=value)) for name, value in {**DEFAULTS, **PROCESS}.items()]
-    + [("resume", object, field(default=None)), ("preset_reason", object, field(default=None))],
-    frozen=True,
-)
+PROCESS = {"log_every": Settings.log_every, "time_limit": Settings.time_limit}
+# What a run computes, with its defaults: the fields saved in config.json.
+DEFAULTS = {f.name: f.default for f in fields(Settings) if f.name not in (*PROCESS, "resume", "preset_reason")}
 
 
 # Flags renamed so that one concept has one name; the old names still work, with a one-line note.
