@@ -34,6 +34,7 @@ from .files import load_pretrained, read_bert_config
 from .method.bert import fresh_model
 from .method.distilled import DistilledConfig, DistilledData
 from .method.evaluation import choose_models_at_once, compute_metrics, headline_metric, predict_each
+from .method.kernels import resolve as resolve_kernels
 from .method.unroll import train_on_distilled
 from .options import ALLOW_SLOW_BF16, check_bf16, describe_capability, slow_bf16_reason
 from .paths import resolve_checkpoint
@@ -108,11 +109,13 @@ def run(args) -> dict:
         args.models_at_once, pretrained["pooler.weight"].device, pretrained, config, eval_set, args.n_models
     )
 
+    kernels = resolve_kernels(args.kernels, pretrained["pooler.weight"].device)
+
     def fast(theta0s, precision):
-        thetas = [train_on_distilled(theta0, config, distilled)[0] for theta0 in theta0s]
+        thetas = [train_on_distilled(theta0, config, distilled, kernels=kernels)[0] for theta0 in theta0s]
         return [
             torch.empty_like(p).index_put_((order,), p)  # file order
-            for _, p, _ in predict_each(thetas, config, lambda: eval_set, k, precision)
+            for _, p, _ in predict_each(thetas, config, lambda: eval_set, k, precision, kernels)
         ]
 
     evaluators = {
@@ -146,7 +149,11 @@ def run(args) -> dict:
             agreement["fp32 = reference"].append((fp32 == ref).double().mean().item())
         for bf16, fp32 in zip(predictions.get("bf16", []), predictions["fp32"]):
             agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
-    return {**summarise(per_model, agreement, task, len(rows), args, k), "bf16_left_out": bf16_left_out}
+    return {
+        **summarise(per_model, agreement, task, len(rows), args, k),
+        "kernels": kernels,
+        "bf16_left_out": bf16_left_out,
+    }
 
 
 def summarise(

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from . import checks, distributed, tasks
 from . import data as taskdata
+from .card import write_card
 from .checks import check_models_at_once
 from .errors import ArgumentParser, UserError, run_cli, stop_if_signalled
 from .files import load_pretrained
@@ -20,6 +21,7 @@ from .method import seeds
 from .method.distilled import DistilledData
 from .method.evaluation import PRECISIONS, choose_models_at_once, evaluate_distilled, format_summary, mean_std
 from .method.kernels import KERNELS
+from .method.kernels import resolve as resolve_kernels
 from .options import ALLOW_SLOW_BF16, check_bf16
 from .paths import code_version, resolve_checkpoint, write_json_atomic
 from .rundir import claim, distilled_path, load_run
@@ -134,6 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "n_models": args.n_models,
                     "precision": args.precision,
                     "models_at_once": models_at_once,
+                    "kernels": resolve_kernels(args.kernels, device),
                     "settings": settings,
                     "summary": summary,
                     "runs": runs,
@@ -146,8 +149,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(
                 f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: {format_summary(summary)}"
             )
-            from .card import write_card  # imported here: card.py reads runs through this module
-
             print(f"card: {write_card(args.run_dir)}")
     finally:
         if lock is not None:

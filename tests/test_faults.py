@@ -688,7 +688,8 @@ def test_a_second_evaluation_is_refused_and_sigterm_leaves_nothing_half_written(
     ]
     assert not (run / "eval.json").exists() and not list(run.glob(".*"))  # no eval.json, .part or .lock
     evaluate.main([str(run), "--n-models", "1"])  # the lock is free again
-    assert json.loads((run / "eval.json").read_text())["n_models"] == 1
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["n_models"] == 1 and saved["kernels"] == "cpu"  # the policy auto resolved to, recorded
 
 
 def test_a_stop_signal_that_lands_in_a_finaliser_is_not_lost(monkeypatch, capsys):
