@@ -158,16 +158,21 @@ class Distillation:
         self.pending: List[dict] = []  # records of the outer steps not yet read (`read_metrics`)
         self.step_started = StepClock()  # of the next outer step (`after_step`)
         self.progress = None  # the progress bar, during `run_to_end`
-        device = distributed.local_device(args.device)
-        distributed.setup(device)
-        self.device = device
-        self.kernels = resolve_kernels(args.kernels, device)
+        self.device = distributed.local_device(args.device)
+        distributed.setup(self.device)
+        self.kernels = resolve_kernels(args.kernels, self.device)
         self.task = tasks.task_from_settings(vars(args))
         self.model_dir = resolve_checkpoint(args.model)
-        dtype = DTYPES[args.dtype]
-        self.bert_config, self.pretrained = load_pretrained(self.model_dir, dtype=dtype, device=device)
-        config = distilled_config(args, self.bert_config, self.task.num_classes)
+        self.bert_config, self.pretrained = load_pretrained(self.model_dir, DTYPES[args.dtype], self.device)
+        self.load_data()
+        self.start_distilled()
+        self.step, self.best_val = 0, math.inf
+        self.open_run(checkpoint)
+        self.eta = self.inner_lrs().tolist()  # η̃ on the host: that of the next step, for an error line
 
+    def load_data(self) -> None:
+        """The training split, its held-out slice (validation), the micro-batches and the outer steps."""
+        args = self.args
         self.train = taskdata.load_split(
             self.task, "train", self.model_dir / "tokenizer.json", args.max_length, args.data_dir
         )
@@ -190,16 +195,20 @@ class Distillation:
         self.train_idx, val_idx = taskdata.split_train_val(
             n, args.val_size, seeds.stream_seed("train-val-split", args.seed)
         )
-        self.val_batches = eval_batches(self.train, args.real_batch_size, device, indices=val_idx)
+        self.val_batches = eval_batches(self.train, args.real_batch_size, self.device, indices=val_idx)
         self.steps_per_epoch = len(self.train_idx) // args.real_batch_size  # full batches only
         self.total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.val_every = args.val_every or self.steps_per_epoch
 
-        # Algorithm 1, lines 1–2: D̃ = (x̃, ỹ, ã) and η̃ ← η̃_0 (then, with --init real / --attn-init model, from data)
+    def start_distilled(self) -> None:
+        """Algorithm 1, lines 1–2: D̃ = (x̃, ỹ, ã) and η̃ ← η̃_0 (then, with --init real / --attn-init model,
+        from data), and its outer optimiser and schedule (method/outer.py)."""
+        args = self.args
+        config = distilled_config(args, self.bert_config, self.task.num_classes)
         self.distilled = DistilledData.initial(
-            config, seeds.generator("distilled-init", args.seed), dtype=dtype, device=device
+            config, seeds.generator("distilled-init", args.seed), dtype=DTYPES[args.dtype], device=self.device
         )
         if args.init == "real":
             init_from_real(self.distilled, self.pretrained, self.real_examples())
@@ -222,26 +231,29 @@ class Distillation:
             distributed.all_reduce_sum,
             self.kernels,
         )
-        self.step, self.best_val = 0, math.inf
+
+    def open_run(self, checkpoint: Optional[dict]) -> None:
+        """Take the run's lock (once every setting is checked); a new run starts its directory afresh with
+        config.json, a resumed one restores its checkpoint."""
+        args, run = self.args, self.run
         if distributed.is_main():
-            run.claim()  # only once every setting has been checked
-        if checkpoint is None:
-            if distributed.is_main():
-                run.start_afresh()
-                run.write_config(saved_settings(args))
-            if args.preset_reason:
-                self.log(
-                    f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
-                    f"--preset {'gpu' if args.preset == 'cpu' else 'cpu'} for the other one"
-                )
-            self.log(
-                f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
-                f"examples, {self.total_steps} outer steps, device {device} × {distributed.world_size()}, "
-                f"checkpoint {self.model_dir}"
-            )
-        else:
+            run.claim()
+        if checkpoint is not None:
             self.restore(checkpoint)
-        self.eta = self.inner_lrs().tolist()  # η̃ on the host: that of the next step, for an error line
+            return
+        if distributed.is_main():
+            run.start_afresh()
+            run.write_config(saved_settings(args))
+        if args.preset_reason:
+            self.log(
+                f"preset {args.preset} ({args.preset_reason}): {preset_summary(args)}; "
+                f"--preset {'gpu' if args.preset == 'cpu' else 'cpu'} for the other one"
+            )
+        self.log(
+            f"run {run.path}: {self.task.name}, {len(self.train_idx)} training / {args.val_size} validation "
+            f"examples, {self.total_steps} outer steps, device {self.device} × {distributed.world_size()}, "
+            f"checkpoint {self.model_dir}"
+        )
 
     def log(self, message: str) -> None:
         if distributed.is_main():
