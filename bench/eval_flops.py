@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ddattn import data as taskdata
 from ddattn import reference, tasks
-from ddattn.evaluate import eval_batches
+from ddattn.data import eval_batches
 from ddattn.files import read_bert_config
 from ddattn.method.bert import BertConfig
 from ddattn.paths import resolve_checkpoint

@@ -6,7 +6,7 @@ One outer step at T = 1 (bench.py's setting: MiniLM, M = 2, real batch 32 × 64 
 g_T = ∂L/∂θ_1 from the real batch, then the step's vector–Hessian product with g_T taken as
 torch.func.jvp of torch.func.grad of the inner loss, i.e. (H_θθ g_T, H_D̃θ g_T) in one forward-mode
 pass over the gradient (mixed partials are symmetric). torch.func cannot see through ddattn's custom
-autograd Functions, so the inner loss here runs the plain attention ops (attention="all") and a plain KL.
+autograd Functions, so the inner loss here runs the plain attention ops (attention_type="all") and a plain KL.
 Prints seconds per outer step, the peak RSS above the loaded model and the relative error against
 `unroll.hypergradient(mode="recompute")`. Not part of the package: forward-over-reverse is not kept.
 """
@@ -28,7 +28,7 @@ from ddattn.paths import resolve_checkpoint
 
 def plain_inner_loss(trainable, frozen, config, x, label_logits, attn_logits, weight):
     """L_task + λ L_attn of the inner step (Eq. 6–7) with plain ops only."""
-    out = bert_forward({**frozen, **trainable}, config, inputs_embeds=x, attention="all")
+    out = bert_forward({**frozen, **trainable}, config, inputs_embeds=x, attention_type="all")
     task = soft_cross_entropy(out.logits, torch.softmax(label_logits, -1))
     log_target = F.log_softmax(attn_logits, -1)
     cls_scores = out.scores[..., 0, :]  # (b, L, H, S)
