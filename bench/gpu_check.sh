@@ -13,12 +13,16 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 if [ "${1:-}" = "--dry-run" ]; then
   dry=1; out=$(mktemp -d); device=cpu
-  S=16; T_REF=1; T_SWEEP="1 2"; BASE_T=1; EVAL=(--eval-limit 16 --n-models 1); STEPS=2; REPEAT=1
-  SMALL=(--mode recompute --matmul-size 128 --threads 1)     # one mode, a small peak reading: every step, fast
+  S=8; T_REF=1; T_SWEEP="1 2"; BASE_T=1; EVAL=(--eval-limit 16 --n-models 1); STEPS=2; REPEAT=1
+  # every step, small and in few processes: one mode, a tiny real batch, a small peak reading, the rows run in the
+  # bench's own process, the bert-base shape at 1 of its layers; the distillation with tiny batches and validation
+  SMALL=(--mode recompute --matmul-size 128 --threads 1 --real-batch 4 --real-len 16 --in-process)
+  SHAPE=(--model-shape bert-base --layers 1); TINY=(--real-batch-size 4 --val-size 8 --val-models 1 --seq-len 8)
 else
   dry=0; device=cuda
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device visible; use --dry-run on a CPU')"
-  S=512; T_REF="1 4"; T_SWEEP="1 2 4 8 16 32"; BASE_T="1 4"; EVAL=(--n-models 100); STEPS=200; REPEAT=3; SMALL=()
+  S=512; T_REF="1 4"; T_SWEEP="1 2 4 8 16 32"; BASE_T="1 4"; EVAL=(--n-models 100); STEPS=200; REPEAT=3
+  SMALL=(); SHAPE=(--model-shape bert-base); TINY=()
   gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
   out=bench/results/cuda-$gpu-$(date +%Y%m%d); mkdir -p "$out"
 fi
@@ -35,7 +39,7 @@ printf '# GPU check (%s, %s)\n\nDevice: %s. Commit %s. Written by bench/gpu_chec
 "$PY" -m ddattn.fetch --task mrpc >/dev/null                                   # 0: data/mrpc from ../shared
 bench minilm --reference --ops --seq-len $S --steps $T_REF --repeat $REPEAT "${SMALL[@]}"      # 1
 section "One outer step, MiniLM, against the reference" "bench --reference --ops --seq-len $S --steps $T_REF" minilm
-bench bert-base --model-shape bert-base --reference --ops --seq-len $S --steps $BASE_T --repeat $REPEAT "${SMALL[@]}"   # 2
+bench bert-base "${SHAPE[@]}" --reference --ops --seq-len $S --steps $BASE_T --repeat $REPEAT "${SMALL[@]}"   # 2
 section "One outer step, bert-base shape (random weights)" "bench --model-shape bert-base --reference --ops" bert-base
 bench sweep --mode recompute --seq-len $S --steps $T_SWEEP --repeat 1 "${SMALL[@]}"            # 3
 section "Memory in T (recompute)" "bench --mode recompute --seq-len $S --steps $T_SWEEP" sweep
@@ -45,7 +49,7 @@ section "Evaluation throughput, MRPC dev" "bench --eval --task mrpc ${EVAL[*]}" 
 echo "== distill"                                                                # 5
 runs=$out/runs; t0=$(date +%s)
 DDATTN_RUNS_DIR=$runs "$PY" -m ddattn.distill --task mrpc --preset gpu --max-steps $STEPS --val-every $STEPS \
-  --device $device --name gpu-check > "$out/distill.log" 2>&1
+  --device $device --name gpu-check "${TINY[@]}" > "$out/distill.log" 2>&1
 printf '\n## %s-step gpu-preset MRPC distillation\n\n%s s wall, log: %s\n\n```\n%s\n```\n' "$STEPS" \
   "$(( $(date +%s) - t0 ))" "$out/distill.log" "$(grep -v '%|' "$out/distill.log" | tail -4)" >> "$report"
 printf '\nTotal: %s s.\n' "$(( $(date +%s) - start ))" >> "$report"

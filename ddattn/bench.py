@@ -8,7 +8,8 @@ one more forward + backward per inner step but the last.
 
 How it measures (bench/README.md has the details):
 - each configuration (S, T, mode, attn) runs in a fresh subprocess, so no allocator cache, lazy
-  initialisation or memory high-water mark leaks from one configuration into the next;
+  initialisation or memory high-water mark leaks from one configuration into the next (--in-process
+  gives that up for a smoke test's speed);
 - time: one warm-up outer step, then --repeat timed ones; median and min seconds;
 - memory: the peak above what is resident once the model and inputs are loaded (and one warm-up step
   has run). CUDA: torch.cuda.max_memory_allocated. CPU: the kernel's resident-set high-water mark VmHWM,
@@ -26,6 +27,7 @@ random weights, so no checkpoint is needed.
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -223,10 +225,16 @@ def random_weights(config: BertConfig, seed: int, dtype: torch.dtype = torch.flo
     return theta
 
 
+def shape_config(shape: str, layers: Optional[int] = None) -> BertConfig:
+    """The published config of `shape`, cut to its first `layers` layers when given (--layers)."""
+    config = MODEL_SHAPES[shape]
+    return dataclasses.replace(config, num_layers=layers) if layers else config
+
+
 def load_model(spec: dict, dtype: torch.dtype, device: torch.device):
     """(config, encoder + pooler θ): the checkpoint spec["model"], or random weights of spec["model_shape"]."""
     if spec.get("model_shape"):
-        config = MODEL_SHAPES[spec["model_shape"]]
+        config = shape_config(spec["model_shape"], spec.get("layers"))
         return config, random_weights(config, spec["seed"], dtype, device)
     return load_pretrained(Path(spec["model"]), dtype=dtype, device=device)
 
@@ -349,21 +357,25 @@ def worker(spec: dict) -> dict:
     }
 
 
-def worker_main(spec_json: str) -> None:
-    """`--worker SPEC`: run one configuration and print its result as one JSON line (exit 1 on failure)."""
-    spec = json.loads(spec_json)
+def run_here(spec: dict) -> dict:
+    """Run one configuration (or one matmul peak reading) in this process and return its result (or its error)."""
     measure = matmul_peak_worker if spec.get("measure") == MATMUL_PEAK else worker
     try:
-        result = measure(spec)
+        return measure(spec)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        result = {**spec, "error": "out of memory: " + (str(e).splitlines() or [""])[0]}
+        return {**spec, "error": "out of memory: " + (str(e).splitlines() or [""])[0]}
     except UserError as e:
-        result = {**spec, "error": str(e)}
+        return {**spec, "error": str(e)}
     except Exception as e:  # a bug or a broken setup: still a row of the table, with the traceback on stderr
         import traceback
 
         traceback.print_exc()
-        result = {**spec, "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
+        return {**spec, "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
+
+
+def worker_main(spec_json: str) -> None:
+    """`--worker SPEC`: run one configuration and print its result as one JSON line (exit 1 on failure)."""
+    result = run_here(json.loads(spec_json))
     print(json.dumps(result), flush=True)
     if "error" in result:
         sys.exit(1)
@@ -522,7 +534,9 @@ def table_row(r: dict, ops: bool = False) -> List[str]:
 
 def model_label(settings: dict) -> str:
     if settings.get("model_shape"):
-        return f"{settings['model_shape']} shape with random weights"
+        shape, layers = settings["model_shape"], settings.get("layers")
+        depth = f" ({layers} of its {MODEL_SHAPES[shape].num_layers} layers)" if layers else ""
+        return f"{shape} shape{depth} with random weights"
     return Path(settings["model"]).name
 
 
@@ -702,6 +716,11 @@ def parse_args(argv: Optional[Sequence[str]]):
         help="instead of --model: random weights of this published shape (bert-base: bert-base-uncased's "
         "12 layers, hidden 768, 12 heads, 30,522 tokens), so the paper's step is timed without its weights",
     )
+    p.add_argument(
+        "--layers",
+        type=int,
+        help="with --model-shape: only its first N layers (the same width, less time; a smoke test's size)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument(
         "--seq-len",
@@ -780,6 +799,12 @@ def parse_args(argv: Optional[Sequence[str]]):
         "run's peak (default 2048, 8192 on CUDA)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (default 0: torch's choice)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every configuration and peak reading in this process, not each in a fresh one: no isolation "
+        "(memory and warm-up carry over), so only for a smoke test (bench/gpu_check.sh --dry-run)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--json",
@@ -808,6 +833,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     args = p.parse_args(argv)
     if args.model_shape and args.model:
         raise UserError("--model-shape replaces --model's checkpoint with random weights: give one of them")
+    if args.layers is not None and not args.model_shape:
+        raise UserError("--layers cuts a --model-shape's depth; a checkpoint (--model) keeps its own")
     if args.model_shape and args.eval:
         raise UserError("--model-shape is for the outer step; --eval needs a real checkpoint (--model)")
     args.model = args.model or (None if args.model_shape else DEFAULT_MODEL)
@@ -848,7 +875,7 @@ def eval_main(args, argv: Optional[Sequence[str]]) -> None:
 def model_config(args):
     """(BertConfig, checkpoint directory or None): --model-shape's published config, or --model's."""
     if args.model_shape:
-        return MODEL_SHAPES[args.model_shape], None
+        return shape_config(args.model_shape, args.layers), None
     model_dir = resolve_checkpoint(args.model)
     if not (model_dir / "config.json").is_file():
         raise UserError(
@@ -887,6 +914,7 @@ def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.d
     """Every flag of the outer-step bench, before anything runs (one `error:` line for the first bad one)."""
     seq_lens, steps, modes, autocasts, attns = (axes[k] for k in ("seq_len", "steps", "mode", "autocast", "attn"))
     problems = sorted(filter(None, (option_problem(m, a, device.type) for m in modes for a in autocasts)))
+    shape_layers = MODEL_SHAPES[args.model_shape].num_layers if args.model_shape else None
     checks = [
         (
             all(1 <= s <= config.max_positions for s in seq_lens),
@@ -913,6 +941,10 @@ def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.d
         ),
         (args.threads >= 0, "--threads must be ≥ 0 (0: torch's default)"),
         (args.matmul_size is None or args.matmul_size >= 1, "--matmul-size must be ≥ 1"),
+        (
+            args.layers is None or 1 <= args.layers <= shape_layers,
+            f"--layers must be between 1 and the shape's {shape_layers} layers, not {args.layers}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -921,9 +953,9 @@ def check_flags(args, axes: Dict[str, list], config: BertConfig, device: torch.d
         check_bf16("--autocast bf16", device, args.allow_slow_bf16)
 
 
-def read_peak(settings: dict, when: str) -> Optional[float]:
-    """One reading of the matmul peak in its own worker, printed; None (and the reason) if it failed."""
-    r = run_in_subprocess({**settings, "measure": MATMUL_PEAK})
+def read_peak(settings: dict, when: str, run) -> Optional[float]:
+    """One reading of the matmul peak in its own worker (by `run`), printed; None (and the reason) if it failed."""
+    r = run({**settings, "measure": MATMUL_PEAK})
     if "error" in r:
         print(f"matmul peak {when}: error: {r['error']}", flush=True)
         return None
@@ -952,6 +984,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     settings = dict(
         model=str(model_dir) if model_dir else None,
         model_shape=args.model_shape,
+        layers=args.layers,
         device=str(device),
         dtype=args.dtype,
         shots=args.shots,
@@ -973,7 +1006,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "settings": settings,
     }
     specs = [dict(settings, **c) for c in configurations(axes, args.reference)]
-    readings = [read_peak(settings, "before the sweep")]
+    run = run_here if args.in_process else run_in_subprocess
+    readings = [read_peak(settings, "before the sweep", run)]
     results = []
     for i, spec in enumerate(specs, 1):
         print(
@@ -982,7 +1016,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             end="",
             flush=True,
         )
-        r = run_in_subprocess(spec)
+        r = run(spec)
         results.append(r)
         print(
             f"error: {r['error']}"
@@ -992,7 +1026,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             flush=True,
         )
         write_json_atomic(json_path, {"environment": env, "results": results})  # a sweep cut short keeps its rows
-    readings = [g for g in readings + [read_peak(settings, "after the sweep")] if g is not None]
+    readings = [g for g in readings + [read_peak(settings, "after the sweep", run)] if g is not None]
     env["matmul_peak"] = peak_summary(readings) if readings else None
     apply_peak(results, env["matmul_peak"])
     write_json_atomic(json_path, {"environment": env, "results": results})

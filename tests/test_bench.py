@@ -1,6 +1,7 @@
 """python -m ddattn.bench on a tiny random checkpoint: result fields, memory reading, tables, bad flags; the
 default sweep, the memory slope fit, the run's one matmul peak, and the bf16 capability check."""
 
+import dataclasses
 import json
 import re
 import statistics
@@ -302,17 +303,47 @@ def test_model_shape_bert_base_is_the_published_config(monkeypatch, tiny_dir):
     assert r["flops"] > 0 and torch.isfinite(torch.tensor(r["outer_loss"]))
 
 
+def test_layers_cuts_the_shapes_depth(monkeypatch, tiny_dir):
+    base = bench.MODEL_SHAPES["bert-base"]
+    assert bench.shape_config("bert-base", 2) == dataclasses.replace(base, num_layers=2)
+    assert bench.shape_config("bert-base") is base
+    monkeypatch.setitem(bench.MODEL_SHAPES, "bert-base", TINY)  # 2 layers
+    one = {**spec(tiny_dir, 1, "graph"), "model": None, "model_shape": "bert-base", "layers": 1}
+    config, theta = bench.load_model(one, torch.float32, torch.device("cpu"))
+    assert config.num_layers == 1 and "layers.0.ffn.norm.weight" in theta and "layers.1.ffn.norm.weight" not in theta
+    assert bench.model_label(one) == "bert-base shape (1 of its 2 layers) with random weights"
+    assert bench.worker(one)["flops"] < bench.worker({**one, "layers": None})["flops"]
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
         (["--model-shape", "bert-base", "--model", "minilm-l6"], "one of them"),
         (["--model-shape", "bert-base", "--eval"], "--eval needs a real checkpoint"),
         (["--model-shape", "bert-large"], "invalid choice"),
+        (["--layers", "1"], "--layers cuts a --model-shape's depth"),
     ],
 )
 def test_model_shape_conflicts_are_user_errors(flags, message):
     with pytest.raises(UserError, match=message):
         bench.parse_args(flags)
+
+
+@pytest.mark.parametrize("layers", ["0", "13"])
+def test_layers_beyond_the_shape_are_refused(layers):
+    with pytest.raises(UserError, match="--layers must be between 1 and the shape's 12 layers"):
+        bench.main(["--model-shape", "bert-base", "--layers", layers, "--device", "cpu"])
+
+
+def test_in_process_measures_every_row_and_the_peak_without_a_subprocess(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "run_in_subprocess", lambda spec: pytest.fail("started a subprocess"))
+    out = tmp_path / "cpu.json"
+    flags = ["--model", str(tiny_dir), "--steps", "1", "2", "--mode", "graph", "--ops", "--no-plot", "--json", str(out)]
+    bench.main([*flags, *FAST, "--in-process"])
+    saved = json.loads(out.read_text())
+    assert [(r["steps"], "error" in r) for r in saved["results"]] == [(1, False), (2, False)]
+    assert all(r["flops"] > 0 and r["aten_ops"] > 0 and r["pct_of_matmul_peak"] > 0 for r in saved["results"])
+    assert len(saved["environment"]["matmul_peak"]["readings_gflops"]) == 2
 
 
 # --- bf16 only where the hardware has it (options.py) ------------------------------------------------------
