@@ -324,10 +324,10 @@ class Distillation:
     def real_examples(self) -> Dict[str, torch.Tensor]:
         """For --init real: one random training example of each sample's class, S tokens wide."""
         config = self.distilled.config
-        if len(torch.unique(self.train.labels)) < config.num_classes:
-            missing = sorted(set(range(config.num_classes)) - set(self.train.labels.tolist()))
-            raise UserError(f"--init real: the training split has no example of class {missing[0]}")
-        rows = real_init_rows(self.train.labels, config.num_samples, config.num_classes, self.args.seed)
+        try:
+            rows = real_init_rows(self.train.labels, config.num_samples, config.num_classes, self.args.seed)
+        except ValueError as e:  # a class without a training example
+            raise UserError(f"--init real: {e}") from None
         return taskdata.collate(self.train, rows, self.device, width=config.seq_len)
 
     def real_batch(self, s: int) -> List[Dict[str, torch.Tensor]]:
