@@ -150,6 +150,63 @@ def split_train_val(n: int, val_size: int, seed: int) -> Tuple[torch.Tensor, tor
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
+def spaced(text: str) -> str:
+    """`text`'s words with one space between them (SST-2's rows end in a space; its phrases do not)."""
+    return " ".join(text.split())
+
+
+def word_runs(text: str) -> Iterator[str]:
+    """Every run of consecutive whole words of `text` (spaced), the whole text excepted."""
+    words = text.split()
+    for start in range(len(words)):
+        for stop in range(start + 1, len(words) + 1):
+            if stop - start < len(words):
+                yield " ".join(words[start:stop])
+
+
+def parts_of(texts: Sequence[str], among: Sequence[str]) -> set:
+    """Those of `texts` (spaced) that are a run of whole words of some text in `among`, not all of it."""
+    candidates = {spaced(t) for t in texts}
+    return {run for text in among for run in word_runs(text) if run in candidates}
+
+
+def whole_rows(texts: Sequence[str]) -> torch.Tensor:
+    """The rows whose text no other row contains as a run of whole words: on SST-2's training split its
+    6,885 sentences, not the phrases cut from them (its dev split holds whole sentences only)."""
+    parts = parts_of(texts, texts)
+    return torch.tensor([i for i, t in enumerate(texts) if spaced(t) not in parts], dtype=torch.long)
+
+
+def split_sentences_val(texts: Sequence[str], val_size: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A seeded held-out slice of whole sentences only (`whole_rows`), and the training rows less every
+    row that is one of them or a part of one: (train indices, validation indices), each sorted. Without
+    the second half a held-out sentence's own phrases, with their labels, would be trained on."""
+    whole = whole_rows(texts)
+    if not 0 < val_size < len(whole):
+        raise UserError(f"--val-size {val_size} must be at least 1 and below the {len(whole)} whole sentences")
+    val = whole[torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed))[:val_size]].sort().values
+    held = [spaced(texts[i]) for i in val.tolist()]
+    left_out = parts_of(texts, held) | set(held)
+    train = [i for i, t in enumerate(texts) if spaced(t) not in left_out]
+    return torch.tensor(train, dtype=torch.long), val
+
+
+def balanced_order(
+    rows: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, batches: int, generator
+) -> torch.Tensor:
+    """An epoch of `batches` class-balanced batches of `rows`, batch b = entries [b·B, (b+1)·B): each holds
+    B // C rows of every class (the first B mod C classes one more). Each class's rows come in shuffled
+    passes, reshuffled at every pass, so a minority class repeats within an epoch and is never short."""
+    per_class = [batch_size // num_classes + (c < batch_size % num_classes) for c in range(num_classes)]
+    columns = []
+    for c, k in enumerate(per_class):
+        own = rows[labels[rows] == c]
+        passes = -(-k * batches // len(own))
+        order = torch.cat([own[torch.randperm(len(own), generator=generator)] for _ in range(passes)])
+        columns.append(order[: k * batches].view(batches, k))
+    return torch.cat(columns, dim=1).reshape(-1)  # (batches · B,)
+
+
 def collate(split: EncodedSplit, rows, device="cpu", width: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Rows of a split as a batch of long tensors: input_ids, token_type_ids, attention_mask (B, width)
     and labels (B,). `width` defaults to the batch's longest sequence rounded up to a multiple of 8 (at

@@ -33,7 +33,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -192,15 +192,47 @@ class Distillation:
                 f"{processes} processes need as many micro-batches, not {micro_batches}: "
                 f"use --micro-batch-size {args.real_batch_size // processes} or less"
             )
-        self.train_idx, val_idx = taskdata.split_train_val(
-            n, args.val_size, seeds.stream_seed("train-val-split", args.seed)
-        )
-        self.val_batches = eval_batches(self.train, args.real_batch_size, self.device, indices=val_idx)
+        self.train_idx, self.val_idx = self.held_out_split(n)
+        self.val_batches = eval_batches(self.train, args.real_batch_size, self.device, indices=self.val_idx)
+        self.check_real_rows()
         self.steps_per_epoch = len(self.train_idx) // args.real_batch_size  # full batches only
         self.total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.val_every = args.val_every or self.steps_per_epoch
+
+    def held_out_split(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(rows of the real batches, rows of the held-out slice) among the first n training rows, as
+        --held-out and --real-rows say."""
+        args, seed = self.args, seeds.stream_seed("train-val-split", self.args.seed)
+        if args.held_out == "random" and args.real_rows == "all":
+            return taskdata.split_train_val(n, args.val_size, seed)
+        if self.task.is_pair:
+            raise UserError(f"--held-out/--real-rows sentences need a single-text task; {self.task.name} has pairs")
+        texts = [example.text_a for example in tasks.read_examples(self.task, "train", args.data_dir)[:n]]
+        if args.held_out == "sentences":
+            train, val = taskdata.split_sentences_val(texts, args.val_size, seed)
+        else:
+            train, val = taskdata.split_train_val(n, args.val_size, seed)
+        if args.real_rows == "sentences":
+            train = train[torch.isin(train, taskdata.whole_rows(texts))]
+        return train, val
+
+    def check_real_rows(self) -> None:
+        """Enough rows for one real batch, and with --balance-classes a place and a row for every class."""
+        args, classes = self.args, self.task.num_classes
+        if len(self.train_idx) < args.real_batch_size:
+            raise UserError(
+                f"{len(self.train_idx)} training rows are left for the real batches, fewer than "
+                f"--real-batch-size {args.real_batch_size}; lower --val-size or --real-batch-size"
+            )
+        if args.balance_classes:
+            counts = torch.bincount(self.train.labels[self.train_idx], minlength=classes)
+            if args.real_batch_size < classes or not counts.all():
+                raise UserError(
+                    f"--balance-classes needs --real-batch-size ≥ {classes} and training rows of every class "
+                    f"(rows per class: {counts.tolist()})"
+                )
 
     def start_distilled(self) -> None:
         """Algorithm 1, lines 1–2: D̃ = (x̃, ỹ, ã) and η̃ ← η̃_0 (then, with --init real / --attn-init model,
@@ -332,11 +364,20 @@ class Distillation:
 
     def real_batch(self, s: int) -> List[Dict[str, torch.Tensor]]:
         """This rank's micro-batches of outer step s's real mini-batch (Algorithm 1, line 13)."""
-        epoch, offset = divmod(s, self.steps_per_epoch)
-        order = self.train_idx[
-            torch.randperm(len(self.train_idx), generator=seeds.generator("real-batch-order", self.args.seed, epoch))
-        ]
-        rows = order[offset * self.args.real_batch_size : (offset + 1) * self.args.real_batch_size]
+        args, (epoch, offset) = self.args, divmod(s, self.steps_per_epoch)
+        generator = seeds.generator("real-batch-order", args.seed, epoch)
+        if args.balance_classes:
+            order = taskdata.balanced_order(
+                self.train_idx,
+                self.train.labels,
+                self.task.num_classes,
+                args.real_batch_size,
+                self.steps_per_epoch,
+                generator,
+            )
+        else:
+            order = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
+        rows = order[offset * args.real_batch_size : (offset + 1) * args.real_batch_size]
         micro_batches = rows.split(self.micro_batch_size)
         return [taskdata.collate(self.train, micro, self.device) for micro in distributed.shard(micro_batches)]
 

@@ -25,6 +25,9 @@ from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, option_probl
 from .paths import runs_dir
 from .rundir import RunDirectory
 
+HELD_OUT = ("random", "sentences")  # --held-out: which training rows the held-out slice is drawn from
+REAL_ROWS = ("all", "sentences")  # --real-rows: which training rows the real batches come from
+
 DESCRIPTION = "Learn a distilled dataset with attention labels (paper Algorithm 1)."
 STOPPING = (
     "SIGTERM or SIGUSR1 (a scheduler's preemption), or --time-limit: the outer step in flight is finished, "
@@ -110,6 +113,9 @@ class Settings:
     real_batch_size: int = 32
     micro_batch_size: int = 0
     max_length: int = 128
+    held_out: str = "random"
+    real_rows: str = "all"
+    balance_classes: bool = False
     mode: str = "recompute"
     autocast: str = "none"
     kernels: str = "auto"
@@ -243,6 +249,19 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     g.add_argument("--max-length", type=int, help="truncation length of real examples")
     g.add_argument(
+        "--balance-classes",
+        action="store_true",
+        default=None,
+        help="real batches with as many examples of each class (a minority class repeats within an epoch; "
+        "outer steps per epoch unchanged)",
+    )
+    g.add_argument(
+        "--real-rows",
+        choices=REAL_ROWS,
+        help="training rows the real batches come from: all, or whole sentences only (rows no other row "
+        "contains: SST-2's sentences, not their phrases; single-text tasks)",
+    )
+    g.add_argument(
         "--mode",
         choices=list(MODES),
         help="hypergradient: whole graph (paper), per-step recompute (memory "
@@ -265,6 +284,12 @@ def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     g.add_argument("--train-limit", type=int, help="use only the first N training examples (0: all)")
     g = p.add_argument_group("validation and checkpoints")
     g.add_argument("--val-size", type=int, help="held-out training examples for validation")
+    g.add_argument(
+        "--held-out",
+        choices=HELD_OUT,
+        help="the held-out slice: random training rows, or whole sentences only, their phrases then left "
+        "out of training (SST-2: its dev split holds whole sentences; single-text tasks)",
+    )
     g.add_argument("--val-models", type=int, help="K fresh models trained on D̃ per validation")
     g.add_argument("--val-every", type=int, help="validate every N outer steps (0: once per epoch)")
     g.add_argument("--checkpoint-every", type=int, help="write checkpoint.pt every N outer steps")
@@ -399,6 +424,9 @@ def check_settings(args) -> None:
         raise UserError(f"--clip must be a positive number (the largest gradient norm), not {args.clip}")
     if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         raise UserError(f"--weight-decay must be ≥ 0, not {args.weight_decay}")
+    for name, choices in (("held_out", HELD_OUT), ("real_rows", REAL_ROWS)):
+        if getattr(args, name) not in choices:
+            raise UserError(f"--{name.replace('_', '-')} is one of {', '.join(choices)}, not {getattr(args, name)!r}")
 
 
 def check_process(args) -> None:
@@ -473,7 +501,15 @@ def load_or_start(argv):
 
 RESUME_CHANGES = ("max_steps", "epochs", "device")  # what --resume may change: extend a run, or move it
 # absent from older runs: their values
-ADDED_LATER = {"autocast": "none", "dtype": "float32", "attn_init": "random", "kernels": "auto"}
+ADDED_LATER = {
+    "autocast": "none",
+    "dtype": "float32",
+    "attn_init": "random",
+    "kernels": "auto",
+    "held_out": "random",
+    "real_rows": "all",
+    "balance_classes": False,
+}
 
 
 def resumed_settings(args) -> "Settings":

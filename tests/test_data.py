@@ -228,6 +228,51 @@ def test_split_train_val_is_a_seeded_partition():
         data.split_train_val(100, 100, seed=0)
 
 
+# SST-2's training split in miniature: two sentences, phrases cut from them, a repeated phrase
+PHRASES = [
+    "a gorgeous , witty , seductive movie . ",
+    "witty ,",
+    "seductive movie",
+    "the film is a mess .",
+    "a mess",
+    "a",  # a part of both
+    "a mess",
+]
+
+
+def test_whole_rows_are_those_no_other_row_contains():
+    assert data.whole_rows(PHRASES).tolist() == [0, 3]
+    assert data.whole_rows(["one two", "two one"]).tolist() == [0, 1]  # runs of words, not sets of them
+    assert data.whole_rows(["the cat", "the category"]).tolist() == [0, 1]  # whole words only
+
+
+def test_a_held_out_sentence_and_its_phrases_are_out_of_training():
+    for seed in range(4):
+        train, val = data.split_sentences_val(PHRASES, 1, seed)
+        assert len(val) == 1 and int(val) in (0, 3)
+        inside = {0: [0, 1, 2, 5], 3: [3, 4, 5, 6]}[int(val)]  # the sentence, its phrases (repeats too)
+        assert sorted(train.tolist()) == [i for i in range(len(PHRASES)) if i not in inside]
+    assert {int(data.split_sentences_val(PHRASES, 1, seed)[1]) for seed in range(8)} == {0, 3}
+    with pytest.raises(UserError, match="below the 2 whole sentences"):
+        data.split_sentences_val(PHRASES, 2, 0)
+
+
+def test_balanced_batches_hold_every_class_equally():
+    labels = torch.tensor([0] * 30 + [1] * 7 + [2] * 3)  # 75 %, 17.5 %, 7.5 %
+    rows = torch.arange(2, 40)  # rows 0 and 1 are not training rows
+    order = data.balanced_order(rows, labels, 3, 8, 4, torch.Generator().manual_seed(0))
+    assert order.shape == (32,) and set(order.tolist()) <= set(rows.tolist())
+    for batch in order.view(4, 8):
+        assert torch.bincount(labels[batch], minlength=3).tolist() == [3, 3, 2]  # 8 // 3, one more for 0 and 1
+    majority = order[labels[order] == 0]
+    assert len(set(majority.tolist())) == len(majority)  # 12 of 28: no repeat within a pass
+    minority = order[labels[order] == 2]  # 8 draws of 3 rows: each pass holds every row once
+    for start in (0, 3):
+        assert sorted(minority[start : start + 3].tolist()) == [37, 38, 39]
+    again = data.balanced_order(rows, labels, 3, 8, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(order, again)
+
+
 def test_cache_hits_and_invalidates(mrpc10, tokenizer_path, monkeypatch):
     task, cache = tasks.get_task("mrpc"), mrpc10 / "mrpc" / "cache"
     first = data.load_split(task, "train", tokenizer_path, 16, mrpc10)
