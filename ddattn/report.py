@@ -13,6 +13,8 @@ results/tables.json.
   time and peak memory (resources.tsv, which results/table3_queue.sh writes with GNU time), so the rows
   beyond the paper's T ≤ 5 show what memory flat in T costs; results/table3_T.png plots accuracy and peak
   memory against T for different data per step, 1 shot per class per step.
+- The budget (ddattn/budget.py): one configuration at several numbers of outer steps, results/budget.md
+  and results/budget.png, where such runs exist.
 
 Cells are mean ± std in % over the N evaluation models; MRPC's number is the mean of accuracy and F1 (the
 GLUE convention the paper follows), every other task's is accuracy. Runs whose settings differ only in
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import checks, tasks
+from .budget import budget_series, plot_budget, render_budget
 from .errors import ArgumentParser, UserError, run_cli
 from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
@@ -649,15 +652,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     memory = read_memory_in_t(args.out / "memory_T.tsv")
     table3 = render_table3(tables["table3"]) + "\n" + render_table3_extended(tables["table3"])
     table3 += ("\n" + render_memory_in_t(memory)) if memory else ""
-    for name, text in (("table2.md", render_table2(tables["table2"])), ("table3.md", table3)):
+    budget = budget_series(results, RUN_ONLY)
+    tables["budget"] = {task: [{k: v for k, v in p.items() if k != "curve"} for p in ps] for task, ps in budget.items()}
+    written = {"table2.md": render_table2(tables["table2"]), "table3.md": table3}
+    if budget:
+        written["budget.md"] = render_budget(budget, TITLES)
+    for name, text in written.items():
         with atomic_path(args.out / name) as tmp:
             tmp.write_text(text)
     write_json_atomic(args.out / "tables.json", tables)
-    plotted = plot_steps(tables["table3"], args.out / "table3_T.png", memory)
+    plots = [
+        plot_steps(tables["table3"], args.out / "table3_T.png", memory),
+        plot_budget(budget, args.out / "budget.png", TITLES),
+    ]
     print(table2_markdown(tables["table2"]))
     print(
-        f"{len(results)} evaluated runs → {args.out}/table2.md, table3.md, tables.json"
-        + (f", {plotted.name}" if plotted else "")
+        f"{len(results)} evaluated runs → {args.out}/"
+        + ", ".join([*written, "tables.json", *(p.name for p in plots if p)])
     )
 
 

@@ -16,6 +16,7 @@ COMMANDS = {"distill", "evaluate", "sweep"}  # sweep runs the other two
 TOOLS = {
     "card",
     "report",
+    "budget",
     "show",
     "baselines",
     "bench",

@@ -336,3 +336,21 @@ def test_memory_in_t_is_read_and_shown_with_its_ratio_to_t1(tmp_path):
     path.write_text("T\tpeak_mb\tcode\n1\tmany\told\n")
     with pytest.raises(UserError, match="line 2"):
         report.read_memory_in_t(path)
+
+
+def test_the_budget_series_are_the_runs_that_differ_only_in_outer_steps(runs, tmp_path):
+    """budget.md: sl-al-b (its validations at steps 10..30) again for 3× and 10× the outer steps, the 10× run
+    under the gpu preset; a run with another α is not in the series, nor is any run without such a twin."""
+    fake_run(runs, "mrpc", "sl-al-b-3x", 0.66, val_losses=[0.6] * 8 + [0.45], lr=0.01, epochs=9)
+    fake_run(runs, "mrpc", "sl-al-b-10x", 0.67, val_losses=[0.49] * 29 + [0.47], lr=0.01, epochs=30, preset="gpu")
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    lines = (tmp_path / "results" / "budget.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| MRPC")]
+    assert rows == [
+        "| MRPC | mrpc/sl-al-b | 30 | 1.0× | 0.5000 (20) | 65.0 ± 1.0 |",
+        "| MRPC | mrpc/sl-al-b-3x | 90 | 3.0× | 0.4500 (90) | 66.0 ± 1.0 |",
+        "| MRPC | mrpc/sl-al-b-10x | 300 | 10.0× | 0.4700 (300) | 67.0 ± 1.0 |",
+    ]
+    budget = json.loads((tmp_path / "results" / "tables.json").read_text())["budget"]
+    assert list(budget) == ["mrpc"] and "curve" not in budget["mrpc"][0]
+    assert (tmp_path / "results" / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
