@@ -38,6 +38,7 @@ from .errors import ArgumentParser, UserError, run_cli
 from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
 from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
+from .settings import ADDED_LATER
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]  # the paper's column order; other tasks follow
 TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}
@@ -102,7 +103,9 @@ class Result:
 
     @property
     def configuration(self) -> str:
-        return json.dumps({k: v for k, v in self.settings.items() if k not in RUN_ONLY}, sort_keys=True)
+        """What the run computes, as a key: settings added later filled in with their values before them."""
+        settings = self.settings if self.baseline else {**ADDED_LATER, **self.settings}
+        return json.dumps({k: v for k, v in settings.items() if k not in RUN_ONLY}, sort_keys=True)
 
     def cell(self, candidates: int) -> dict:
         return pooled_cell([self], candidates)
