@@ -689,15 +689,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     budget = budget_series(results, RUN_ONLY)
     tables["budget"] = {task: [{k: v for k, v in p.items() if k != "curve"} for p in ps] for task, ps in budget.items()}
     written = {"table2.md": render_table2(tables["table2"]), "table3.md": table3}
+    titles = {t: title(t) for t in budget}
     if budget:
-        written["budget.md"] = render_budget(budget, TITLES)
+        written["budget.md"] = render_budget(budget, titles) + protocol_notes(list(budget))
     for name, text in written.items():
         with atomic_path(args.out / name) as tmp:
             tmp.write_text(text)
     write_json_atomic(args.out / "tables.json", tables)
     plots = [
         plot_steps(tables["table3"], args.out / "table3_T.png", memory),
-        plot_budget(budget, args.out / "budget.png", TITLES),
+        plot_budget(budget, args.out / "budget.png", titles),
     ]
     print(table2_markdown(tables["table2"]))
     print(

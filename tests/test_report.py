@@ -262,6 +262,7 @@ def test_qnli_dev_is_its_own_column_marked_not_the_papers_protocol(runs, tmp_pat
     assert "†" not in (tmp_path / "without" / "table2.md").read_text()  # only a task with a protocol has one
     fake_run(runs, "qnli_dev", "majority", 0.501, baseline="majority")
     fake_run(runs, "qnli_dev", "cpu-sl-al", 0.60, val_losses=[0.6])
+    fake_run(runs, "qnli_dev", "cpu-sl-al-3x", 0.61, val_losses=[0.7, 0.65], epochs=9)  # a budget series
     fake_run(runs, "rte", "majority", 0.527, baseline="majority")
     capsys.readouterr()
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
@@ -269,7 +270,8 @@ def test_qnli_dev_is_its_own_column_marked_not_the_papers_protocol(runs, tmp_pat
         "† QNLI (dev split): not the paper's protocol (QNLI train 104,743 / dev 5,463): GLUE QNLI's dev split "
         "alone (5,463 pairs), cut into 3,463 training and 2,000 evaluation pairs; evaluation part: the 2,000 rows"
     )
-    for name, tables in (("table2.md", 3), ("table3.md", 2)):  # Table 2 and its two derived tables; 3, extended
+    # Table 2 and its two derived tables; Table 3 and its extended table; the budget table
+    for name, tables in (("table2.md", 3), ("table3.md", 2), ("budget.md", 1)):
         blocks = (tmp_path / "results" / name).read_text().split("\n\n")  # paragraphs: a table, then its note
         marked = [i for i, block in enumerate(blocks) if block.startswith("|") and "QNLI (dev split)†" in block]
         assert len(marked) == tables and all(blocks[i + 1].startswith(footnote) for i in marked), name
