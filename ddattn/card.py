@@ -82,6 +82,7 @@ def task_section(settings: dict, task: tasks.Task) -> List[str]:
                 ["labels", labels],
                 ["checkpoint", f"`{settings['model']}`"],
                 ["max length", f"{settings['max_length']} tokens"],
+                *([["protocol", task.protocol]] if task.protocol else []),
             ],
         ),
     ]

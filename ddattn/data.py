@@ -88,10 +88,12 @@ def _cache_file(
     task: Task, split: str, source: Path, tokenizer_path: Path, max_length: int, data_dir: Optional[Path]
 ) -> Path:
     """`<data_dir>/<task>/cache/<split>-<file>-<key>.safetensors`, the key hashing everything that
-    determines the encoding: source and tokenizer contents, max_length, columns and labels."""
-    key = hashlib.sha256(
-        repr((CACHE_VERSION, max_length, task.format, task.text_columns, task.label_column, task.label_values)).encode()
-    )
+    determines the encoding: source and tokenizer contents, max_length, columns and labels; where train and
+    eval are parts of one file, also the split and the rule (its salt and size) that cut it."""
+    identity = (CACHE_VERSION, max_length, task.format, task.text_columns, task.label_column, task.label_values)
+    if task.split_rule is not None:
+        identity += (split, task.split_rule)
+    key = hashlib.sha256(repr(identity).encode())
     for path in (source, tokenizer_path):
         key.update(hashlib.sha256(Path(path).read_bytes()).digest())  # (hashlib.file_digest needs 3.11)
     folder = Path(data_dir or paths.data_dir()) / task.name / "cache"

@@ -2,7 +2,8 @@
 
 Copies from `../shared/data/<task>/` when that exists, else downloads what is missing (from the
 canonical sources, or from a mirror given by env DDATTN_DATA_URL that serves `<task>/<file name>`), then
-reads every file back and counts its rows (data.py's readers), so a bad file fails here.
+reads every file back and counts its rows (data.py's readers), so a bad file fails here. A task that reads
+another's files (qnli_dev: QNLI's dev.tsv) fetches that task's folder, and counts its own parts of it.
 """
 
 import contextlib
@@ -52,8 +53,10 @@ def _download_first(candidates: Sequence[Tuple[str, Path]]) -> None:
 
 def _from_mirror(mirror: str, task: Task, splits: Sequence[str], target: Path) -> None:
     for split in splits:
+        if _present(task, split, target):  # fetched for the split before it (qnli_dev: one file, two splits)
+            continue
         names = [task.files[split]] + ([task.fallbacks[split]] if split in task.fallbacks else [])
-        _download_first([(f"{mirror.rstrip('/')}/{task.name}/{name}", target / name) for name in names])
+        _download_first([(f"{mirror.rstrip('/')}/{task.folder}/{name}", target / name) for name in names])
 
 
 def _glue_zip(zip_name: str):
@@ -104,11 +107,11 @@ CANONICAL = {
 
 
 def fetch(task: Task, data_dir: Path) -> str:
-    """Fill `data_dir/<task>/`: copy from the shared data when it has the task, else download what is
+    """Fill `data_dir/<task.folder>/`: copy from the shared data when it has it, else download what is
     missing (from env DDATTN_DATA_URL's mirror, or the canonical sources). Returns what was done."""
-    target = Path(data_dir) / task.name
+    target = Path(data_dir) / task.folder
     target.mkdir(parents=True, exist_ok=True)
-    shared = paths.shared_data_dir() / task.name
+    shared = paths.shared_data_dir() / task.folder
     if shared.is_dir():
         return _copy_from_shared(shared, target)
     missing = [split for split in task.files if not _present(task, split, target)]
@@ -118,7 +121,7 @@ def fetch(task: Task, data_dir: Path) -> str:
     if mirror:
         _from_mirror(mirror, task, missing, target)
     else:
-        CANONICAL[task.name](target, [task.files[split] for split in missing])
+        CANONICAL[task.folder](target, list(dict.fromkeys(task.files[split] for split in missing)))
     return f"downloaded {', '.join(missing)} from {mirror or 'the canonical sources'}"
 
 
@@ -144,7 +147,11 @@ def main(argv=None) -> None:
         description="Fill data/<task>/ with a task's files and "
         "count their rows (copying from ../shared/data when present, else downloading).",
     )
-    p.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or all")
+    p.add_argument(
+        "--task",
+        required=True,
+        help=f"{', '.join(TASKS)} or all (every task with files of its own: not qnli_dev, which reads qnli's)",
+    )
     p.add_argument("--data-dir", help="default data/ (env DDATTN_DATA_DIR)")
     p.add_argument(
         "--check",
@@ -155,9 +162,10 @@ def main(argv=None) -> None:
     if args.task == "custom":
         raise UserError("the custom task reads your own files (--train-file, --eval-file): nothing to fetch")
     data_dir = Path(args.data_dir or paths.data_dir())
-    for task in TASKS.values() if args.task == "all" else [get_task(args.task)]:
+    chosen = [t for t in TASKS.values() if t.files_of is None] if args.task == "all" else [get_task(args.task)]
+    for task in chosen:
         done = "checked" if args.check else fetch(task, data_dir)
-        print(f"{task.name}: {done} → {data_dir / task.name}; rows: {row_counts(task, data_dir, args.check)}")
+        print(f"{task.name}: {done} → {data_dir / task.folder}; rows: {row_counts(task, data_dir, args.check)}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,15 @@ from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
 from .settings import ADDED_LATER
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]  # the paper's column order; other tasks follow
-TITLES = {"ag_news": "AGNews", "sst2": "SST-2", "qnli": "QNLI", "mrpc": "MRPC", "rte": "RTE"}
+TITLES = {
+    "ag_news": "AGNews",
+    "sst2": "SST-2",
+    "qnli": "QNLI",
+    "mrpc": "MRPC",
+    "rte": "RTE",
+    "qnli_dev": "QNLI (dev split)",
+}
+PROTOCOL_MARK = "†"  # on the title of a task whose protocol is not the paper's (tasks.Task.protocol)
 DISTILLED_ROWS = {
     "HL": ("hard", "none"),
     "SL": ("soft", "none"),
@@ -349,6 +357,22 @@ def build_table3(results: Sequence[Result], task_names: Sequence[str]) -> dict:
 
 
 # --- rendering -------------------------------------------------------------------------------------------
+def protocol(task: str) -> Optional[str]:
+    """How a registered task departs from the paper's protocol (qnli_dev), or None."""
+    return tasks.TASKS[task].protocol if task in tasks.TASKS else None
+
+
+def title(task: str) -> str:
+    """A task's column title, marked † when its protocol is not the paper's (see protocol_notes)."""
+    return TITLES.get(task, task) + (PROTOCOL_MARK if protocol(task) else "")
+
+
+def protocol_notes(task_names: Sequence[str]) -> str:
+    """What goes under every table with a † column: one line per such task, each after a blank line (so
+    that Markdown does not read it as a row of the table); "" without one."""
+    return "".join(f"\n{PROTOCOL_MARK} {TITLES.get(t, t)}: {protocol(t)}.\n" for t in task_names if protocol(t))
+
+
 def fmt(cell: Optional[dict]) -> str:
     """'78.8 ± 0.7' in %; a single run (majority, full dataset) shows its mean only, as the paper does."""
     if cell is None:
@@ -393,7 +417,7 @@ def notes(table: dict) -> List[str]:
     lines.append(
         "Runs shown:"
         + "".join(
-            f"\n  - {row} / {TITLES.get(t, t)}: {c['run']}"
+            f"\n  - {row} / {title(t)}: {c['run']}"
             + (
                 f" (best validation loss {c['val_loss']:.4f}{' (mean)' if c['repeats'] > 1 else ''}; "
                 f"{c['candidates']} evaluated configuration(s) in the cell)"
@@ -414,7 +438,7 @@ def equals_majority(cell: Optional[dict], majority: Optional[dict]) -> bool:
 
 
 def table2_markdown(table: dict) -> str:
-    header = ["", *(TITLES.get(t, t) for t in table["tasks"])]
+    header = ["", *map(title, table["tasks"])]
     majority = table["rows"]["Majority"]
 
     def shown(row: str, task: str) -> str:
@@ -422,11 +446,12 @@ def table2_markdown(table: dict) -> str:
         flagged = row not in ("Majority", "Random real") and equals_majority(cell, majority[task])
         return ("= majority: " if flagged else "") + fmt(cell)
 
-    return markdown(header, [[row, *(shown(row, t) for t in table["tasks"])] for row in table["rows"]])
+    rows = [[row, *(shown(row, t) for t in table["tasks"])] for row in table["rows"]]
+    return markdown(header, rows) + protocol_notes(table["tasks"])
 
 
 def render_table2(table: dict) -> str:
-    header = ["", *(TITLES.get(t, t) for t in table["tasks"])]
+    header = ["", *map(title, table["tasks"])]
 
     def numbers(values: dict) -> List[List[str]]:
         return [
@@ -439,11 +464,11 @@ def render_table2(table: dict) -> str:
         table2_markdown(table),
         "## % of the full-dataset score (mean / full × 100)",
         "",
-        markdown(header, numbers(table["percent_of_full"])),
+        markdown(header, numbers(table["percent_of_full"])) + protocol_notes(table["tasks"]),
         "## Share of the gap from the majority class to full fine-tuning closed, in % "
         "((mean − majority) / (full − majority) × 100; below 0: worse than the majority class)",
         "",
-        markdown(header, numbers(table["gap_closed"])),
+        markdown(header, numbers(table["gap_closed"])) + protocol_notes(table["tasks"]),
     ]
     extra = []
     if any(table["rows"]["Full dataset"].values()):
@@ -467,7 +492,7 @@ def render_table2(table: dict) -> str:
 
 def render_table3(table: dict) -> str:
     task_names = table["tasks"]
-    header = ["labels", "# steps", "# shots", "data per step", *(TITLES.get(t, t) for t in task_names)]
+    header = ["labels", "# steps", "# shots", "data per step", *map(title, task_names)]
     mode_names = {"single": "single step", "same": "same", "different": "different"}
 
     def shown(cell: Optional[dict], task: str) -> str:
@@ -486,6 +511,7 @@ def render_table3(table: dict) -> str:
     return (
         "# Table 3: attention labels with several shots and steps\n\n"
         + markdown(header, rows)
+        + protocol_notes(task_names)
         + "\n"
         + "\n".join(f"- {line}" for line in notes(table))
         + "\n"
@@ -516,15 +542,19 @@ def render_table3_extended(table: dict) -> str:
                         str(r["steps"]),
                         str(r["shots"]),
                         r["data_per_step"],
-                        TITLES.get(task, task),
+                        title(task),
                         fmt(cell),
                         MISSING if wall is None else f"{wall / 60:.0f} min",
                         MISSING if cell["peak_mb"] is None else f"{cell['peak_mb']:.0f}",
                         cell["run"],
                     ]
                 )
+    shown = [t for t in table["tasks"] if any(r["cells"][t] for r in table["rows"])]
     return (
-        "## Table 3, extended: cost beside accuracy, T beyond the paper's 5\n\n" + markdown(header, rows) + "\n"
+        "## Table 3, extended: cost beside accuracy, T beyond the paper's 5\n\n"
+        + markdown(header, rows)
+        + protocol_notes(shown)
+        + "\n"
         "- Wall time: the distillation alone (outer steps and validation, not the evaluation), summed over its "
         "invocations; peak memory: the largest resident set of the distillation process (GNU time %M), model "
         "and data included. Both from the run's resources.tsv (results/table3_queue.sh: one CPU core, one "
@@ -597,7 +627,7 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
         return None
     fig, (ax_score, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
     for task, points in series.items():
-        label = TITLES.get(task, task)
+        label = title(task)
         ax_score.errorbar(
             [t for t, _ in points],
             [c["mean"] * 100 for _, c in points],
@@ -649,6 +679,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "table2": build_table2(results, task_names),
         "table3": build_table3(results, task_names),
         "selection": SELECTION,
+        "protocols": {t: protocol(t) for t in task_names if protocol(t)},
         "runs_dir": _shown(root),
     }
     checks.writable_dir(args.out, "--out")
@@ -658,15 +689,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     budget = budget_series(results, RUN_ONLY)
     tables["budget"] = {task: [{k: v for k, v in p.items() if k != "curve"} for p in ps] for task, ps in budget.items()}
     written = {"table2.md": render_table2(tables["table2"]), "table3.md": table3}
+    titles = {t: title(t) for t in budget}
     if budget:
-        written["budget.md"] = render_budget(budget, TITLES)
+        written["budget.md"] = render_budget(budget, titles) + protocol_notes(list(budget))
     for name, text in written.items():
         with atomic_path(args.out / name) as tmp:
             tmp.write_text(text)
     write_json_atomic(args.out / "tables.json", tables)
     plots = [
         plot_steps(tables["table3"], args.out / "table3_T.png", memory),
-        plot_budget(budget, args.out / "budget.png", TITLES),
+        plot_budget(budget, args.out / "budget.png", titles),
     ]
     print(table2_markdown(tables["table2"]))
     print(

@@ -1,14 +1,17 @@
 """Tasks: a registry of what each task is, and readers for its files.
 
-Tasks (paper Table 1, plus RTE and your own CSV/TSV): each knows its files, its text fields, its labels
-and its metrics. GLUE tasks are evaluated on their dev split (test labels are not public), AG News on
-its test split. Every file is read back without trusting it: a missing file, a wrong header, a bad row or
-an unknown label is one error line naming the file and the row.
+Tasks (paper Table 1, plus RTE, QNLI under a protocol of our own, and your own CSV/TSV): each knows its
+files, its text fields, its labels and its metrics. GLUE tasks are evaluated on their dev split (test
+labels are not public), AG News on its test split. `qnli_dev` takes both its splits from QNLI's dev file
+(the only QNLI file offline), as two disjoint fixed parts (HashSplit). Every file is read back without
+trusting it: a missing file, a wrong header, a bad row or an unknown label is one error line naming the
+file and the row.
 """
 
 import codecs
 import contextlib
 import csv
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +23,52 @@ from .errors import UserError
 
 # --- tasks -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class HashSplit:
+    """A task's train and eval splits as two disjoint, fixed parts of one file.
+
+    The rule: each row's key (its `key_column` value, unique per row) is hashed as the SHA-256 hex digest
+    of the UTF-8 text `salt + key`; the `eval_rows` rows with the smallest digests are the eval part, all
+    the others the train part, each in the file's order. It depends on the keys and the salt alone: not on
+    the rows' order, the platform, or any random number generator. The cache key holds this record, so
+    another salt or size never reuses a cached part; a change to the rule itself needs a new salt.
+    """
+
+    key_column: str
+    salt: str
+    eval_rows: int
+
+    def describe(self) -> str:
+        return (
+            f"evaluation part: the {self.eval_rows:,} rows whose SHA-256 hex digest of {self.salt!r} + their "
+            f"`{self.key_column}` value is smallest; training part: the others"
+        )
+
+    def rows(self, keys: Sequence[str], split: str, where: str) -> List[int]:
+        """The positions in `keys` (one per row, in file order) of `split`'s part, ascending."""
+        seen: Dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in seen:
+                raise UserError(
+                    f"{where}: data rows {seen[key] + 1} and {i + 1} both have {self.key_column} {key!r}; "
+                    "the rule needs a unique key per row"
+                )
+            seen[key] = i
+        if len(keys) <= self.eval_rows:
+            raise UserError(f"{where}: {len(keys)} rows, but its eval part alone takes {self.eval_rows}")
+        digest = [hashlib.sha256((self.salt + key).encode("utf-8")).hexdigest() for key in keys]
+        evaluation = set(sorted(range(len(keys)), key=lambda i: digest[i])[: self.eval_rows])
+        return [i for i in range(len(keys)) if (i in evaluation) == (split == "eval")]
+
+
+@dataclass(frozen=True)
 class Task:
     """A classification task: where its files are, which columns hold the texts and the label, its metrics.
 
     `format` is `tsv` (header row, tab-separated, no quoting: GLUE), `csv` (header row, standard CSV
     quoting), `ag_news` (no header; the original `class,title,description` or the `text,label` subset),
-    or None: each file's suffix decides (`.tsv` or else `csv`; custom tasks).
+    or None: each file's suffix decides (`.tsv` or else `csv`; custom tasks). `files_of`: another task
+    whose folder (`data/<files_of>/`) holds the files; `split_rule`: train and eval are parts of one file;
+    `protocol`: how the task departs from the paper's, for every table and card that shows it.
     """
 
     name: str
@@ -37,6 +80,14 @@ class Task:
     metrics: Tuple[str, ...] = ("accuracy",)
     format: Optional[str] = "tsv"
     fallbacks: Dict[str, str] = field(default_factory=dict)  # split → file read when the main one is absent
+    files_of: Optional[str] = None
+    split_rule: Optional[HashSplit] = None
+    protocol: Optional[str] = None
+
+    @property
+    def folder(self) -> str:
+        """The folder under data/ that holds the task's files."""
+        return self.files_of or self.name
 
     @property
     def num_classes(self) -> int:
@@ -59,6 +110,7 @@ def _glue(name: str, text_columns, label_column: str, label_names, label_values=
 
 
 ENTAILMENT = ("entailment", "not_entailment")
+QNLI_DEV_SPLIT = HashSplit("index", salt="ddattn qnli_dev v1:", eval_rows=2000)
 TASKS = {
     "ag_news": Task(
         "ag_news",
@@ -74,6 +126,18 @@ TASKS = {
         "mrpc", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), metrics=("accuracy", "f1")
     ),
     "qnli": _glue("qnli", ("question", "sentence"), "label", ENTAILMENT, ENTAILMENT),
+    "qnli_dev": Task(
+        "qnli_dev",
+        {"train": "dev.tsv", "eval": "dev.tsv"},
+        ("question", "sentence"),
+        "label",
+        ENTAILMENT,
+        ENTAILMENT,
+        files_of="qnli",
+        split_rule=QNLI_DEV_SPLIT,
+        protocol="not the paper's protocol (QNLI train 104,743 / dev 5,463): GLUE QNLI's dev split alone "
+        f"(5,463 pairs), cut into 3,463 training and 2,000 evaluation pairs; {QNLI_DEV_SPLIT.describe()}",
+    ),
     "rte": _glue("rte", ("sentence1", "sentence2"), "label", ENTAILMENT, ENTAILMENT),
     "sst2": _glue("sst2", ("sentence",), "label", ("negative", "positive")),
 }
@@ -152,8 +216,8 @@ class MissingFileError(UserError):
 
 
 def task_file(task: Task, split: str, data_dir: Optional[Path] = None) -> Path:
-    """The file holding `split` in `<data_dir>/<task>/`, or the task's fallback file when that is absent."""
-    folder = Path(data_dir or paths.data_dir()) / task.name
+    """The file holding `split` in `<data_dir>/<task.folder>/`, or the task's fallback file when that is absent."""
+    folder = Path(data_dir or paths.data_dir()) / task.folder
     path = folder / task.files[split]  # custom tasks: an absolute path, used as is
     fallback = task.fallbacks.get(split)
     if path.is_file():
@@ -270,7 +334,8 @@ def _example(layout: _Layout, row: List[str], where: str) -> Example:
 
 
 def read_examples(task: Task, split: str, data_dir: Optional[Path] = None) -> List[Example]:
-    """Every row of a split as an Example; a malformed row or unknown label is a UserError naming file:line."""
+    """Every row of a split as an Example (of a split_rule task, every row of its part, the whole file
+    checked); a malformed row or unknown label is a UserError naming file:line."""
     path = task_file(task, split, data_dir)
     with _table(path, task.format) as rows:
         first = next(rows, None)
@@ -282,7 +347,19 @@ def read_examples(task: Task, split: str, data_dir: Optional[Path] = None) -> Li
             rows = itertools.chain([first], rows)
         else:
             layout = _header_layout(task, header, f"{path}:{line}")
-        return [_example(layout, row, f"{path}:{line}") for line, row in rows]
+        if task.split_rule is None:
+            return [_example(layout, row, f"{path}:{line}") for line, row in rows]
+        key_at = _key_column(task.split_rule, header, f"{path}:{line}")
+        rows = list(rows)
+        examples = [_example(layout, row, f"{path}:{line}") for line, row in rows]
+    part = task.split_rule.rows([row[key_at] for _, row in rows], split, str(path))
+    return [examples[i] for i in part]
+
+
+def _key_column(rule: HashSplit, header: List[str], where: str) -> int:
+    if header.count(rule.key_column) != 1:
+        raise UserError(f"{where}: the header needs one column {rule.key_column!r} to split the file by")
+    return header.index(rule.key_column)
 
 
 def _label_values_in(task: Task) -> List[str]:

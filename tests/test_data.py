@@ -1,11 +1,14 @@
 """Task data: the real shared files, token ids against the golden fixture, batches, the cache, custom tasks,
 bad files (Python API and command line), and fetching (shared copy, loopback mirror, offline)."""
 
+import dataclasses
 import functools
+import hashlib
 import http.server
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -159,6 +162,107 @@ def test_registry():
     assert tasks.get_task("ag_news").label_names == ("World", "Sports", "Business", "Sci/Tech")
     assert [tasks.get_task(t).is_pair for t in ("mrpc", "sst2", "qnli", "rte", "ag_news")] == [1, 0, 1, 1, 0]
     assert tasks.get_task("ag_news").num_classes == 4
+    qnli, qnli_dev = tasks.get_task("qnli"), tasks.get_task("qnli_dev")
+    assert (qnli_dev.folder, qnli_dev.files) == ("qnli", {"train": "dev.tsv", "eval": "dev.tsv"})
+    assert (qnli_dev.text_columns, qnli_dev.label_values, qnli_dev.metrics) == (
+        qnli.text_columns,
+        qnli.label_values,
+        qnli.metrics,
+    )
+    assert [t for t in tasks.TASKS if tasks.TASKS[t].protocol] == ["qnli_dev"]  # the paper's tasks have none
+
+
+# --- qnli_dev: QNLI's dev split cut into a training and an evaluation part -------------------------------
+QNLI_DEV = tasks.get_task("qnli_dev")
+
+
+def qnli_dev_keys() -> list:
+    """The `index` column of the shared QNLI dev file, in file order."""
+    with open(SHARED / "qnli" / "dev.tsv", encoding="utf-8", newline="") as f:
+        return [line.split("\t", 1)[0] for line in f.read().splitlines()[1:]]
+
+
+@needs_shared
+def test_qnli_dev_parts_are_disjoint_fixed_and_of_the_stated_sizes():
+    keys = qnli_dev_keys()
+    train, evaluation = (QNLI_DEV.split_rule.rows(keys, split, "dev.tsv") for split in ("train", "eval"))
+    assert (len(train), len(evaluation)) == (3463, 2000) and "3,463 training and 2,000 evaluation" in QNLI_DEV.protocol
+    assert set(train).isdisjoint(evaluation) and sorted(train + evaluation) == list(range(5463))
+    # a regression pin, computed once by the rule (sha256 of the salt + `index`): the three smallest
+    # digests and the first evaluation rows in file order; a change here changes every qnli_dev number
+    ranked = sorted(keys, key=lambda k: hashlib.sha256((QNLI_DEV.split_rule.salt + k).encode()).hexdigest())
+    assert ranked[:3] == ["2194", "4361", "1315"] and [keys[i] for i in evaluation[:3]] == ["0", "1", "5"]
+    assert set(ranked[:2000]) == {keys[i] for i in evaluation}
+    # the rule follows the keys, not their order in the file
+    shuffled = keys[::-1]
+    assert {shuffled[i] for i in QNLI_DEV.split_rule.rows(shuffled, "eval", "x")} == {keys[i] for i in evaluation}
+    # read as Examples: the same parts, each in file order, together exactly QNLI's dev split
+    parts = {split: tasks.read_examples(QNLI_DEV, split, SHARED) for split in ("train", "eval")}
+    whole = tasks.read_examples(tasks.get_task("qnli"), "eval", SHARED)
+    assert parts["train"] == [whole[i] for i in train] and parts["eval"] == [whole[i] for i in evaluation]
+    per_class = {split: torch.bincount(torch.tensor([e.label for e in part])).tolist() for split, part in parts.items()}
+    assert per_class == {"train": [1704, 1759], "eval": [998, 1002]}
+
+
+@needs_shared
+def test_qnli_dev_through_fetch_and_load_split(tmp_path, tokenizer_path, capsys):
+    """`make data TASK=qnli_dev` offline: QNLI's dev file copied into data/qnli/ (no qnli_dev folder but its
+    cache), both parts counted; load_split gives each part, each in its own cache file."""
+    fetch.main(["--task", "qnli_dev", "--data-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "qnli_dev: copied 1 file(s)" in out and "rows: train 3463, eval 2000" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["qnli"]
+    lengths = [len(data.load_split(QNLI_DEV, split, tokenizer_path, 16, tmp_path)) for split in ("train", "eval")]
+    assert lengths == [3463, 2000]
+    assert len(list((tmp_path / "qnli_dev" / "cache").iterdir())) == 2
+
+
+def small_qnli(root: Path, rows: int) -> Path:
+    """data/qnli/dev.tsv with `rows` rows of index 100, 101, ... (labels alternate)."""
+    lines = [f"{100 + i}\tQuestion {i}?\tSentence {i}.\t{tasks.ENTAILMENT[i % 2]}\n" for i in range(rows)]
+    return write_files(root, {"qnli/dev.tsv": "index\tquestion\tsentence\tlabel\n" + "".join(lines)})
+
+
+def test_split_rule_caches_never_mix_parts_and_follow_the_rule(tmp_path, tokenizer_path, monkeypatch):
+    """Train and eval of one file are two cache entries (and neither is qnli's own dev cache); another salt
+    or size of the rule is a new entry, never a stale hit."""
+    small_qnli(tmp_path, 10)
+    task = dataclasses.replace(QNLI_DEV, split_rule=tasks.HashSplit("index", "test:", 4))
+    encodings, encode = [], data.encode
+
+    def counted(*args, **kwargs):
+        encodings.append(args[1])
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(data, "encode", counted)
+
+    def load(task, split):
+        return data.load_split(task, split, tokenizer_path, 16, tmp_path)
+
+    assert [len(load(task, s)) for s in ("train", "eval", "train", "eval")] == [6, 4, 6, 4]
+    assert len(encodings) == 2  # the second pair: cache hits
+    assert len(load(tasks.get_task("qnli"), "eval")) == 10 and len(encodings) == 3
+    assert len(load(dataclasses.replace(task, split_rule=tasks.HashSplit("index", "other:", 4)), "eval")) == 4
+    assert len(load(dataclasses.replace(task, split_rule=tasks.HashSplit("index", "test:", 3)), "eval")) == 3
+    assert len(encodings) == 5 and len(list((tmp_path / "qnli_dev" / "cache").iterdir())) == 4
+
+
+@pytest.mark.parametrize(
+    "rows,rule,message",
+    [
+        (2000, QNLI_DEV.split_rule, "dev.tsv: 2000 rows, but its eval part alone takes 2000"),
+        (10, tasks.HashSplit("qid", "s", 4), "dev.tsv:1: the header needs one column 'qid' to split the file by"),
+    ],
+)
+def test_split_rule_errors_are_one_line(tmp_path, rows, rule, message):
+    small_qnli(tmp_path, rows)
+    with pytest.raises(UserError, match=re.escape(message)):
+        tasks.read_examples(dataclasses.replace(QNLI_DEV, split_rule=rule), "eval", tmp_path)
+
+
+def test_split_rule_needs_unique_keys():
+    with pytest.raises(UserError, match="f.tsv: data rows 1 and 3 both have index '7'; the rule needs a unique key"):
+        tasks.HashSplit("index", "s", 1).rows(["7", "8", "7"], "eval", "f.tsv")
 
 
 # --- tokenisation ----------------------------------------------------------------------------------
@@ -526,6 +630,27 @@ def test_canonical_recipes_against_a_loopback_upstream(tmp_path, serve, monkeypa
     assert (out / "mrpc/train.tsv").read_text(encoding="utf-8") == mrpc_train
     assert (out / "mrpc/dev.tsv").read_text(encoding="utf-8") == MRPC_HEADER + "0\t3\t4\tC .\tD .\n"
     assert [line.split("rows: ")[1] for line in lines] == ["train 1, eval 1", "train 2, eval 1", "train 1, eval 1"]
+
+
+def test_qnli_dev_downloads_qnlis_dev_file(tmp_path, serve, monkeypatch, capsys):
+    """Without the shared data: QNLI's dev.tsv into data/qnli/, from a mirror (`qnli/dev.tsv`) or from GLUE's
+    zip (QNLIv2.zip, a loopback upstream here), and both parts counted."""
+    upstream = small_qnli(tmp_path / "upstream", 2010)
+    with zipfile.ZipFile(upstream / "QNLIv2.zip", "w") as z:
+        z.writestr("QNLI/dev.tsv", (upstream / "qnli" / "dev.tsv").read_text())
+    url = serve(upstream)
+    monkeypatch.setenv("DDATTN_SHARED_DATA", str(tmp_path / "no-shared"))
+    monkeypatch.setattr(fetch, "GLUE_URL", url)
+    for source in (url, "the canonical sources"):
+        data_dir = tmp_path / ("from-mirror" if source == url else "from-glue")
+        if source == url:
+            monkeypatch.setenv("DDATTN_DATA_URL", url)
+        else:
+            monkeypatch.delenv("DDATTN_DATA_URL")
+        fetch.main(["--task", "qnli_dev", "--data-dir", str(data_dir)])
+        out = capsys.readouterr().out
+        assert f"qnli_dev: downloaded train, eval from {source} → {data_dir / 'qnli'}; rows: train 10, eval 2000" in out
+        assert [p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")] == ["qnli", "qnli/dev.tsv"]
 
 
 def test_offline_download_is_one_line(tmp_path):

@@ -11,9 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ddattn.paths import shared_data_dir
 from tests.helpers import (
     REPO,
     SMALL_RUN,
+    fetch,
     logged_steps,
     metrics,
     one_error_line,
@@ -197,3 +199,28 @@ def test_custom_task_distils_and_evaluates(tmp_path):
     assert result["examples"] == 8 and len(result["runs"]) == 2
     bad = run_distill(tmp_path, "--task", "custom", "--train-file", "x.csv")
     assert "--task custom needs" in one_error_line(bad)
+
+
+@pytest.mark.skipif(not (shared_data_dir() / "qnli").is_dir(), reason="no shared QNLI dev split")
+def test_qnli_dev_distils_and_evaluates_on_its_own_parts(tmp_path):
+    """`--task qnli_dev` through fetch, distill and evaluate unchanged: the held-out slice comes out of the
+    3,463-pair training part of QNLI's dev split, the score is on its 2,000-pair evaluation part."""
+    fetch("qnli_dev", tmp_path / "data")
+    flags = ["--max-steps", "2", "--val-size", "32", "--real-batch-size", "16", "--seq-len", "8"]
+    done = run_distill(
+        tmp_path, "--task", "qnli_dev", "--preset", "cpu", *flags, "--max-length", "32", "--val-models", "1"
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = (tmp_path / "runs" / "qnli_dev").iterdir()
+    assert "qnli_dev, 3431 training / 32 validation examples" in (run / "run.log").read_text()
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((run / "eval.json").read_text())
+    assert result["task"] == "qnli_dev" and result["examples"] == 2000
+    assert "not the paper's protocol" in (run / "README.md").read_text()  # the card says so too

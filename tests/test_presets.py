@@ -31,7 +31,7 @@ def test_the_cpu_preset_changes_only_what_task_presets_says(monkeypatch):
     assert (sst2.label_type, sst2.shots, sst2.lr, sst2.lr_inner) == ("soft", 1, 3e-2, 0.1)
     assert "--lr 0.03 for sst2" in settings.preset_summary(sst2)
     assert settings.parse_args(["--task", "sst2", "--lr", "0.01"]).lr == 0.01
-    for task in ("ag_news", "rte"):
+    for task in ("ag_news", "rte", "qnli_dev"):
         other = settings.parse_args(["--task", task])
         assert (other.label_type, other.shots, other.lr) == ("soft", 1, 1e-2)
     assert settings.parse_args(["--task", "mrpc", "--preset", "paper"]).label_type == "soft"

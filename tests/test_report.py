@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddattn import report, sweep
+from ddattn import report, sweep, tasks
 from ddattn.method.evaluation import compute_metrics, f1_positive, headline_metric, mean_std
 from tests.helpers import cli_error
 
@@ -253,6 +253,35 @@ def test_mixed_checkpoints_are_named_and_can_be_filtered(runs, tmp_path):
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "one"), "--checkpoint", "bert-base-uncased"])
     text = (tmp_path / "one" / "table2.md").read_text()
     assert "|  | SST-2 |" in text and "| SL | 90.0 ± 1.0 |" in text and "Checkpoint: bert-base-uncased." in text
+
+
+def test_qnli_dev_is_its_own_column_marked_not_the_papers_protocol(runs, tmp_path, capsys):
+    """qnli_dev (QNLI's dev split cut into training and evaluation parts): its own column after the paper's
+    tasks, titled so that nobody takes it for the paper's QNLI, and its protocol under every table it is in."""
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "without")])
+    assert "†" not in (tmp_path / "without" / "table2.md").read_text()  # only a task with a protocol has one
+    fake_run(runs, "qnli_dev", "majority", 0.501, baseline="majority")
+    fake_run(runs, "qnli_dev", "cpu-sl-al", 0.60, val_losses=[0.6])
+    fake_run(runs, "qnli_dev", "cpu-sl-al-3x", 0.61, val_losses=[0.7, 0.65], epochs=9)  # a budget series
+    fake_run(runs, "rte", "majority", 0.527, baseline="majority")
+    capsys.readouterr()
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    footnote = (
+        "† QNLI (dev split): not the paper's protocol (QNLI train 104,743 / dev 5,463): GLUE QNLI's dev split "
+        "alone (5,463 pairs), cut into 3,463 training and 2,000 evaluation pairs; evaluation part: the 2,000 rows"
+    )
+    # Table 2 and its two derived tables; Table 3 and its extended table; the budget table
+    for name, tables in (("table2.md", 3), ("table3.md", 2), ("budget.md", 1)):
+        blocks = (tmp_path / "results" / name).read_text().split("\n\n")  # paragraphs: a table, then its note
+        marked = [i for i, block in enumerate(blocks) if block.startswith("|") and "QNLI (dev split)†" in block]
+        assert len(marked) == tables and all(blocks[i + 1].startswith(footnote) for i in marked), name
+    table2 = (tmp_path / "results" / "table2.md").read_text()
+    assert "|  | SST-2 | MRPC | QNLI (dev split)† | RTE |" in table2.splitlines()
+    assert "| SL + AL | — | 65.0 ± 1.0 | 60.0 ± 1.0 | — |" in table2.splitlines()
+    assert "SL + AL / QNLI (dev split)†: qnli_dev/cpu-sl-al" in table2
+    assert footnote in capsys.readouterr().out  # the table printed to the terminal carries it too
+    protocols = json.loads((tmp_path / "results" / "tables.json").read_text())["protocols"]
+    assert protocols == {"qnli_dev": tasks.get_task("qnli_dev").protocol}
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
