@@ -54,6 +54,7 @@ from .method.unroll import MODES, hypergradient
 from .opcount import count_ops
 from .options import ALLOW_SLOW_BF16, AUTOCAST, DTYPES, check_bf16, cpu_capability, describe_capability, option_problem
 from .paths import REPO_ROOT, resolve_checkpoint, write_json_atomic
+from .plots import pyplot, save_png
 
 EXACT_MODES = ("graph", "recompute")
 REFERENCE = "reference"  # reference.hypergradient: the same step written the straightforward way
@@ -647,12 +648,8 @@ def ratio_table(results: List[dict]) -> str:
 
 def plot(results: List[dict], path: Path) -> None:
     """Time and peak memory versus T, one line per mode (and per S and attn when several were run)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("no plot: matplotlib is not installed (pip install matplotlib)")
         return
     groups, slopes = series(results), memory_slopes(results)
@@ -682,8 +679,7 @@ def plot(results: List[dict], path: Path) -> None:
     _, S, attn = next(iter(groups))
     fig.suptitle(f"ddattn outer step on {results[0]['device']}" + ("" if several else f", S={S}, attn={attn}"))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
     print(f"wrote {path}")
 
 

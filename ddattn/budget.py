@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import checks
-from .paths import atomic_path
+from .plots import pyplot, save_png
 
 BUDGET = {"epochs", "max_steps", "preset"}  # what a budget series varies
 
@@ -84,12 +84,8 @@ def plot_budget(series: Dict[str, List[dict]], path: Path, titles: Dict[str, str
     matplotlib or series."""
     if not series:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
     for (task, points), colour in zip(series.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
@@ -111,7 +107,4 @@ def plot_budget(series: Dict[str, List[dict]], path: Path, titles: Dict[str, str
     ax_score.legend()
     fig.suptitle("The budget: the same settings for more outer steps")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -21,6 +21,7 @@ from .errors import ArgumentParser, run_cli
 from .files import load_pretrained
 from .method.distilled import DistilledData
 from .paths import atomic_path, resolve_checkpoint
+from .plots import pyplot, save_png
 from .report import BASELINE_ROWS
 from .rundir import load_run
 from .show import attention_labels, describe_sample, plot_attention_labels
@@ -159,12 +160,8 @@ def budget_section(run_dir: Path) -> List[str]:
 def plot_curves(metrics: List[dict], validations: List[dict], path: Path) -> bool:
     """Two panels over outer steps: the outer loss (metrics.jsonl) and the validation accuracy ± std
     (validation.jsonl). False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     steps, losses = [m["step"] for m in metrics], [m["loss"] for m in metrics]
@@ -178,9 +175,7 @@ def plot_curves(metrics: List[dict], validations: List[dict], path: Path) -> boo
     right.errorbar(v_steps, mean, yerr=std, marker="o", color="C1", capsize=3)
     right.set(xlabel="outer step", ylabel="accuracy (%)", title="validation (held-out training data)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 

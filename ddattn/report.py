@@ -38,6 +38,7 @@ from .errors import ArgumentParser, UserError, run_cli
 from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
 from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
+from .plots import pyplot, save_png
 from .settings import ADDED_LATER
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]  # the paper's column order; other tasks follow
@@ -618,12 +619,8 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
     series = steps_series(table)
     if not series:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax_score, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
     for task, points in series.items():
@@ -649,10 +646,7 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
     ax_mem.set_ylim(bottom=0)
     fig.suptitle("SL + AL: what more inner steps buy, and what they cost in memory (recompute mode)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 # --- command line ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .errors import ArgumentParser, UserError, run_cli
 from .files import load_pretrained
 from .method.distilled import DistilledData
 from .paths import resolve_checkpoint
+from .plots import pyplot, save_png
 from .rundir import distilled_path, load_run
 
 
@@ -74,12 +75,8 @@ def describe_sample(
 def plot_attention_labels(probs: torch.Tensor, path: Path, title: str) -> bool:
     """A grid of heatmaps, rows = layers, columns = heads, each the (1 × S) [CLS] attention label. False
     (and one line of advice) when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("matplotlib is not installed, so no attention-label heatmap: pip install matplotlib")
         return False
     L, H, S = probs.shape
@@ -104,8 +101,7 @@ def plot_attention_labels(probs: torch.Tensor, path: Path, title: str) -> bool:
                 ax.set_ylabel(f"layer {layer}", fontsize=7, rotation=0, ha="right", va="center")
     fig.colorbar(image, ax=axes, fraction=0.02, label="attention label (keys 0 … S−1, left to right)")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 

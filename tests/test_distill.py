@@ -44,6 +44,18 @@ def assert_same_run(run, straight) -> None:
     assert (run / "validation.jsonl").read_text() == (straight / "validation.jsonl").read_text()
 
 
+def evaluate_in(tmp_path, run, n_models: int) -> None:
+    """`python -m ddattn.evaluate RUN --n-models N` with tmp_path/data as the data, which must succeed."""
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", str(n_models)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+
+
 def test_run_directory_is_complete(straight):
     run = straight
     for name in [
@@ -187,14 +199,7 @@ def test_custom_task_distils_and_evaluates(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "custom" / "mine"
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")},
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
+    evaluate_in(tmp_path, run, 2)
     result = json.loads((run / "eval.json").read_text())
     assert result["examples"] == 8 and len(result["runs"]) == 2
     bad = run_distill(tmp_path, "--task", "custom", "--train-file", "x.csv")
@@ -213,14 +218,7 @@ def test_qnli_dev_distils_and_evaluates_on_its_own_parts(tmp_path):
     assert done.returncode == 0, done.stderr
     (run,) = (tmp_path / "runs" / "qnli_dev").iterdir()
     assert "qnli_dev, 3431 training / 32 validation examples" in (run / "run.log").read_text()
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "ddattn.evaluate", str(run), "--n-models", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DDATTN_DATA_DIR": str(tmp_path / "data")},
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
+    evaluate_in(tmp_path, run, 1)
     result = json.loads((run / "eval.json").read_text())
     assert result["task"] == "qnli_dev" and result["examples"] == 2000
     assert "not the paper's protocol" in (run / "README.md").read_text()  # the card says so too

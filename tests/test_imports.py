@@ -17,6 +17,7 @@ TOOLS = {
     "card",
     "report",
     "budget",
+    "plots",
     "show",
     "baselines",
     "bench",
