@@ -74,7 +74,9 @@ SELECTION = (
     "(runs with byte-identical distilled data count once). Where several configurations fall in one cell, "
     'the one with the lowest mean best validation loss is shown (min of validation.jsonl "loss"."mean", '
     "measured on a held-out slice of the training split that depends on --seed), never the one with the "
-    "best evaluation score."
+    "best evaluation score. Held-out losses are compared on one kind of slice only: runs held out on whole "
+    "sentences (--held-out sentences) are compared with each other, and not chosen where a cell has runs held "
+    "out on random training rows."
 )
 # Settings that name a run or say how it was carried out, not what it computes: runs differing only in
 # these are repeats of one configuration.
@@ -248,7 +250,9 @@ def task_columns(results: Sequence[Result]) -> List[str]:
 # --- building the tables -------------------------------------------------------------------------------
 def pick(candidates: List[Result]) -> Optional[dict]:
     """The cell of one configuration, all its seeds pooled: of several configurations, the one with the lowest
-    mean best validation loss (ties: by path), never by eval score. Identical distilled data counts once."""
+    mean best validation loss (ties: by path), never by eval score, among those held out on random training
+    rows where there are any (losses on another kind of slice do not compare). Identical distilled data
+    counts once."""
     configurations, seen = {}, set()
     for r in sorted(candidates, key=lambda r: str(r.run)):
         if r.distilled_sha256 in seen:
@@ -258,9 +262,11 @@ def pick(candidates: List[Result]) -> Optional[dict]:
             seen.add(r.distilled_sha256)
     if not configurations:
         return None
-    chosen = min(
-        configurations.values(), key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run))
-    )
+    # held-out losses compare on one kind of slice only: random training rows, where a cell has any
+    slices = {runs[0].settings.get("held_out", "random") for runs in configurations.values()}
+    kind = "random" if "random" in slices else slices.pop()
+    comparable = [runs for runs in configurations.values() if runs[0].settings.get("held_out", "random") == kind]
+    chosen = min(comparable, key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run)))
     return pooled_cell(chosen, len(configurations))
 
 

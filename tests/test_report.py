@@ -383,3 +383,15 @@ def test_the_budget_series_are_the_runs_that_differ_only_in_outer_steps(runs, tm
     budget = json.loads((tmp_path / "results" / "tables.json").read_text())["budget"]
     assert list(budget) == ["mrpc"] and "curve" not in budget["mrpc"][0]
     assert (tmp_path / "results" / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_held_out_losses_on_whole_sentences_do_not_compete_with_random_slices(runs, tmp_path):
+    """sst2/sl (random slice, loss 0.3) stays the SL cell against a lower loss measured on whole sentences;
+    with only whole-sentence runs in a cell, they are compared with each other."""
+    fake_run(runs, "sst2", "sl-sentences", 0.70, val_losses=[0.2], attention_type="none", held_out="sentences")
+    fake_run(runs, "sst2", "sl-al-sentences-a", 0.71, val_losses=[0.5], held_out="sentences")
+    fake_run(runs, "sst2", "sl-al-sentences-b", 0.72, val_losses=[0.4], held_out="sentences", real_rows="sentences")
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    cells = json.loads((tmp_path / "results" / "tables.json").read_text())["table2"]["rows"]
+    assert cells["SL"]["sst2"]["run"] == "sst2/sl" and cells["SL"]["sst2"]["candidates"] == 2
+    assert cells["SL + AL"]["sst2"]["run"] == "sst2/sl-al-sentences-b"
