@@ -20,7 +20,7 @@ def test_no_gpu_means_the_cpu_preset(monkeypatch):
 
 def test_the_cpu_preset_changes_only_what_task_presets_says(monkeypatch):
     """TASK_PRESETS (each entry chosen on held-out training data): MRPC hard labels and 3 shots, SST-2
-    α = 3e-2; other tasks keep the preset as it is; a flag still wins."""
+    α = 3e-2 and a held-out slice of whole sentences; other tasks keep the preset as it is; a flag still wins."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     mrpc = settings.parse_args(["--task", "mrpc"])
     assert (mrpc.label_type, mrpc.shots) == ("hard", 3)
@@ -28,8 +28,8 @@ def test_the_cpu_preset_changes_only_what_task_presets_says(monkeypatch):
     assert settings.parse_args(["--task", "mrpc", "--label-type", "soft"]).label_type == "soft"
     assert settings.parse_args(["--task", "mrpc", "--shots", "1"]).shots == 1
     sst2 = settings.parse_args(["--task", "sst2"])
-    assert (sst2.label_type, sst2.shots, sst2.lr, sst2.lr_inner) == ("soft", 1, 3e-2, 0.1)
-    assert "--lr 0.03 for sst2" in settings.preset_summary(sst2)
+    assert (sst2.label_type, sst2.shots, sst2.lr, sst2.lr_inner, sst2.held_out) == ("soft", 1, 3e-2, 0.1, "sentences")
+    assert "--lr 0.03 for sst2, --held-out sentences for sst2" in settings.preset_summary(sst2)
     assert settings.parse_args(["--task", "sst2", "--lr", "0.01"]).lr == 0.01
     for task in ("ag_news", "rte", "qnli_dev"):
         other = settings.parse_args(["--task", task])
