@@ -258,11 +258,12 @@ def repo_path(run_dir: Path, settings: dict) -> str:
 
 
 def distill_command(settings: dict) -> str:
-    """`python -m ddattn.distill` with every setting of config.json, one flag per setting."""
+    """`python -m ddattn.distill` with every setting of config.json, one flag per setting (a switch, such as
+    --balance-classes, where it is on; off is its default)."""
     flags = [
-        f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
+        f"--{key.replace('_', '-')}" + ("" if value is True else f" {shlex.quote(str(value))}")
         for key, value in settings.items()
-        if value is not None and key != "resume"
+        if value is not None and value is not False and key != "resume"
     ]
     lines, line = [], "python -m ddattn.distill"
     for flag in flags:

@@ -303,3 +303,10 @@ def test_predict_bad_input_is_one_error_line_and_writes_nothing(exported, tmp_pa
     }[case]
     assert message in cli_error(predict.main, argv, capsys)
     assert not (tmp_path / "out.csv").exists() and (tmp_path / "taken.csv").read_text() == "keep me\n"
+
+
+def test_a_reproduce_command_gives_a_switch_only_where_it_is_on():
+    settings = {"task": "mrpc", "balance_classes": True, "max_steps": 0, "seed": 0, "lr": 0.01, "held_out": "random"}
+    command = card.distill_command(settings)
+    assert "--balance-classes --max-steps 0 --seed 0" in command
+    assert "--balance-classes" not in card.distill_command({**settings, "balance_classes": False})
