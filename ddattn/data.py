@@ -179,11 +179,12 @@ def whole_rows(texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor([i for i, t in enumerate(texts) if spaced(t) not in parts], dtype=torch.long)
 
 
-def split_sentences_val(texts: Sequence[str], val_size: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A seeded held-out slice of whole sentences only (`whole_rows`), and the training rows less every
-    row that is one of them or a part of one: (train indices, validation indices), each sorted. Without
-    the second half a held-out sentence's own phrases, with their labels, would be trained on."""
-    whole = whole_rows(texts)
+def split_sentences_val(
+    texts: Sequence[str], whole: torch.Tensor, val_size: int, seed: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A seeded held-out slice of the whole sentences `whole` (`whole_rows(texts)`) only, and the training
+    rows less every row that is one of them or a part of one: (train indices, validation indices), each
+    sorted. Without the second half a held-out sentence's own phrases, with their labels, would be trained on."""
     if not 0 < val_size < len(whole):
         raise UserError(f"--val-size {val_size} must be at least 1 and below the {len(whole)} whole sentences")
     val = whole[torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed))[:val_size]].sort().values

@@ -210,12 +210,13 @@ class Distillation:
         if self.task.is_pair:
             raise UserError(f"--held-out/--real-rows sentences need a single-text task; {self.task.name} has pairs")
         texts = [example.text_a for example in tasks.read_examples(self.task, "train", args.data_dir)[:n]]
+        whole = taskdata.whole_rows(texts)  # (a few seconds on SST-2: computed once)
         if args.held_out == "sentences":
-            train, val = taskdata.split_sentences_val(texts, args.val_size, seed)
+            train, val = taskdata.split_sentences_val(texts, whole, args.val_size, seed)
         else:
             train, val = taskdata.split_train_val(n, args.val_size, seed)
         if args.real_rows == "sentences":
-            train = train[torch.isin(train, taskdata.whole_rows(texts))]
+            train = train[torch.isin(train, whole)]
         return train, val
 
     def check_real_rows(self) -> None:

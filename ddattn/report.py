@@ -262,10 +262,14 @@ def pick(candidates: List[Result]) -> Optional[dict]:
             seen.add(r.distilled_sha256)
     if not configurations:
         return None
+
     # held-out losses compare on one kind of slice only: random training rows, where a cell has any
-    slices = {runs[0].settings.get("held_out", "random") for runs in configurations.values()}
+    def held_out(runs: List[Result]) -> str:
+        return runs[0].settings.get("held_out", ADDED_LATER["held_out"])
+
+    slices = {held_out(runs) for runs in configurations.values()}
     kind = "random" if "random" in slices else slices.pop()
-    comparable = [runs for runs in configurations.values() if runs[0].settings.get("held_out", "random") == kind]
+    comparable = [runs for runs in configurations.values() if held_out(runs) == kind]
     chosen = min(comparable, key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run)))
     return pooled_cell(chosen, len(configurations))
 

@@ -352,13 +352,13 @@ def test_whole_rows_are_those_no_other_row_contains():
 
 def test_a_held_out_sentence_and_its_phrases_are_out_of_training():
     for seed in range(4):
-        train, val = data.split_sentences_val(PHRASES, 1, seed)
+        train, val = data.split_sentences_val(PHRASES, data.whole_rows(PHRASES), 1, seed)
         assert len(val) == 1 and int(val) in (0, 3)
         inside = {0: [0, 1, 2, 5], 3: [3, 4, 5, 6]}[int(val)]  # the sentence, its phrases (repeats too)
         assert sorted(train.tolist()) == [i for i in range(len(PHRASES)) if i not in inside]
-    assert {int(data.split_sentences_val(PHRASES, 1, seed)[1]) for seed in range(8)} == {0, 3}
+    assert {int(data.split_sentences_val(PHRASES, data.whole_rows(PHRASES), 1, seed)[1]) for seed in range(8)} == {0, 3}
     with pytest.raises(UserError, match="below the 2 whole sentences"):
-        data.split_sentences_val(PHRASES, 2, 0)
+        data.split_sentences_val(PHRASES, data.whole_rows(PHRASES), 2, 0)
 
 
 def test_balanced_batches_hold_every_class_equally():
