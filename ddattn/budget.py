@@ -8,14 +8,13 @@ score (fresh models, eval.json). results/budget.md tabulates them, results/budge
 loss along every run and the score against outer steps, one colour per task.
 """
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import checks
 from .plots import pyplot, save_png
 
-BUDGET = {"epochs", "max_steps", "preset"}  # what a budget series varies
+BUDGET = frozenset({"epochs", "max_steps", "preset"})  # what a budget series varies
 
 
 def validations(run: Path) -> List[dict]:
@@ -40,13 +39,13 @@ def budget_point(result) -> Optional[dict]:
     }
 
 
-def budget_series(results, run_only) -> Dict[str, List[dict]]:
-    """{task: points of each series with at least two budgets, series after series, fewest steps first}."""
+def budget_series(results) -> Dict[str, List[dict]]:
+    """{task: points of each series with at least two budgets, series after series, fewest steps first}.
+    `results`: report.Result objects; a series is one `configuration_but(BUDGET)`."""
     groups: Dict[str, list] = {}
     for r in results:
         if r.baseline is None:
-            key = {k: v for k, v in r.settings.items() if k not in run_only | BUDGET}
-            groups.setdefault(json.dumps(key, sort_keys=True), []).append(r)
+            groups.setdefault(r.configuration_but(BUDGET), []).append(r)
     series: Dict[str, List[dict]] = {}
     for members in groups.values():
         points = sorted(filter(None, map(budget_point, members)), key=lambda p: (p["steps"], p["run"]))

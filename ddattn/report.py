@@ -115,8 +115,12 @@ class Result:
     @property
     def configuration(self) -> str:
         """What the run computes, as a key: settings added later filled in with their values before them."""
+        return self.configuration_but(frozenset())
+
+    def configuration_but(self, varied: frozenset) -> str:
+        """`configuration` without the settings in `varied` (budget.py: the outer-step budget)."""
         settings = self.settings if self.baseline else {**ADDED_LATER, **self.settings}
-        return json.dumps({k: v for k, v in settings.items() if k not in RUN_ONLY}, sort_keys=True)
+        return json.dumps({k: v for k, v in settings.items() if k not in RUN_ONLY | varied}, sort_keys=True)
 
     def cell(self, candidates: int) -> dict:
         return pooled_cell([self], candidates)
@@ -160,13 +164,19 @@ def best_validation_loss(run: Path) -> float:
     return min((l for l in losses if not math.isnan(l)), default=math.inf)
 
 
+GNU_TIME_NOTES = ("Command exited with non-zero status", "Command terminated by signal")
+
+
 def read_resources(run: Path) -> Optional[dict]:
     """The distillation's wall time (its invocations summed: a resumed run has several) and peak resident
-    memory (the largest), from resources.tsv lines "distill WALL_SECONDS PEAK_KB"; None without one."""
+    memory (the largest), from resources.tsv lines "distill WALL_SECONDS PEAK_KB"; None without one.
+    GNU time puts a line of its own before the figures of a command that failed or was stopped ("Command
+    exited with non-zero status 143" after a SIGTERM that left a checkpoint): such lines are skipped."""
     path = run / "resources.tsv"
     if not path.is_file():
         return None
-    rows = [line.split() for line in path.read_text().splitlines()]
+    lines = path.read_text().splitlines()
+    rows = [line.split() for line in lines if not line.startswith(GNU_TIME_NOTES)]
     try:
         distill = [(float(wall), int(kb)) for what, wall, kb in rows if what == "distill"]
     except ValueError:
@@ -690,7 +700,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     memory = read_memory_in_t(args.out / "memory_T.tsv")
     table3 = render_table3(tables["table3"]) + "\n" + render_table3_extended(tables["table3"])
     table3 += ("\n" + render_memory_in_t(memory)) if memory else ""
-    budget = budget_series(results, RUN_ONLY)
+    budget = budget_series(results)
     tables["budget"] = {task: [{k: v for k, v in p.items() if k != "curve"} for p in ps] for task, ps in budget.items()}
     written = {"table2.md": render_table2(tables["table2"]), "table3.md": table3}
     titles = {t: title(t) for t in budget}

@@ -214,9 +214,10 @@ def test_table3_rows(runs, tmp_path):
 
 
 def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_path):
-    # a resumed run: two distill invocations (wall times add, the peak is the larger) and one evaluate (ignored)
+    # a resumed run: two distill invocations (wall times add, the peak is the larger), the first stopped by
+    # SIGTERM (GNU time's note before its figures), and one evaluate (ignored)
     (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(
-        "distill 600.0 409600\ndistill 300.5 512000\nevaluate 99.0 999999\n"
+        "Command exited with non-zero status 143\ndistill 600.0 409600\ndistill 300.5 512000\nevaluate 99.0 999999\n"
     )
     (runs / "mrpc" / "diff-2-2" / "resources.tsv").write_text("distill 120 307200\n")
     fake_run(runs, "mrpc", "diff-8-8", 0.81, 0.01, val_losses=[0.3], shots=8, steps=8, data_per_step="different")
@@ -369,9 +370,21 @@ def test_memory_in_t_is_read_and_shown_with_its_ratio_to_t1(tmp_path):
 
 def test_the_budget_series_are_the_runs_that_differ_only_in_outer_steps(runs, tmp_path):
     """budget.md: sl-al-b (its validations at steps 10..30) again for 3× and 10× the outer steps, the 10× run
-    under the gpu preset; a run with another α is not in the series, nor is any run without such a twin."""
+    under the gpu preset and written after settings were added (their values then the old behaviour's); a run
+    with another α is not in the series, nor is any run without such a twin."""
     fake_run(runs, "mrpc", "sl-al-b-3x", 0.66, val_losses=[0.6] * 8 + [0.45], lr=0.01, epochs=9)
-    fake_run(runs, "mrpc", "sl-al-b-10x", 0.67, val_losses=[0.49] * 29 + [0.47], lr=0.01, epochs=30, preset="gpu")
+    added_later = {"kernels": "auto", "held_out": "random", "real_rows": "all", "balance_classes": False}
+    fake_run(
+        runs,
+        "mrpc",
+        "sl-al-b-10x",
+        0.67,
+        val_losses=[0.49] * 29 + [0.47],
+        lr=0.01,
+        epochs=30,
+        preset="gpu",
+        **added_later,
+    )
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
     lines = (tmp_path / "results" / "budget.md").read_text().splitlines()
     rows = [line for line in lines if line.startswith("| MRPC")]
