@@ -6,6 +6,8 @@
 # or CPU=N) so that development can go on beside it on the other. Resumable: a run with a checkpoint
 # resumes, a finished one is skipped. Every distill/evaluate invocation appends "what wall_s peak_rss_kb"
 # to runs/TASK/NAME/resources.tsv (GNU time): wall time and peak memory for the extended table.
+# To stop a run, SIGTERM its python process only (pkill -f '^.venv/bin/python -m ddattn.distill'): it checkpoints
+# and GNU time still writes its line; killing GNU time itself loses that invocation's line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pin=(env OMP_NUM_THREADS=1 taskset -c "${CPU:-0}")
