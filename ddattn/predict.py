@@ -23,7 +23,7 @@ from . import data as taskdata
 from . import tasks
 from .errors import ArgumentParser, UserError, run_cli
 from .export import Classifier, is_exported, load_exported, refuse_existing
-from .method.bert import bert_forward
+from .method.bert import classify
 from .paths import atomic_path
 from .train import train_classifier
 
@@ -90,15 +90,7 @@ def probabilities(
     probs = torch.empty(len(split), len(classifier.label_names))
     for rows in tqdm(split.lengths.argsort().split(batch_size), desc="predict", unit="batch", disable=not progress):
         batch = taskdata.collate(split, rows)
-        logits = bert_forward(
-            classifier.theta,
-            classifier.config,
-            batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            attention_type="none",
-            fused=True,
-        ).logits
+        logits = classify(classifier.theta, classifier.config, batch, batch["attention_mask"])
         probs[rows] = torch.softmax(logits, dim=-1)
     return probs
 

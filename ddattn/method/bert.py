@@ -309,3 +309,25 @@ def bert_forward(
         cls_scores=torch.stack(cls_scores, dim=1) if attention_type != "none" else None,  # (B, L, H, S)
         scores=torch.stack(all_scores, dim=1) if attention_type == "all" else None,  # (B, L, H, S, S)
     )
+
+
+def classify(
+    theta: Params,
+    config: BertConfig,
+    batch: Dict[str, torch.Tensor],
+    attention_mask: Optional[torch.Tensor],
+    kernels: str = "auto",
+) -> torch.Tensor:
+    """Logits (B, C) of a batch of real token sequences (input_ids, token_type_ids): the first-order forward
+    that the outer loss (Eq. 3–4), evaluation and prediction share — fused attention, no attention maps.
+    attention_mask: the batch's (B, S) mask, or None where no row is padded."""
+    return bert_forward(
+        theta,
+        config,
+        batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=attention_mask,
+        attention_type="none",
+        fused=True,
+        kernels=kernels,
+    ).logits

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .bert import BertConfig, Params, bert_forward, fresh_model
+from .bert import BertConfig, Params, classify, fresh_model
 from .distilled import DistilledData
 from .unroll import FROZEN, train_on_distilled
 
@@ -94,16 +94,7 @@ def predict(
         # always applies its mask (to ask the mask itself would wait for the device, batch by batch)
         mask = batch["attention_mask"] if getattr(batch, "padded", True) else None
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = bert_forward(
-                theta,
-                config,
-                batch["input_ids"],
-                token_type_ids=batch["token_type_ids"],
-                attention_mask=mask,
-                attention_type="none",
-                fused=True,
-                kernels=kernels,
-            ).logits
+            logits = classify(theta, config, batch, mask, kernels)  # (B, C)
         losses.append(F.cross_entropy(logits.double(), batch["labels"], reduction="sum"))
         predictions.append(logits.argmax(-1))
         labels.append(batch["labels"])
@@ -136,16 +127,7 @@ def predict_models(
     def logits(params: Params, batch: Dict[str, torch.Tensor]) -> torch.Tensor:  # one model: (B, C)
         # The mask even where nothing is padded: without one, the last layer's [CLS] row takes a custom
         # autograd Function (attention.py), which vmap cannot map.
-        return bert_forward(
-            {**shared, **params},
-            config,
-            batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            attention_type="none",
-            fused=True,
-            kernels=kernels,
-        ).logits
+        return classify({**shared, **params}, config, batch, batch["attention_mask"], kernels)
 
     losses, predictions, labels = [], [], []
     for batch in batches:

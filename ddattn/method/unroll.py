@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels as policy
-from .bert import BertConfig, Params, bert_forward
+from .bert import BertConfig, Params, bert_forward, classify
 from .distilled import DistilledData
 
 FROZEN = ("embeddings.word",)  # no gradient path from distilled inputs
@@ -159,17 +159,8 @@ def outer_loss(
     """Eq. 3–4: cross-entropy of a real mini-batch at θ_T = F(θ_0; D̃, η̃, T), the loss whose gradient
     Algorithm 1's line 15 descends. Only first-order gradients flow through this
     forward, so it may use the fused attention kernel."""
-    out = bert_forward(
-        theta,
-        config,
-        batch["input_ids"],
-        token_type_ids=batch["token_type_ids"],
-        attention_mask=batch["attention_mask"],
-        attention_type="none",
-        fused=True,
-        kernels=kernels,
-    )
-    return F.cross_entropy(out.logits, batch["labels"], reduction=reduction)
+    logits = classify(theta, config, batch, batch["attention_mask"], kernels)  # (B, C)
+    return F.cross_entropy(logits, batch["labels"], reduction=reduction)
 
 
 def outer_gradient(
