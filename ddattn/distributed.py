@@ -93,6 +93,12 @@ def any_rank(flag: bool) -> bool:
     return bool(value)
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (one process: nothing to wait for)."""
+    if dist.is_initialized():
+        dist.barrier(group=HOST_GROUP)
+
+
 def gather(items: List) -> List:
     """Concatenate every rank's list, in rank order."""
     if not dist.is_initialized():

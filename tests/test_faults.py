@@ -25,7 +25,7 @@ from ddattn.files import load_distilled, read_distilled_metadata, save_distilled
 from ddattn.method import outer
 from ddattn.method.distilled import DistilledConfig, DistilledData
 from ddattn.settings import load_or_start
-from tests.helpers import REPO, TINY_RUN, cli_error, logged_steps, resumed_at, small_mrpc, snapshot
+from tests.helpers import REPO, TINY_RUN, cli_error, heads, logged_steps, resumed_at, small_mrpc, snapshot
 
 
 # --- fixtures and helpers --------------------------------------------------------------------------------
@@ -671,25 +671,98 @@ def test_a_second_evaluation_is_refused_and_sigterm_leaves_nothing_half_written(
         text=True,
     )
     try:
-        deadline = time.time() + 120
-        while not (run / ".lock").is_file() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+        progress, deadline = run / "eval.partial.jsonl", time.time() + 120
+        while scored(progress) < 1 and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # the first model scored: the lock and the progress file are there
         assert first.poll() is None and (run / ".lock").read_text().strip() == str(first.pid)
         before = snapshot(run)
         line = cli_error(evaluate.main, [str(run), "--n-models", "1"], capsys)
-        assert f"is in use by process {first.pid}" in line and snapshot(run) == before
+        after = snapshot(run)
+        assert f"is in use by process {first.pid}" in line
+        grown = after.pop(Path(progress.name)).startswith(before.pop(Path(progress.name)))
+        assert grown and after == before  # nothing else touched; the first one's progress file only grew
         first.send_signal(signal.SIGTERM)
         _, err = first.communicate(timeout=60)
     finally:
         first.kill()
-    assert first.returncode == 143 and "Traceback" not in err
+    assert first.returncode == 143 and "Traceback" not in err, err
     assert [line for line in err.splitlines() if "terminated" in line] == [
         "terminated by SIGTERM: every file written before is intact, none is half-written"
     ]
     assert not (run / "eval.json").exists() and not list(run.glob(".*"))  # no eval.json, .part or .lock
-    evaluate.main([str(run), "--n-models", "1"])  # the lock is free again
+    assert scored(progress) >= 1  # every line whole (a cut one would end the count)
+    evaluate.main([str(run), "--n-models", "1"])  # the lock is free again; model 0 is kept from the first
     saved = json.loads((run / "eval.json").read_text())
     assert saved["n_models"] == 1 and saved["kernels"] == "cpu"  # the policy auto resolved to, recorded
+    assert saved["resumed"]["models"] == 1
+
+
+def scored(progress: Path) -> int:
+    """How many whole model lines a progress file holds (0 while it is not there)."""
+    return len(evaluate.read_progress(progress)[1]) if progress.is_file() else 0
+
+
+def stop_after(models: int, monkeypatch):
+    """Make `evaluate` stop, as on SIGTERM, once `models` models are scored; returns the head seeds that
+    each `evaluate_distilled` call was asked to score."""
+    from ddattn.errors import Terminated
+
+    asked, checks = [], iter(range(1, 10**6))
+    real = evaluate.evaluate_distilled
+
+    def counting(*args, **kwargs):
+        asked.append(list(args[4]))
+        return real(*args, **kwargs)
+
+    def stop_if_signalled():
+        if next(checks) == models:
+            raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(evaluate, "evaluate_distilled", counting)
+    monkeypatch.setattr(evaluate, "stop_if_signalled", stop_if_signalled)
+    return asked
+
+
+def test_a_stopped_evaluation_resumes_where_it_stopped(finished, env, monkeypatch, capsys):
+    """Every scored model is kept at once (eval.partial.jsonl); the same command after a stop scores only the
+    others, and its eval.json has the runs of an evaluation never stopped, bit for bit."""
+    run = copy_run(finished, env)
+    evaluate.main([str(run), "--n-models", "4", "--out", str(env / "whole.json")])
+    whole = json.loads((env / "whole.json").read_text())
+    asked = stop_after(2, monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(evaluate.main, [str(run), "--n-models", "4"])
+    assert stopped.value.code == 143 and not (run / "eval.json").exists()
+    lines = (run / "eval.partial.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["identity"]["eval_batch_size"] == 64
+    assert [json.loads(line)["run"] for line in lines[1:]] == whole["runs"][:2]
+    monkeypatch.setattr(evaluate, "stop_if_signalled", lambda: None)
+    evaluate.main([str(run), "--n-models", "4"])
+    resumed = json.loads((run / "eval.json").read_text())
+    assert asked == [heads(4), heads(4)[2:]]  # the second invocation scored only the last two
+    assert (resumed["runs"], resumed["summary"]) == (whole["runs"], whole["summary"])
+    assert resumed["resumed"]["models"] == 2 and "resumed" not in whole
+    assert not list(run.glob("eval.partial*")) and "resuming: 2 of 4 models" in capsys.readouterr().out
+
+
+def test_a_progress_file_cut_short_or_of_other_settings_is_not_trusted(finished, env, monkeypatch, capsys):
+    """A line cut short by a crash ends what is kept; a file written under other settings keeps nothing."""
+    run = copy_run(finished, env)
+    progress = run / "eval.partial.jsonl"
+    asked = stop_after(3, monkeypatch)
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, [str(run), "--n-models", "4"])
+    progress.write_text(progress.read_text()[:-10])  # the third model's line, cut short
+    monkeypatch.setattr(evaluate, "stop_if_signalled", lambda: None)
+    evaluate.main([str(run), "--n-models", "4"])
+    assert asked[-1] == heads(4)[2:] and not progress.exists()  # two whole lines kept
+    stop_after(1, monkeypatch)
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, [str(run), "--n-models", "4"])
+    monkeypatch.setattr(evaluate, "stop_if_signalled", lambda: None)
+    evaluate.main([str(run), "--n-models", "4", "--eval-batch-size", "8"])
+    assert asked[-1] == heads(4)  # other settings: every model scored again, and the note says why
+    assert "(eval_batch_size 64 instead of 8); its models are scored again" in capsys.readouterr().out
 
 
 def test_a_stop_signal_that_lands_in_a_finaliser_is_not_lost(monkeypatch, capsys):

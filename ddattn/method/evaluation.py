@@ -193,7 +193,7 @@ def evaluate_distilled(
     make_batches,
     seeds: Sequence[int],
     metric_names: Sequence[str],
-    after_models: Optional[Callable[[int], None]] = None,
+    after_models: Optional[Callable[[List[Dict[str, float]]], None]] = None,
     precision: str = "fp32",
     models_at_once: int = 1,
     kernels: str = "auto",
@@ -202,15 +202,17 @@ def evaluate_distilled(
     models_at_once K > 1: the models are trained one after the other and scored K at a time, in one
     batched computation over a model axis (`predict_models`); 1 (the default, and validation's inside
     distill) scores each model alone, as `predict` always has. `kernels`: the kernel policy (kernels.py).
-    `after_models(k)` is called after each k models are scored (a progress bar; a stop signal's check)."""
+    `after_models(runs)` is called with each chunk's results as soon as they are scored (a progress bar, a
+    progress file, a stop signal's check)."""
     runs = []
     for start in range(0, len(seeds), models_at_once):
         chunk = seeds[start : start + models_at_once]
         thetas = [trained_model(pretrained, config, distilled, seed, kernels) for seed in chunk]
         results = predict_each(thetas, config, make_batches, models_at_once, precision, kernels)
-        runs += [{"seed": seed, **scored(*result, metric_names)} for seed, result in zip(chunk, results)]
+        new = [{"seed": seed, **scored(*result, metric_names)} for seed, result in zip(chunk, results)]
+        runs += new
         if after_models is not None:
-            after_models(len(chunk))
+            after_models(new)
     return runs
 
 
