@@ -9,7 +9,6 @@ An evaluation resumes: each scored model is written at once to a progress file b
 """
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -30,7 +29,7 @@ from .method.evaluation import PRECISIONS, choose_models_at_once, evaluate_disti
 from .method.kernels import KERNELS
 from .method.kernels import resolve as resolve_kernels
 from .options import ALLOW_SLOW_BF16, check_bf16
-from .paths import atomic_path, code_version, resolve_checkpoint, write_json_atomic
+from .paths import atomic_path, code_version, file_sha256, resolve_checkpoint, write_json_atomic
 from .rundir import claim, distilled_path, load_run
 
 
@@ -216,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         identity = {
             "task": task.name,
             "split": args.split,
-            "distilled": f"{distilled_file.name} sha256 {hashlib.sha256(distilled_file.read_bytes()).hexdigest()}",
+            "distilled": f"{distilled_file.name} sha256 {file_sha256(distilled_file)}",
             "checkpoint": str(settings["model"]),
             "seed": args.seed,
             "eval_batch_size": args.batch_size,

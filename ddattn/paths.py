@@ -5,13 +5,14 @@ takes one), so the package works from any working directory.
 """
 
 import errno
+import hashlib
 import json
 import os
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from .errors import UserError
 
@@ -88,6 +89,11 @@ def write_json_atomic(path: Path, obj) -> None:
     """`obj` as indented JSON at `path`, atomically (atomic_path)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> Optional[str]:
+    """The hex SHA-256 of a file's bytes; None where there is no such file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:

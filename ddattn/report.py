@@ -25,7 +25,6 @@ lowest mean best *validation* loss (held-out training data, validation.jsonl) is
 with the best evaluation score. Runs with byte-identical distilled data count once.
 """
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from .budget import budget_series, plot_budget, render_budget
 from .errors import ArgumentParser, UserError, run_cli
 from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
-from .paths import REPO_ROOT, atomic_path, runs_dir, write_json_atomic
+from .paths import REPO_ROOT, atomic_path, file_sha256, runs_dir, write_json_atomic
 from .plots import pyplot, save_png
 from .settings import ADDED_LATER
 
@@ -184,10 +183,6 @@ def read_resources(run: Path) -> Optional[dict]:
     if not distill:
         return None
     return {"distill_seconds": sum(w for w, _ in distill), "peak_mb": max(kb for _, kb in distill) / 1024}
-
-
-def file_sha256(path: Path) -> Optional[str]:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def read_result(path: Path) -> Result:
