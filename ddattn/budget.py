@@ -1,8 +1,8 @@
 """What more outer steps buy: one configuration distilled at several budgets (issue 27), for `make table`.
 
 A *budget series* is a set of evaluated distilled runs whose settings differ only in how many outer steps
-they run (--epochs, --max-steps, and --preset where the gpu preset is the cpu preset's choices with the
-paper's 30 epochs) and in what names a run (report.RUN_ONLY). For each run: its outer steps, its best
+they run (--epochs, --max-steps, and --preset where the gpu preset is the cpu preset's choices with more
+outer steps) and in what names a run (report.RUN_ONLY). For each run: its outer steps, its best
 held-out loss and the step it came at (validation.jsonl: held-out *training* data), and its evaluation
 score (fresh models, eval.json). results/budget.md tabulates them, results/budget.png plots the held-out
 loss along every run and the score against outer steps, one colour per task.

@@ -72,7 +72,8 @@ SELECTION = (
     "Runs that differ only in --seed are pooled: the cell is the mean ± std over all their models "
     "(runs with byte-identical distilled data count once). Where several configurations fall in one cell, "
     'the one with the lowest mean best validation loss is shown (min of validation.jsonl "loss"."mean", '
-    "measured on a held-out slice of the training split that depends on --seed), never the one with the "
+    "measured on a held-out slice of the training split that depends on --seed; where the configurations share "
+    "seeds, over those seeds only, so that each is compared on the same slices), never the one with the "
     "best evaluation score. Held-out losses are compared on one kind of slice only: runs held out on whole "
     "sentences (--held-out sentences) are compared with each other, and not chosen where a cell has runs held "
     "out on random training rows."
@@ -256,8 +257,8 @@ def task_columns(results: Sequence[Result]) -> List[str]:
 def pick(candidates: List[Result]) -> Optional[dict]:
     """The cell of one configuration, all its seeds pooled: of several configurations, the one with the lowest
     mean best validation loss (ties: by path), never by eval score, among those held out on random training
-    rows where there are any (losses on another kind of slice do not compare). Identical distilled data
-    counts once."""
+    rows where there are any (losses on another kind of slice do not compare), the mean taken over the seeds
+    they all ran where there are any (each seed holds out its own slice). Identical distilled data counts once."""
     configurations, seen = {}, set()
     for r in sorted(candidates, key=lambda r: str(r.run)):
         if r.distilled_sha256 in seen:
@@ -275,7 +276,14 @@ def pick(candidates: List[Result]) -> Optional[dict]:
     slices = {held_out(runs) for runs in configurations.values()}
     kind = "random" if "random" in slices else slices.pop()
     comparable = [runs for runs in configurations.values() if held_out(runs) == kind]
-    chosen = min(comparable, key=lambda runs: (sum(r.val_loss for r in runs) / len(runs), str(runs[0].run)))
+    # the slice depends on --seed: compare on the seeds every configuration ran, where they share any
+    shared = set.intersection(*({r.settings.get("seed") for r in runs} for runs in comparable))
+
+    def held_out_loss(runs: List[Result]) -> float:
+        on_shared = [r.val_loss for r in runs if r.settings.get("seed") in shared] or [r.val_loss for r in runs]
+        return sum(on_shared) / len(on_shared)
+
+    chosen = min(comparable, key=lambda runs: (held_out_loss(runs), str(runs[0].run)))
     return pooled_cell(chosen, len(configurations))
 
 

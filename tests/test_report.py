@@ -408,3 +408,18 @@ def test_held_out_losses_on_whole_sentences_do_not_compete_with_random_slices(ru
     cells = json.loads((tmp_path / "results" / "tables.json").read_text())["table2"]["rows"]
     assert cells["SL"]["sst2"]["run"] == "sst2/sl" and cells["SL"]["sst2"]["candidates"] == 2
     assert cells["SL + AL"]["sst2"]["run"] == "sst2/sl-al-sentences-b"
+
+
+def test_configurations_are_compared_on_the_seeds_they_share(runs, tmp_path):
+    """Each seed holds out its own slice: a configuration run with seeds 0 and 1 is compared with one run with
+    seed 0 alone on seed 0's slice (0.53 against 0.54), not by its mean over both (0.545), and the cell
+    then pools both of its seeds."""
+    budget = dict(shots=3, label_type="hard")
+    fake_run(runs, "mrpc", "3x", 0.785, val_losses=[0.53], seed=0, epochs=9, **budget)
+    fake_run(runs, "mrpc", "3x-s1", 0.781, val_losses=[0.56], seed=1, epochs=9, **budget)
+    fake_run(runs, "mrpc", "10x", 0.775, val_losses=[0.54], seed=0, epochs=30, **budget)
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    rows = json.loads((tmp_path / "results" / "tables.json").read_text())["table3"]["rows"]
+    cell = next(r["cells"]["mrpc"] for r in rows if (r["labels"], r["steps"], r["shots"]) == ("HL + AL", 1, 3))
+    assert cell["run"] == "mrpc/3x, mrpc/3x-s1" and cell["seeds"] == [0, 1] and cell["candidates"] == 2
+    assert cell["mean"] == pytest.approx(0.783)
