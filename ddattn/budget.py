@@ -101,6 +101,9 @@ def plot_budget(series: Dict[str, List[dict]], path: Path, titles: Dict[str, str
         )
     for ax, ylabel in ((ax_loss, "held-out loss (training data)"), (ax_score, "score (%), fresh models")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(plt.LogLocator(subs=(1.0, 2.0, 5.0)))  # 100, 200, 500, 1000, ...
+        ax.xaxis.set_major_formatter(plt.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("outer steps")
         ax.set_ylabel(ylabel)
     ax_score.legend()
