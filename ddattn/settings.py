@@ -76,7 +76,7 @@ TASK_PRESETS = {
     **{("cpu", task): change for task, change in _TASK_CHOICES.items()},
     **{
         ("gpu", task): {**_TASK_CHOICES.get(task, {}), **_GPU_BUDGETS.get(task, {})}
-        for task in (*_TASK_CHOICES, *_GPU_BUDGETS)
+        for task in _TASK_CHOICES.keys() | _GPU_BUDGETS.keys()
     },
 }
 
