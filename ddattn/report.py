@@ -171,19 +171,39 @@ def read_resources(run: Path) -> Optional[dict]:
     """The distillation's wall time (its invocations summed: a resumed run has several) and peak resident
     memory (the largest), from resources.tsv lines "distill WALL_SECONDS PEAK_KB"; None without one.
     GNU time puts a line of its own before the figures of a command that failed or was stopped ("Command
-    exited with non-zero status 143" after a SIGTERM that left a checkpoint): such lines are skipped."""
+    exited with non-zero status 143" after a SIGTERM that left a checkpoint): such lines are skipped.
+    A line "paused distill SECONDS" (results/paused.sh) is time the distillation spent stopped by SIGSTOP
+    while another job had the machine, inside an invocation's wall time: it is taken off."""
     path = run / "resources.tsv"
     if not path.is_file():
         return None
-    lines = path.read_text().splitlines()
-    rows = [line.split() for line in lines if not line.startswith(GNU_TIME_NOTES)]
-    try:
-        distill = [(float(wall), int(kb)) for what, wall, kb in rows if what == "distill"]
-    except ValueError:
-        raise UserError(f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M')") from None
-    if not distill:
+    walls, peaks = {"distill": [], "evaluate": []}, {"distill": [], "evaluate": []}
+    paused = {"distill": 0.0, "evaluate": 0.0}
+    for line in path.read_text().splitlines():
+        if line.startswith(GNU_TIME_NOTES):
+            continue
+        match line.split():
+            case [("distill" | "evaluate") as what, wall, kb] if _is_number(wall) and kb.isdigit():
+                walls[what].append(float(wall))
+                peaks[what].append(int(kb))
+            case ["paused", ("distill" | "evaluate") as what, seconds] if _is_number(seconds):
+                paused[what] += float(seconds)
+            case _:
+                raise UserError(
+                    f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M') or "
+                    f"'paused WHAT SECONDS', not {line!r}"
+                )
+    if not walls["distill"]:
         return None
-    return {"distill_seconds": sum(w for w, _ in distill), "peak_mb": max(kb for _, kb in distill) / 1024}
+    return {"distill_seconds": sum(walls["distill"]) - paused["distill"], "peak_mb": max(peaks["distill"]) / 1024}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_result(path: Path) -> Result:

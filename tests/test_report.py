@@ -215,9 +215,11 @@ def test_table3_rows(runs, tmp_path):
 
 def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_path):
     # a resumed run: two distill invocations (wall times add, the peak is the larger), the first stopped by
-    # SIGTERM (GNU time's note before its figures), and one evaluate (ignored)
+    # SIGTERM (GNU time's note before its figures) and paused by SIGSTOP for 200.5 s (taken off), and one
+    # evaluate, paused too (both ignored)
     (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(
-        "Command exited with non-zero status 143\ndistill 600.0 409600\ndistill 300.5 512000\nevaluate 99.0 999999\n"
+        "paused distill 200.5\nCommand exited with non-zero status 143\ndistill 600.0 409600\ndistill 500.5 512000\n"
+        "paused evaluate 60\nevaluate 99.0 999999\n"
     )
     (runs / "mrpc" / "diff-2-2" / "resources.tsv").write_text("distill 120 307200\n")
     fake_run(runs, "mrpc", "diff-8-8", 0.81, 0.01, val_losses=[0.3], shots=8, steps=8, data_per_step="different")
@@ -238,10 +240,11 @@ def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_
     assert (tmp_path / "results" / "table3_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_malformed_resources_file_is_one_error_line(runs, tmp_path, capsys):
-    (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text("distill ten minutes\n")
+@pytest.mark.parametrize("bad", ["distill ten minutes", "paused 60", "distill 600.0 409600 extra", ""])
+def test_a_malformed_resources_file_is_one_error_line(runs, tmp_path, capsys, bad):
+    (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(f"distill 1.0 1024\n{bad}\n")
     line = cli_error(report.main, ["--runs-dir", str(runs), "--out", str(tmp_path / "results")], capsys)
-    assert "resources.tsv" in line and "WALL_SECONDS" in line
+    assert "resources.tsv" in line and "WALL_SECONDS" in line and repr(bad) in line
 
 
 def test_mixed_checkpoints_are_named_and_can_be_filtered(runs, tmp_path):
