@@ -177,25 +177,25 @@ def read_resources(run: Path) -> Optional[dict]:
     path = run / "resources.tsv"
     if not path.is_file():
         return None
-    walls, peaks = {"distill": [], "evaluate": []}, {"distill": [], "evaluate": []}
-    paused = {"distill": 0.0, "evaluate": 0.0}
+    distill, paused = [], 0.0  # (wall seconds, peak KB) of each distill invocation; seconds stopped in them
     for line in path.read_text().splitlines():
         if line.startswith(GNU_TIME_NOTES):
             continue
-        match line.split():
+        match line.split():  # an evaluation's lines are checked, not counted: they are not the distillation's
             case [("distill" | "evaluate") as what, wall, kb] if _is_number(wall) and kb.isdigit():
-                walls[what].append(float(wall))
-                peaks[what].append(int(kb))
+                if what == "distill":
+                    distill.append((float(wall), int(kb)))
             case ["paused", ("distill" | "evaluate") as what, seconds] if _is_number(seconds):
-                paused[what] += float(seconds)
+                if what == "distill":
+                    paused += float(seconds)
             case _:
                 raise UserError(
                     f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M') or "
                     f"'paused WHAT SECONDS', not {line!r}"
                 )
-    if not walls["distill"]:
+    if not distill:
         return None
-    return {"distill_seconds": sum(walls["distill"]) - paused["distill"], "peak_mb": max(peaks["distill"]) / 1024}
+    return {"distill_seconds": sum(w for w, _ in distill) - paused, "peak_mb": max(kb for _, kb in distill) / 1024}
 
 
 def _is_number(text: str) -> bool:

@@ -21,7 +21,6 @@ resume() {
     echo "paused ${what_of[$pid]} $seconds" >> "${dir_of[$pid]}/resources.tsv"
     echo "paused.sh: resumed ${dir_of[$pid]} (${what_of[$pid]}, paused $seconds s)" >&2
   done
-  what_of=()
 }
 start=$SECONDS
 [ ${#what_of[@]} -gt 0 ] && kill -STOP "${!what_of[@]}"
