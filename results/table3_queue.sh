@@ -3,8 +3,8 @@
 # each evaluated with fresh heads as soon as it is done (100 models; 20 on AG News), its card written and
 # its files copied into results/runs (python -m ddattn.publish).
 # Each spec: TASK:NAME:FLAGS (flags added to --preset cpu). Pinned to one core (OMP_NUM_THREADS=1, CPU 0,
-# or CPU=N) so that development can go on beside it on the other; CPU=0-1 THREADS=2 gives a run both cores. Resumable: a run with a checkpoint
-# resumes, a finished one is skipped. Every distill/evaluate invocation appends "what wall_s peak_rss_kb"
+# or CPU=N) so that development can go on beside it on the other; CPU=0-1 THREADS=2 gives a run both
+# cores. Resumable: a run with a checkpoint resumes, a finished one is skipped. Every distill/evaluate invocation appends "what wall_s peak_rss_kb"
 # to runs/TASK/NAME/resources.tsv (GNU time): wall time and peak memory for the extended table.
 # To stop a run, SIGTERM its python process only (pkill -f '^.venv/bin/python -m ddattn.distill'): it checkpoints
 # and GNU time still writes its line; killing GNU time itself loses that invocation's line.
