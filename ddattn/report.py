@@ -618,16 +618,17 @@ def steps_series(table: dict) -> dict:
 
 
 def read_memory_in_t(path: Path) -> Dict[str, List[Tuple[int, float]]]:
-    """results/memory_T.tsv (results/memory_T.sh): {which code: [(T, peak MB)]}; empty without the file."""
+    """results/memory_T.tsv (results/memory_T.sh): {"<task>, <which code>": [(T, peak MB)]}; empty without
+    the file."""
     memory: Dict[str, List[Tuple[int, float]]] = {}
     if not path.is_file():
         return memory
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
         try:
-            steps, peak, code = line.split("\t")
-            memory.setdefault(code, []).append((int(steps), float(peak)))
+            task, steps, peak, code = line.split("\t")
+            memory.setdefault(f"{title(task)}, {code}", []).append((int(steps), float(peak)))
         except ValueError:
-            raise UserError(f"{path}, line {number}: not 'T<tab>peak_mb<tab>code' ({line!r})") from None
+            raise UserError(f"{path}, line {number}: not 'task<tab>T<tab>peak_mb<tab>code' ({line!r})") from None
     return memory
 
 
@@ -639,10 +640,10 @@ def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
     lines = [
         "## Peak memory of a distillation against T",
         "",
-        "SST-2, cpu preset, different distilled data at each step (one sample per class per step), recompute "
+        "The cpu preset, different distilled data at each step (one sample per class per step), recompute "
         "mode: two outer steps and one validation per T (`results/memory_T.sh`; peak resident set, GNU time "
-        "%M, model and data included; memory only, no times). Each column is one version of the code; the "
-        "ratio is to its own T = 1.",
+        "%M, model and data included; memory only, no times). Each column is one task and one version of the "
+        "code; the ratio is to its own T = 1.",
         "",
         "| T | " + " | ".join(memory) + " |",
         "|---:|" + "---:|" * len(memory),
@@ -658,7 +659,7 @@ def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
 
 def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]]]) -> Optional[Path]:
     """results/table3_T.png: score against T, one line per task, and peak memory against T (memory_T.tsv,
-    one line per version of the code; else the runs' own peaks). None without matplotlib or such runs."""
+    one line per task and version of the code; else the runs' own peaks). None without matplotlib or such runs."""
     series = steps_series(table)
     if not series:
         return None
@@ -679,8 +680,8 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
         if not memory:
             measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
             ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label)
-    for code, points in memory.items():
-        ax_mem.plot([t for t, _ in points], [m for _, m in points], marker="o", label=f"SST-2, code {code}")
+    for column, points in memory.items():
+        ax_mem.plot([t for t, _ in points], [m for _, m in points], marker="o", label=column)
     for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("inner steps T (1 shot per class per step, different data per step)")

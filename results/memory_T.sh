@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Peak memory of a distillation against T (issue 26's target: T = 16 within 1.5× of T = 1, recompute mode).
-# SST-2, the cpu preset, different distilled data at each step (one sample per class per step, as Table 3's
-# extended rows), T = 1, 2, 4, 8, 16: two outer steps and one validation each, which is all that memory
-# needs (a longer run holds nothing more). Peak resident set of the process (GNU time %M) into
-# results/memory_T.tsv ("T peak_mb code"), memory only: times here are not measurements (the machine may be
-# busy). Usage: results/memory_T.sh [LABEL]   (LABEL: which code ran, default the git commit)
+# One task (TASK, default sst2), the cpu preset, different distilled data at each step (one sample per class
+# per step, as Table 3's extended rows), T = 1, 2, 4, 8, 16: two outer steps and one validation each, which
+# is all that memory needs (a longer run holds nothing more). Peak resident set of the process (GNU time
+# %M) into results/memory_T.tsv ("task T peak_mb code"), memory only: times here are not measurements (the
+# machine may be busy). Flags of the task's Table 3 rows go in FLAGS (AG News: FLAGS="--lr 0.03").
+# Usage: [TASK=ag_news] [FLAGS=...] results/memory_T.sh [LABEL]   (LABEL: which code ran, default the commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+task=${TASK:-sst2}
 label=${1:-$(git rev-parse --short HEAD)}
 out=results/memory_T.tsv
-[ -f "$out" ] || echo -e "T\tpeak_mb\tcode" > "$out"
+[ -f "$out" ] || echo -e "task\tT\tpeak_mb\tcode" > "$out"
 runs=$(mktemp -d)
 for T in 1 2 4 8 16; do
-  flags=(--task sst2 --preset cpu --steps "$T" --shots "$T" --data-per-step different --lr-eta 0.01
-         --max-steps 2 --val-every 2 --name "memory-T$T")
-  [ "$T" = 1 ] && flags=(--task sst2 --preset cpu --max-steps 2 --val-every 2 --name memory-T1)
+  flags=(--task "$task" --preset cpu ${FLAGS:-} --max-steps 2 --val-every 2 --name "memory-T$T")
+  [ "$T" = 1 ] || flags+=(--steps "$T" --shots "$T" --data-per-step different --lr-eta 0.01)
   DDATTN_RUNS_DIR="$runs" OMP_NUM_THREADS=1 taskset -c "${CPU:-1}" /usr/bin/time -o "$runs/time" -f "%M" \
     .venv/bin/python -m ddattn.distill "${flags[@]}" > "$runs/log" 2>&1 || { tail -3 "$runs/log"; exit 1; }
-  echo -e "$T\t$(( $(cat "$runs/time") / 1024 ))\t$label" | tee -a "$out"
+  echo -e "$task\t$T\t$(( $(cat "$runs/time") / 1024 ))\t$label" | tee -a "$out"
 done
 rm -rf "$runs"

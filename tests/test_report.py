@@ -360,14 +360,25 @@ def test_memory_in_t_is_read_and_shown_with_its_ratio_to_t1(tmp_path):
     from ddattn.errors import UserError
 
     path = tmp_path / "memory_T.tsv"
-    path.write_text("T\tpeak_mb\tcode\n1\t500\told\n16\t1000\told\n1\t400\tnew\n16\t560\tnew\n")
+    path.write_text(
+        "task\tT\tpeak_mb\tcode\nsst2\t1\t500\told\nsst2\t16\t1000\told\nsst2\t1\t400\tnew\nsst2\t16\t560\tnew\n"
+        "ag_news\t1\t600\tnew\nag_news\t16\t660\tnew\n"
+    )
     memory = report.read_memory_in_t(path)
-    assert memory == {"old": [(1, 500.0), (16, 1000.0)], "new": [(1, 400.0), (16, 560.0)]}
+    assert memory == {
+        "SST-2, old": [(1, 500.0), (16, 1000.0)],
+        "SST-2, new": [(1, 400.0), (16, 560.0)],
+        "AGNews, new": [(1, 600.0), (16, 660.0)],
+    }
     text = report.render_memory_in_t(memory)
-    assert "| 16 | 1000 MB (2.00×) | 560 MB (1.40×) |" in text and "| T | old | new |" in text
+    assert "| 16 | 1000 MB (2.00×) | 560 MB (1.40×) | 660 MB (1.10×) |" in text
+    assert "| T | SST-2, old | SST-2, new | AGNews, new |" in text
     assert report.read_memory_in_t(tmp_path / "absent.tsv") == {} and report.render_memory_in_t({}) == ""
-    path.write_text("T\tpeak_mb\tcode\n1\tmany\told\n")
+    path.write_text("task\tT\tpeak_mb\tcode\nsst2\t1\tmany\told\n")
     with pytest.raises(UserError, match="line 2"):
+        report.read_memory_in_t(path)
+    path.write_text("T\tpeak_mb\tcode\n1\t500\told\n")  # the file before it had a task column
+    with pytest.raises(UserError, match="task<tab>T"):
         report.read_memory_in_t(path)
 
 
