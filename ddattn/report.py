@@ -667,9 +667,10 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
     if plt is None:
         return None
     fig, (ax_score, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colour = {}  # a task's colour, its score line's, for its memory lines too
     for task, points in series.items():
         label = title(task)
-        ax_score.errorbar(
+        bars = ax_score.errorbar(
             [t for t, _ in points],
             [c["mean"] * 100 for _, c in points],
             yerr=[c["std"] * 100 for _, c in points],
@@ -677,11 +678,17 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
             capsize=3,
             label=label,
         )
+        colour[label] = bars[0].get_color()
         if not memory:
             measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
-            ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label)
+            ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label, c=colour[label])
+    newest = {column.split(", ")[0]: column for column in memory}  # per task, its last version of the code
     for column, points in memory.items():
-        ax_mem.plot([t for t, _ in points], [m for _, m in points], marker="o", label=column)
+        label = column.split(", ")[0]
+        style = "-" if newest[label] == column else "--"
+        ax_mem.plot(
+            [t for t, _ in points], [m for _, m in points], style, marker="o", label=column, c=colour.get(label)
+        )
     for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("inner steps T (1 shot per class per step, different data per step)")
