@@ -151,6 +151,7 @@ def pooled_cell(repeats: Sequence[Result], candidates: int) -> dict:
         "val_loss": val_loss if math.isfinite(val_loss) else None,
         "distill_seconds": max((m["distill_seconds"] for m in measured), default=None),
         "peak_mb": max((m["peak_mb"] for m in measured), default=None),
+        "cpus": sorted({cpu for m in measured for cpu in m["cpus"]}),
     }
 
 
@@ -164,20 +165,24 @@ def best_validation_loss(run: Path) -> float:
     return min((l for l in losses if not math.isnan(l)), default=math.inf)
 
 
+CPU_NOT_RECORDED = "not recorded"
 GNU_TIME_NOTES = ("Command exited with non-zero status", "Command terminated by signal")
 
 
 def read_resources(run: Path) -> Optional[dict]:
-    """The distillation's wall time (its invocations summed: a resumed run has several) and peak resident
-    memory (the largest), from resources.tsv lines "distill WALL_SECONDS PEAK_KB"; None without one.
-    GNU time puts a line of its own before the figures of a command that failed or was stopped ("Command
-    exited with non-zero status 143" after a SIGTERM that left a checkpoint): such lines are skipped.
-    A line "paused distill SECONDS" (results/paused.sh) is time the distillation spent stopped by SIGSTOP
-    while another job had the machine, inside an invocation's wall time: it is taken off."""
+    """The distillation's wall time (its invocations summed: a resumed run has several), peak resident
+    memory (the largest) and the CPUs that ran it, from resources.tsv lines "distill WALL_SECONDS PEAK_KB";
+    None without one. GNU time puts a line of its own before the figures of a command that failed or was
+    stopped ("Command exited with non-zero status 143" after a SIGTERM that left a checkpoint): such lines
+    are skipped. A line "paused distill SECONDS" (results/paused.sh) is time the distillation spent stopped
+    by SIGSTOP while another job had the machine, inside an invocation's wall time: it is taken off. A line
+    "cpu NAME (CAPABILITIES)" (results/table3_queue.sh, before each invocation) names the CPU of the
+    invocations after it; those before any such line ran on a CPU that was not recorded."""
     path = run / "resources.tsv"
     if not path.is_file():
         return None
     distill, paused = [], 0.0  # (wall seconds, peak KB) of each distill invocation; seconds stopped in them
+    cpu, cpus = CPU_NOT_RECORDED, set()  # the CPU of the invocations that follow; those of the distillation
     for line in path.read_text().splitlines():
         if line.startswith(GNU_TIME_NOTES):
             continue
@@ -185,17 +190,24 @@ def read_resources(run: Path) -> Optional[dict]:
             case [("distill" | "evaluate") as what, wall, kb] if _is_number(wall) and kb.isdigit():
                 if what == "distill":
                     distill.append((float(wall), int(kb)))
+                    cpus.add(cpu)
             case ["paused", ("distill" | "evaluate") as what, seconds] if _is_number(seconds):
                 if what == "distill":
                     paused += float(seconds)
+            case ["cpu", _, *_]:
+                cpu = line.split(maxsplit=1)[1]
             case _:
                 raise UserError(
-                    f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M') or "
-                    f"'paused WHAT SECONDS', not {line!r}"
+                    f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M'), "
+                    f"'paused WHAT SECONDS' or 'cpu NAME', not {line!r}"
                 )
     if not distill:
         return None
-    return {"distill_seconds": sum(w for w, _ in distill) - paused, "peak_mb": max(kb for _, kb in distill) / 1024}
+    return {
+        "distill_seconds": sum(w for w, _ in distill) - paused,
+        "peak_mb": max(kb for _, kb in distill) / 1024,
+        "cpus": sorted(cpus),
+    }
 
 
 def _is_number(text: str) -> bool:
@@ -573,6 +585,7 @@ def render_table3_extended(table: dict) -> str:
         "score",
         "distillation wall time",
         "peak memory (MB)",
+        "CPU",
         "run",
     ]
     rows = []
@@ -590,6 +603,7 @@ def render_table3_extended(table: dict) -> str:
                         fmt(cell),
                         MISSING if wall is None else f"{wall / 60:.0f} min",
                         MISSING if cell["peak_mb"] is None else f"{cell['peak_mb']:.0f}",
+                        " + ".join(cell["cpus"]) or MISSING,
                         cell["run"],
                     ]
                 )
@@ -601,8 +615,10 @@ def render_table3_extended(table: dict) -> str:
         + "\n"
         "- Wall time: the distillation alone (outer steps and validation, not the evaluation), summed over its "
         "invocations; peak memory: the largest resident set of the distillation process (GNU time %M), model "
-        "and data included. Both from the run's resources.tsv (results/table3_queue.sh: one CPU core, one "
-        f"thread); {MISSING}: the run predates that record.\n"
+        "and data included; CPU: the processors its invocations ran on (machines of one kind differ: an AVX2 "
+        "AMD EPYC and an Intel Xeon with AVX-512 and AMX run one core's outer step at different speeds, so "
+        "wall times compare only on one CPU). All from the run's resources.tsv (results/table3_queue.sh: one "
+        f"CPU core, one thread, unless a note says otherwise); {MISSING}: the run predates that record.\n"
     )
 
 

@@ -5,13 +5,18 @@
 # Each spec: TASK:NAME:FLAGS (flags added to --preset cpu). Pinned to one core (OMP_NUM_THREADS=1, CPU 0,
 # or CPU=N) so that development can go on beside it on the other; CPU=0-1 THREADS=2 gives a run both
 # cores. Resumable: a run with a checkpoint resumes, a finished one is skipped. Every distill/evaluate invocation appends "what wall_s peak_rss_kb"
-# to runs/TASK/NAME/resources.tsv (GNU time): wall time and peak memory for the extended table.
+# to runs/TASK/NAME/resources.tsv (GNU time), after a line naming the CPU: wall time, peak memory and CPU
+# for the extended table.
 # To stop a run, SIGTERM its python process only (pkill -f '^.venv/bin/python -m ddattn.distill'): it checkpoints
 # and GNU time still writes its line; killing GNU time itself loses that invocation's line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pin=(env OMP_NUM_THREADS="${THREADS:-1}" taskset -c "${CPU:-0}")
-timed() { local what=$1 out=$2; shift 2; /usr/bin/time -a -o "$out" -f "$what %e %M" "$@"; }
+# The CPU before each invocation's line ("cpu NAME (CAPABILITIES)"): machines of one kind differ in CPU.
+cpu() { local flags; flags=$(grep -m1 '^flags' /proc/cpuinfo)
+  echo "cpu $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2 | sed 's/([RT]M*)//g' | xargs) ($(for f in avx2 avx512f amx_tile avx512_bf16; do
+    [[ " $flags " == *" $f "* ]] && echo -n "$f "; done | xargs))"; }
+timed() { local what=$1 out=$2; shift 2; cpu >> "$out"; /usr/bin/time -a -o "$out" -f "$what %e %M" "$@"; }
 for spec in "$@"; do
   IFS=: read -r task name flags <<< "$spec"
   dir=runs/$task/$name; mkdir -p "$dir"

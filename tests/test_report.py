@@ -216,20 +216,23 @@ def test_table3_rows(runs, tmp_path):
 def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_path):
     # a resumed run: two distill invocations (wall times add, the peak is the larger), the first stopped by
     # SIGTERM (GNU time's note before its figures) and paused by SIGSTOP for 200.5 s (taken off), and one
-    # evaluate, paused too (both ignored)
+    # evaluate, paused too (both ignored); the first invocation's CPU was not recorded, the second's was
     (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(
-        "paused distill 200.5\nCommand exited with non-zero status 143\ndistill 600.0 409600\ndistill 500.5 512000\n"
-        "paused evaluate 60\nevaluate 99.0 999999\n"
+        "paused distill 200.5\nCommand exited with non-zero status 143\ndistill 600.0 409600\n"
+        "cpu Xeon (avx2 avx512f)\ndistill 500.5 512000\npaused evaluate 60\ncpu EPYC (avx2)\nevaluate 99.0 999999\n"
     )
     (runs / "mrpc" / "diff-2-2" / "resources.tsv").write_text("distill 120 307200\n")
     fake_run(runs, "mrpc", "diff-8-8", 0.81, 0.01, val_losses=[0.3], shots=8, steps=8, data_per_step="different")
-    (runs / "mrpc" / "diff-8-8" / "resources.tsv").write_text("distill 2400 614400\n")
+    (runs / "mrpc" / "diff-8-8" / "resources.tsv").write_text("cpu EPYC (avx2)\ndistill 2400 614400\n")
     report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
     text = (tmp_path / "results" / "table3.md").read_text()
     extended = text[text.index("## Table 3, extended") :].splitlines()
-    assert "| SL + AL | 3 | 3 | different | MRPC | 80.3 ± 0.8 | 15 min | 500 | mrpc/diff-3-3 |" in extended
-    assert "| SL + AL | 8 | 8 | different | MRPC | 81.0 ± 1.0 | 40 min | 600 | mrpc/diff-8-8 |" in extended
-    assert "| SL + AL | 1 | 3 | single | MRPC | 79.3 ± 0.5 | — | — | mrpc/sl-al-3shots |" in extended  # no record
+    row_3_3 = "| SL + AL | 3 | 3 | different | MRPC | 80.3 ± 0.8 | 15 min | 500 | Xeon (avx2 avx512f) + not recorded |"
+    assert row_3_3 + " mrpc/diff-3-3 |" in extended
+    assert (
+        "| SL + AL | 8 | 8 | different | MRPC | 81.0 ± 1.0 | 40 min | 600 | EPYC (avx2) | mrpc/diff-8-8 |" in extended
+    )
+    assert "| SL + AL | 1 | 3 | single | MRPC | 79.3 ± 0.5 | — | — | — | mrpc/sl-al-3shots |" in extended  # no record
     series = report.steps_series(json.loads((tmp_path / "results" / "tables.json").read_text())["table3"])
     assert [(t, c["run"]) for t, c in series["mrpc"]] == [
         (1, "mrpc/sl-al-b"),
@@ -240,7 +243,7 @@ def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_
     assert (tmp_path / "results" / "table3_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("bad", ["distill ten minutes", "paused 60", "distill 600.0 409600 extra", ""])
+@pytest.mark.parametrize("bad", ["distill ten minutes", "paused 60", "distill 600.0 409600 extra", "cpu", ""])
 def test_a_malformed_resources_file_is_one_error_line(runs, tmp_path, capsys, bad):
     (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(f"distill 1.0 1024\n{bad}\n")
     line = cli_error(report.main, ["--runs-dir", str(runs), "--out", str(tmp_path / "results")], capsys)
