@@ -659,7 +659,8 @@ def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
         "The cpu preset, different distilled data at each step (one sample per class per step), recompute "
         "mode: two outer steps and one validation per T (`results/memory_T.sh`; peak resident set, GNU time "
         "%M, model and data included; memory only, no times). Each column is one task and one version of the "
-        "code; the ratio is to its own T = 1.",
+        "code; the ratio is to its own T = 1. Every T sees the same real batches; a full run peaks higher, at "
+        "its widest real batch (the extended table above has the runs' own peaks).",
         "",
         "| T | " + " | ".join(memory) + " |",
         "|---:|" + "---:|" * len(memory),

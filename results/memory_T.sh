@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Peak memory of a distillation against T (issue 26's target: T = 16 within 1.5× of T = 1, recompute mode).
 # One task (TASK, default sst2), the cpu preset, different distilled data at each step (one sample per class
-# per step, as Table 3's extended rows), T = 1, 2, 4, 8, 16: two outer steps and one validation each, which
-# is all that memory needs (a longer run holds nothing more). Peak resident set of the process (GNU time
-# %M) into results/memory_T.tsv ("task T peak_mb code"), memory only: times here are not measurements (the
+# per step, as Table 3's extended rows), T = 1, 2, 4, 8, 16: two outer steps and one validation each. The
+# real batches are the same at every T (their order is seeded apart from T), so the T's compare like with
+# like; a full run peaks higher at every T, at its widest real batch (each is as wide as its longest row:
+# AG News, T = 1, 3 shots: 1401 MB after 1 outer step, 1528 after 60, 1660 after 420), which the runs' own
+# peaks in table3.md's extended table show. Peak resident set of the process (GNU time %M) into
+# results/memory_T.tsv ("task T peak_mb code"), memory only: times here are not measurements (the
 # machine may be busy). Flags of the task's Table 3 rows go in FLAGS (AG News: FLAGS="--lr 0.03").
 # Usage: [TASK=ag_news] [FLAGS=...] results/memory_T.sh [LABEL]   (LABEL: which code ran, default the commit)
 set -euo pipefail
