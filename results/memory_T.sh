@@ -4,7 +4,7 @@
 # per step, as Table 3's extended rows), T = 1, 2, 4, 8, 16: two outer steps and one validation each. The
 # real batches are the same at every T (their order is seeded apart from T), so the T's compare like with
 # like; a full run peaks higher at every T, at its widest real batch (each is as wide as its longest row:
-# AG News, T = 1, 3 shots: 1401 MB after 1 outer step, 1528 after 60, 1660 after 420), which the runs' own
+# AG News, T = 1, 3 shots: 1401 MB after 1 outer step, 1528 after 60, 1622 after 420), which the runs' own
 # peaks in table3.md's extended table show. Peak resident set of the process (GNU time %M) into
 # results/memory_T.tsv ("task T peak_mb code"), memory only: times here are not measurements (the
 # machine may be busy). Flags of the task's Table 3 rows go in FLAGS (AG News: FLAGS="--lr 0.03").
