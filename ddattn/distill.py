@@ -554,15 +554,17 @@ def resume_command() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     started = time.time()
     args, run, checkpoint = load_or_start(argv)
+    ended_cleanly = False
     try:
         distillation = Distillation(args, run, checkpoint, started)
         with on_stop_signals(distillation.stop):  # from here on a stop signal ends the run after its step
             finished = distillation.run_to_end()
         if finished and distributed.is_main():
             distillation.log(f"card: {write_card(run.path)}")
+        ended_cleanly = True
     finally:
         run.release()
-        distributed.teardown()
+        distributed.teardown(wait_for_others=ended_cleanly)
     if not finished:
         sys.exit(STOPPED)
 

@@ -195,6 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     device = distributed.local_device(args.device)
     distributed.setup(device)
     lock = claim(args.run_dir) if distributed.is_main() else None  # one process per run: no result replaces another's
+    ended_cleanly = False
     try:
         task = tasks.task_from_settings(settings)
         model_dir = resolve_checkpoint(settings["model"])
@@ -277,10 +278,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 f"{format_summary(result['summary'])}"
             )
             print(f"card: {write_card(args.run_dir)}")
+        ended_cleanly = True
     finally:
         if lock is not None:
             lock.release()
-        distributed.teardown()
+        distributed.teardown(wait_for_others=ended_cleanly)
 
 
 if __name__ == "__main__":
