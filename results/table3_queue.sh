@@ -4,7 +4,8 @@
 # its files copied into results/runs (python -m ddattn.publish).
 # Each spec: TASK:NAME:FLAGS (flags added to --preset cpu). Pinned to one core (OMP_NUM_THREADS=1, CPU 0,
 # or CPU=N) so that development can go on beside it on the other; CPU=0-1 THREADS=2 gives a run both
-# cores. Resumable: a run with a checkpoint resumes, a finished one is skipped. Every distill/evaluate invocation appends "what wall_s peak_rss_kb"
+# cores. Resumable: a run with a checkpoint resumes, a finished one (in runs/ or published in results/runs/,
+# which a new checkout has while runs/ is not kept) is skipped. Every distill/evaluate invocation appends "what wall_s peak_rss_kb"
 # to runs/TASK/NAME/resources.tsv (GNU time), after a line naming the CPU: wall time, peak memory and CPU
 # for the extended table.
 # To stop a run, SIGTERM its python process only (pkill -f '^.venv/bin/python -m ddattn.distill'): it checkpoints
@@ -19,6 +20,7 @@ cpu() { local flags; flags=$(grep -m1 '^flags' /proc/cpuinfo)
 timed() { local what=$1 out=$2; shift 2; cpu >> "$out"; /usr/bin/time -a -o "$out" -f "$what %e %M" "$@"; }
 for spec in "$@"; do
   IFS=: read -r task name flags <<< "$spec"
+  [ -f "results/runs/$task/$name/eval.json" ] && { echo "queue: $task/$name is in results/runs, skipped"; continue; }
   dir=runs/$task/$name; mkdir -p "$dir"
   if ! grep -qs "^done:" "$dir/run.log"; then
     if [ -f "$dir/checkpoint.pt" ]; then args=(--resume "$dir"); else args=(--task "$task" --preset cpu --name "$name" $flags); fi
