@@ -633,22 +633,25 @@ def steps_series(table: dict) -> dict:
     return {task: sorted(points, key=lambda p: p[0]) for task, points in series.items()}
 
 
-def read_memory_in_t(path: Path) -> Dict[str, List[Tuple[int, float]]]:
-    """results/memory_T.tsv (results/memory_T.sh): {"<task>, <which code>": [(T, peak MB)]}; empty without
-    the file."""
-    memory: Dict[str, List[Tuple[int, float]]] = {}
+MemoryInT = Dict[Tuple[str, str], List[Tuple[int, float]]]  # {(task, which code): [(T, peak MB)]}
+
+
+def read_memory_in_t(path: Path) -> MemoryInT:
+    """results/memory_T.tsv (results/memory_T.sh), one column per task and version of the code; empty
+    without the file."""
+    memory: MemoryInT = {}
     if not path.is_file():
         return memory
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
         try:
             task, steps, peak, code = line.split("\t")
-            memory.setdefault(f"{title(task)}, {code}", []).append((int(steps), float(peak)))
+            memory.setdefault((task, code), []).append((int(steps), float(peak)))
         except ValueError:
             raise UserError(f"{path}, line {number}: not 'task<tab>T<tab>peak_mb<tab>code' ({line!r})") from None
     return memory
 
 
-def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
+def render_memory_in_t(memory: MemoryInT) -> str:
     """The section of table3.md on peak memory against T (issue target: T = 16 within 1.5× of T = 1)."""
     if not memory:
         return ""
@@ -662,7 +665,7 @@ def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
         "code; the ratio is to its own T = 1. Every T sees the same real batches; a full run peaks higher, at "
         "its widest real batch (the extended table above has the runs' own peaks).",
         "",
-        "| T | " + " | ".join(memory) + " |",
+        "| T | " + " | ".join(f"{title(task)}, {code}" for task, code in memory) + " |",
         "|---:|" + "---:|" * len(memory),
     ]
     for t in steps:
@@ -674,7 +677,7 @@ def render_memory_in_t(memory: Dict[str, List[Tuple[int, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]]]) -> Optional[Path]:
+def plot_steps(table: dict, path: Path, memory: MemoryInT) -> Optional[Path]:
     """results/table3_T.png: score against T, one line per task, and peak memory against T (memory_T.tsv,
     one line per task and version of the code; else the runs' own peaks). None without matplotlib or such runs."""
     series = steps_series(table)
@@ -699,12 +702,16 @@ def plot_steps(table: dict, path: Path, memory: Dict[str, List[Tuple[int, float]
         if not memory:
             measured = [(t, c["peak_mb"]) for t, c in points if c["peak_mb"] is not None]
             ax_mem.plot([t for t, _ in measured], [m for _, m in measured], marker="o", label=label, c=colour[label])
-    newest = {column.split(", ")[0]: column for column in memory}  # per task, its last version of the code
-    for column, points in memory.items():
-        label = column.split(", ")[0]
-        style = "-" if newest[label] == column else "--"
+    newest = {task: code for task, code in memory}  # per task, its last version of the code
+    for (task, code), points in memory.items():
+        style = "-" if newest[task] == code else "--"
         ax_mem.plot(
-            [t for t, _ in points], [m for _, m in points], style, marker="o", label=column, c=colour.get(label)
+            [t for t, _ in points],
+            [m for _, m in points],
+            style,
+            marker="o",
+            label=f"{title(task)}, {code}",
+            c=colour.get(title(task)),
         )
     for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
         ax.set_xscale("log", base=2)

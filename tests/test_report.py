@@ -369,9 +369,9 @@ def test_memory_in_t_is_read_and_shown_with_its_ratio_to_t1(tmp_path):
     )
     memory = report.read_memory_in_t(path)
     assert memory == {
-        "SST-2, old": [(1, 500.0), (16, 1000.0)],
-        "SST-2, new": [(1, 400.0), (16, 560.0)],
-        "AGNews, new": [(1, 600.0), (16, 660.0)],
+        ("sst2", "old"): [(1, 500.0), (16, 1000.0)],
+        ("sst2", "new"): [(1, 400.0), (16, 560.0)],
+        ("ag_news", "new"): [(1, 600.0), (16, 660.0)],
     }
     text = report.render_memory_in_t(memory)
     assert "| 16 | 1000 MB (2.00×) | 560 MB (1.40×) | 660 MB (1.10×) |" in text
