@@ -636,6 +636,11 @@ def steps_series(table: dict) -> dict:
 MemoryInT = Dict[Tuple[str, str], List[Tuple[int, float]]]  # {(task, which code): [(T, peak MB)]}
 
 
+def memory_column(task: str, code: str) -> str:
+    """A column of memory_T.tsv as table3.md and table3_T.png name it: "<task title>, <which code>"."""
+    return f"{title(task)}, {code}"
+
+
 def read_memory_in_t(path: Path) -> MemoryInT:
     """results/memory_T.tsv (results/memory_T.sh), one column per task and version of the code; empty
     without the file."""
@@ -665,7 +670,7 @@ def render_memory_in_t(memory: MemoryInT) -> str:
         "code; the ratio is to its own T = 1. Every T sees the same real batches; a full run peaks higher, at "
         "its widest real batch (the extended table above has the runs' own peaks).",
         "",
-        "| T | " + " | ".join(f"{title(task)}, {code}" for task, code in memory) + " |",
+        "| T | " + " | ".join(memory_column(*key) for key in memory) + " |",
         "|---:|" + "---:|" * len(memory),
     ]
     for t in steps:
@@ -710,7 +715,7 @@ def plot_steps(table: dict, path: Path, memory: MemoryInT) -> Optional[Path]:
             [m for _, m in points],
             style,
             marker="o",
-            label=f"{title(task)}, {code}",
+            label=memory_column(task, code),
             c=colour.get(title(task)),
         )
     for ax, ylabel in ((ax_score, "score (%), fresh models"), (ax_mem, "peak memory of the distillation (MB)")):
