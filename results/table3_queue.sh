@@ -12,12 +12,7 @@
 # and GNU time still writes its line; killing GNU time itself loses that invocation's line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-pin=(env OMP_NUM_THREADS="${THREADS:-1}" taskset -c "${CPU:-0}")
-# The CPU before each invocation's line ("cpu NAME (CAPABILITIES)"): machines of one kind differ in CPU.
-cpu() { local flags; flags=$(grep -m1 '^flags' /proc/cpuinfo)
-  echo "cpu $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2 | sed 's/([RT]M*)//g' | xargs) ($(for f in avx2 avx512f amx_tile avx512_bf16; do
-    [[ " $flags " == *" $f "* ]] && echo -n "$f "; done | xargs))"; }
-timed() { local what=$1 out=$2; shift 2; cpu >> "$out"; /usr/bin/time -a -o "$out" -f "$what %e %M" "$@"; }
+source results/timed.sh
 for spec in "$@"; do
   IFS=: read -r task name flags <<< "$spec"
   [ -f "results/runs/$task/$name/eval.json" ] && { echo "queue: $task/$name is in results/runs, skipped"; continue; }
