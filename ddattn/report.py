@@ -177,12 +177,16 @@ def read_resources(run: Path) -> Optional[dict]:
     are skipped. A line "paused distill SECONDS" (results/paused.sh) is time the distillation spent stopped
     by SIGSTOP while another job had the machine, inside an invocation's wall time: it is taken off. A line
     "cpu NAME (CAPABILITIES)" (results/table3_queue.sh, before each invocation) names the CPU of the
-    invocations after it; those before any such line ran on a CPU that was not recorded."""
+    invocations after it; those before any such line ran on a CPU that was not recorded. A line "rerun COMMIT
+    same|other" (results/rerun_cost.sh) says that the invocations after it distilled the run's settings again at
+    COMMIT, for a run that predates this record: its CPUs say so, and whether the re-run made the same
+    distilled data (its figures are then the run's own) or other data (the configuration's under that code)."""
     path = run / "resources.tsv"
     if not path.is_file():
         return None
     distill, paused = [], 0.0  # (wall seconds, peak KB) of each distill invocation; seconds stopped in them
     cpu, cpus = CPU_NOT_RECORDED, set()  # the CPU of the invocations that follow; those of the distillation
+    rerun = ""  # after a "rerun" line: what the CPUs that follow add
     for line in path.read_text().splitlines():
         if line.startswith(GNU_TIME_NOTES):
             continue
@@ -190,16 +194,18 @@ def read_resources(run: Path) -> Optional[dict]:
             case [("distill" | "evaluate") as what, wall, kb] if _is_number(wall) and kb.isdigit():
                 if what == "distill":
                     distill.append((float(wall), int(kb)))
-                    cpus.add(cpu)
+                    cpus.add(cpu + rerun)
             case ["paused", ("distill" | "evaluate") as what, seconds] if _is_number(seconds):
                 if what == "distill":
                     paused += float(seconds)
             case ["cpu", _, *_]:
                 cpu = line.split(maxsplit=1)[1]
+            case ["rerun", commit, ("same" | "other") as data]:
+                rerun = f", a re-run at {commit}" + (" (same distilled data)" if data == "same" else " (other data)")
             case _:
                 raise UserError(
                     f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M'), "
-                    f"'paused WHAT SECONDS' or 'cpu NAME', not {line!r}"
+                    f"'paused WHAT SECONDS', 'cpu NAME' or 'rerun COMMIT same|other', not {line!r}"
                 )
     if not distill:
         return None
@@ -618,7 +624,11 @@ def render_table3_extended(table: dict) -> str:
         "and data included; CPU: the processors its invocations ran on (machines of one kind differ: an AVX2 "
         "AMD EPYC and an Intel Xeon with AVX-512 and AMX run one core's outer step at different speeds, so "
         "wall times compare only on one CPU). All from the run's resources.tsv (results/table3_queue.sh: one "
-        f"CPU core, one thread, unless a note says otherwise); {MISSING}: the run predates that record.\n"
+        f"CPU core, one thread, unless a note says otherwise); {MISSING}: the run predates that record. "
+        '"A re-run": the run predates the record, and its settings were distilled again under it '
+        '(results/rerun_cost.sh): "same distilled data" when the re-run made the published data byte for byte, '
+        "\"other data\" when the code had changed the run's numbers since, and the cost is the configuration's (the "
+        "same outer steps and shapes).\n"
     )
 
 

@@ -15,7 +15,7 @@ source results/timed.sh
 for spec in "$@"; do
   IFS=: read -r task name flags <<< "$spec"
   published=results/runs/$task/$name rerun=runs/$task/$name-rerun
-  grep -qs "^rerun " "$published/resources.tsv" && { echo "rerun: $published has a re-run's figures, skipped"; continue; }
+  grep -qs "^distill " "$published/resources.tsv" && { echo "rerun: $published has its figures, skipped"; continue; }
   .venv/bin/python - "$published/config.json" --task "$task" --preset cpu $flags <<'PY' || continue
 import json, sys
 from dataclasses import asdict

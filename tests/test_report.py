@@ -243,7 +243,20 @@ def test_table3_extended_shows_each_cells_cost_and_the_plot_follows_T(runs, tmp_
     assert (tmp_path / "results" / "table3_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("bad", ["distill ten minutes", "paused 60", "distill 600.0 409600 extra", "cpu", ""])
+def test_a_rerun_fills_the_cost_of_a_run_that_predates_the_record_and_says_so(runs, tmp_path):
+    (runs / "mrpc" / "sl-al-3shots" / "resources.tsv").write_text(
+        "rerun abc1234 other\ncpu Xeon (avx2)\ndistill 300 204800\n"
+    )
+    report.main(["--runs-dir", str(runs), "--out", str(tmp_path / "results")])
+    text = (tmp_path / "results" / "table3.md").read_text()
+    cpu = "Xeon (avx2), a re-run at abc1234 (other data)"
+    row = f"| SL + AL | 1 | 3 | single | MRPC | 79.3 ± 0.5 | 5 min | 200 | {cpu} | mrpc/sl-al-3shots |"
+    assert row in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    "bad", ["distill ten minutes", "paused 60", "distill 600.0 409600 extra", "cpu", "", "rerun abc1234 maybe"]
+)
 def test_a_malformed_resources_file_is_one_error_line(runs, tmp_path, capsys, bad):
     (runs / "mrpc" / "diff-3-3" / "resources.tsv").write_text(f"distill 1.0 1024\n{bad}\n")
     line = cli_error(report.main, ["--runs-dir", str(runs), "--out", str(tmp_path / "results")], capsys)
