@@ -28,11 +28,11 @@ if differ:
 PY
   if ! grep -qs "^done:" "$rerun/run.log"; then
     if [ -f "$rerun/checkpoint.pt" ]; then args=(--resume "$rerun"); else args=(--task "$task" --preset cpu --name "$name-rerun" $flags); fi
-    mkdir -p "$rerun"
+    mkdir -p "$rerun"; [ -f "$rerun/commit" ] || git rev-parse --short HEAD > "$rerun/commit"  # the code that starts it
     timed distill "$rerun/resources.tsv" "${pin[@]}" .venv/bin/python -m ddattn.distill "${args[@]}" \
       || { echo "rerun: distill $rerun exited $?"; continue; }
   fi
   cmp -s "$rerun/distilled_best.safetensors" "$published/distilled_best.safetensors" && data=same || data=other
-  { echo "rerun $(git rev-parse --short HEAD) $data"; cat "$rerun/resources.tsv"; } >> "$published/resources.tsv"
+  { echo "rerun $(cat "$rerun/commit") $data"; cat "$rerun/resources.tsv"; } >> "$published/resources.tsv"
   echo "rerun: $published/resources.tsv has the figures of $rerun ($data distilled data)"
 done
