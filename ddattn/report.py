@@ -180,7 +180,7 @@ def read_resources(run: Path) -> Optional[dict]:
     invocations after it; those before any such line ran on a CPU that was not recorded. A line "rerun COMMIT
     same|other" (results/rerun_cost.sh) says that the invocations after it distilled the run's settings again at
     COMMIT, for a run that predates this record: its CPUs say so, and whether the re-run made the same
-    distilled data (its figures are then the run's own) or other data (the configuration's under that code)."""
+    distilled data (its figures are then the run's own) or other data (the configuration's, on that code and CPU)."""
     path = run / "resources.tsv"
     if not path.is_file():
         return None
@@ -627,8 +627,8 @@ def render_table3_extended(table: dict) -> str:
         f"CPU core, one thread, unless a note says otherwise); {MISSING}: the run predates that record. "
         '"A re-run": the run predates the record, and its settings were distilled again under it '
         '(results/rerun_cost.sh): "same distilled data" when the re-run made the published data byte for byte, '
-        "\"other data\" when the code had changed the run's numbers since, and the cost is the configuration's (the "
-        "same outer steps and shapes).\n"
+        '"other data" when the code or the CPU (whose matmul kernels round differently) changed the run\'s numbers '
+        "since, and the cost is the configuration's (the same outer steps and shapes).\n"
     )
 
 

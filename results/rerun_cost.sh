@@ -6,8 +6,9 @@
 # Each spec: TASK:NAME:FLAGS, the flags (after --preset cpu) that repeat the published run's settings; they are
 # checked against its config.json before anything runs. The re-run is runs/TASK/NAME-rerun, resumable like any
 # run (stop it as table3_queue.sh says). "same": its distilled_best.safetensors is byte-identical to the
-# published one, so the figures are that run's; "other": the code has changed the run's numerics since, and
-# the figures are the configuration's under today's code.
+# published one, so the figures are that run's; "other": the code or the CPU (another CPU's matmul kernels round
+# differently, and 300 outer steps carry a 1e-7 difference into other data) has changed the run's numbers since,
+# and the figures are the configuration's, on this code and CPU.
 #   CPU=1 results/rerun_cost.sh "sst2:cpu-sl-al:--lr 0.01 --held-out random"
 set -uo pipefail
 cd "$(dirname "$0")/.."
