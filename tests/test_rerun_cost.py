@@ -1,0 +1,76 @@
+"""results/rerun_cost.sh: it refuses flags that do not repeat the published run's settings before anything
+runs, distils the settings again under GNU time, and adds the figures to the published run's resources.tsv
+after a "rerun COMMIT same|other" line, which the report shows beside the CPU. The distillation is a
+stand-in (a python that answers `-m ddattn.distill` by writing a finished run), so the test takes seconds."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ddattn import report, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+# `.venv/bin/python` of the copy: the real interpreter, except that `-m ddattn.distill` writes a finished run
+# (its run.log's "done:" line and distilled data made of its --seed) where --task and --name say
+STAND_IN = f"""#!/usr/bin/env bash
+if [ "$1 $2" = "-m ddattn.distill" ]; then
+  shift 2; seed=0
+  while [ $# -gt 0 ]; do case $1 in --task) task=$2;; --name) name=$2;; --seed) seed=$2;; esac; shift; done
+  mkdir -p "runs/$task/$name"; echo "done: stand-in" > "runs/$task/$name/run.log"
+  echo "data of seed $seed" > "runs/$task/$name/distilled_best.safetensors"; exit 0
+fi
+PYTHONPATH={ROOT} exec {sys.executable} "$@"
+"""
+
+
+def project(tmp_path: Path) -> Path:
+    """A checkout holding the two scripts, the stand-in python, a git commit and a published MRPC run whose
+    distilled data are what the stand-in makes for --seed 0."""
+    (tmp_path / "results").mkdir()
+    for script in ("rerun_cost.sh", "timed.sh"):
+        shutil.copy(ROOT / "results" / script, tmp_path / "results" / script)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(STAND_IN)
+    python.chmod(0o755)
+    published = tmp_path / "results" / "runs" / "mrpc" / "hl-al"
+    published.mkdir(parents=True)
+    flags = settings.parse_flags(["--task", "mrpc", "--preset", "cpu", "--shots", "1", "--name", "hl-al"])
+    saved = {k: v for k, v in asdict(settings.from_flags(flags)).items() if k in settings.DEFAULTS}
+    (published / "config.json").write_text(json.dumps(saved))
+    (published / "distilled_best.safetensors").write_text("data of seed 0\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *command], cwd=tmp_path, env=env, check=True)
+    return tmp_path
+
+
+def rerun(root: Path, *specs: str) -> str:
+    done = subprocess.run(["bash", "results/rerun_cost.sh", *specs], cwd=root, capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
+def test_flags_that_do_not_repeat_the_settings_are_refused_before_anything_runs(tmp_path):
+    root = project(tmp_path)
+    said = rerun(root, "mrpc:hl-al:--shots 3")
+    assert "the flags do not repeat" in said and "shots 3 (saved: 1)" in said
+    assert not (root / "runs").exists() and not (root / "results/runs/mrpc/hl-al/resources.tsv").exists()
+
+
+def test_a_rerun_adds_its_figures_once_and_says_whether_it_made_the_published_data(tmp_path):
+    root = project(tmp_path)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    assert "same distilled data" in rerun(root, "mrpc:hl-al:--shots 1")
+    published = root / "results" / "runs" / "mrpc" / "hl-al"
+    lines = (published / "resources.tsv").read_text().splitlines()
+    assert lines[0] == f"rerun {commit.stdout.strip()} same" and lines[1].startswith("cpu ")
+    assert lines[2].startswith("distill ") and len(lines) == 3
+    [cpu] = report.read_resources(published)["cpus"]
+    assert cpu.endswith(f", a re-run at {commit.stdout.strip()} (same distilled data)")
+    assert "has its figures, skipped" in rerun(root, "mrpc:hl-al:--shots 1")  # never added twice
+    assert len((published / "resources.tsv").read_text().splitlines()) == 3
