@@ -16,6 +16,7 @@ source results/timed.sh
 for spec in "$@"; do
   IFS=: read -r task name flags <<< "$spec"
   published=results/runs/$task/$name rerun=runs/$task/$name-rerun
+  [ -f "$published/config.json" ] || { echo "rerun: $published/config.json is missing: TASK:NAME names no published run"; continue; }
   grep -qs "^distill " "$published/resources.tsv" && { echo "rerun: $published has its figures, skipped"; continue; }
   .venv/bin/python - "$published/config.json" --task "$task" --preset cpu $flags <<'PY' || continue
 import json, sys

@@ -60,6 +60,8 @@ def test_flags_that_do_not_repeat_the_settings_are_refused_before_anything_runs(
     said = rerun(root, "mrpc:hl-al:--shots 3")
     assert "the flags do not repeat" in said and "shots 3 (saved: 1)" in said
     assert not (root / "runs").exists() and not (root / "results/runs/mrpc/hl-al/resources.tsv").exists()
+    said = rerun(root, "mrpc:hl-al-s9:--shots 1")
+    assert said.strip() == "rerun: results/runs/mrpc/hl-al-s9/config.json is missing: TASK:NAME names no published run"
 
 
 def test_a_rerun_adds_its_figures_once_and_says_whether_it_made_the_published_data(tmp_path):
