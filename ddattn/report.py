@@ -201,7 +201,9 @@ def read_resources(run: Path) -> Optional[dict]:
             case ["cpu", _, *_]:
                 cpu = line.split(maxsplit=1)[1]
             case ["rerun", commit, ("same" | "other") as data]:
-                rerun = f", a re-run at {commit}" + (" (same distilled data)" if data == "same" else " (other data)")
+                if distill or paused:  # figures of the run's own would be mixed with a re-run's
+                    raise UserError(f"{path}: a 'rerun' line after the run's own figures; a re-run is for runs without")
+                rerun = f", a re-run at {commit} ({data} data)"
             case _:
                 raise UserError(
                     f"{path}: expected lines 'WHAT WALL_SECONDS PEAK_KB' (GNU time -f '%e %M'), "
@@ -626,7 +628,7 @@ def render_table3_extended(table: dict) -> str:
         "wall times compare only on one CPU). All from the run's resources.tsv (results/table3_queue.sh: one "
         f"CPU core, one thread, unless a note says otherwise); {MISSING}: the run predates that record. "
         '"A re-run": the run predates the record, and its settings were distilled again under it '
-        '(results/rerun_cost.sh): "same distilled data" when the re-run made the published data byte for byte, '
+        '(results/rerun_cost.sh): "same data" when the re-run made the published distilled data byte for byte, '
         '"other data" when the code or the CPU (whose matmul kernels round differently) changed the run\'s numbers '
         "since, and the cost is the configuration's (the same outer steps and shapes).\n"
     )

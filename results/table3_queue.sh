@@ -12,7 +12,7 @@
 # and GNU time still writes its line; killing GNU time itself loses that invocation's line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source results/timed.sh
+source results/timed.sh || exit 1
 for spec in "$@"; do
   IFS=: read -r task name flags <<< "$spec"
   [ -f "results/runs/$task/$name/eval.json" ] && { echo "queue: $task/$name is in results/runs, skipped"; continue; }
