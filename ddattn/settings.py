@@ -523,15 +523,22 @@ ADDED_LATER = {
 }
 
 
-def resumed_settings(args) -> "Settings":
-    """The saved settings of `--resume RUN_DIR` (checked), with --max-steps, --epochs and --device applied.
-    Any other flag is refused unless it repeats the saved value: never silently dropped."""
-    path = Path(args.resume) / "config.json"
+def read_saved_settings(path: Path) -> dict:
+    """A run's config.json, completed where the run predates a setting (ADDED_LATER's values; a run from before
+    micro-batches took its real batch whole); any other missing setting is an error."""
     saved = checks.read_json(path)
     checks.require_fields(saved, [name for name in DEFAULTS if name not in ("micro_batch_size", *ADDED_LATER)], path)
     saved.setdefault("micro_batch_size", saved["real_batch_size"])  # runs from before micro-batches
     for name, value in ADDED_LATER.items():
         saved.setdefault(name, value)
+    return saved
+
+
+def resumed_settings(args) -> "Settings":
+    """The saved settings of `--resume RUN_DIR` (checked), with --max-steps, --epochs and --device applied.
+    Any other flag is refused unless it repeats the saved value: never silently dropped."""
+    path = Path(args.resume) / "config.json"
+    saved = read_saved_settings(path)
     wrong = [name for name in DEFAULTS if not fits_type(name, saved[name])]
     if wrong:
         raise UserError(f"{path}: {wrong[0]} is {saved[wrong[0]]!r}, not of type {expected_type(wrong[0]).__name__}")

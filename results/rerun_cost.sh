@@ -20,27 +20,28 @@ for spec in "$@"; do
   [ -f "$published/config.json" ] || { echo "rerun: $published/config.json is missing: TASK:NAME names no published run"; continue; }
   grep -qs "^distill " "$published/resources.tsv" && { echo "rerun: $published has its figures, skipped"; continue; }
   .venv/bin/python - "$published/config.json" "$rerun/config.json" --task "$task" --preset cpu $flags <<'PY' || continue
-import json, sys
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from ddattn import settings
+from ddattn.errors import UserError
 
-def differences(values: dict, path: Path) -> str:
-    """The settings saved in `path` (with ADDED_LATER's values where a run predates them) that `values` does not
-    repeat; a setting missing from the file is one of them."""
-    saved = {**settings.ADDED_LATER, **json.loads(path.read_text())}
-    return "; ".join(
-        f"{k} {values.get(k)!r} (saved: {saved.get(k, 'nothing')!r})"
-        for k in settings.DEFAULTS
-        if k != "name" and (k not in saved or values.get(k) != saved[k])
-    )
+def differences(values: dict, saved: dict) -> str:
+    """The saved settings that `values` does not repeat."""
+    names = [k for k in settings.DEFAULTS if k != "name" and values.get(k) != saved[k]]
+    return "; ".join(f"{k} {values.get(k)!r} (saved: {saved[k]!r})" for k in names)
 
 published, rerun = Path(sys.argv[1]), Path(sys.argv[2])
-given = asdict(settings.from_flags(settings.parse_flags(sys.argv[3:])))
-if differences(given, published):
-    sys.exit(f"rerun: the flags do not repeat {published}: {differences(given, published)}")
-if rerun.is_file() and differences(json.loads(rerun.read_text()), published):
-    sys.exit(f"rerun: {rerun.parent} is not a re-run of {published}: {differences(json.loads(rerun.read_text()), published)}")
+try:
+    saved = settings.read_saved_settings(published)  # an older run's, completed as --resume completes it
+    given = asdict(settings.from_flags(settings.parse_flags(sys.argv[3:])))
+    rerun_saved = settings.read_saved_settings(rerun) if rerun.is_file() else None
+except UserError as e:
+    sys.exit(f"rerun: {e}")
+if problems := differences(given, saved):
+    sys.exit(f"rerun: the flags do not repeat {published}: {problems}")
+if rerun_saved and (problems := differences(rerun_saved, saved)):
+    sys.exit(f"rerun: {rerun.parent} is not a re-run of {published}: {problems}")
 PY
   if ! grep -qs "^done:" "$rerun/run.log"; then
     mkdir -p "$rerun"
