@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 if [ "${1:-}" = "--dry-run" ]; then
   dry=1; out=$(mktemp -d); device=cpu
-  S=8; T_REF=1; T_SWEEP="1 2"; BASE_T=1; EVAL=(--eval-limit 16 --n-models 1); STEPS=2; REPEAT=1
+  S=8; T_REF=1; T_SWEEP="1 2"; BASE_T=1; EVAL=(--eval-limit 16 --n-models 1 --matmul-size 128); STEPS=2; REPEAT=1
   # every step, small and in few processes: one mode, a tiny real batch, a small peak reading, the rows run in the
   # bench's own process, the bert-base shape at 1 of its layers; the distillation with tiny batches and validation
   SMALL=(--mode recompute --matmul-size 128 --threads 1 --real-batch 4 --real-len 16 --in-process)

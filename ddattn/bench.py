@@ -46,6 +46,7 @@ from . import checks, reference
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .files import load_pretrained, read_bert_config
+from .flops import PEAK_REPEATS, count_flops, matmul_gflops, synchronize
 from .method.bert import BertConfig, Params, fresh_model, param_shapes
 from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .method.kernels import KERNELS
@@ -69,7 +70,6 @@ DEFAULT_MODEL = "minilm-l6"
 DEFAULT_SEQ_LEN = 64
 DEFAULT_STEPS = (1, 2, 4, 8)
 MATMUL_PEAK = "matmul-peak"  # a worker spec's "measure": the run's matmul peak, not an outer step
-PEAK_REPEATS = 10  # each peak reading: the best of this many n×n matmuls, after one warm-up
 PEAK_TOLERANCE = 0.10  # readings before and after the sweep further apart than this: say so
 MODEL_SHAPES = {"bert-base": BertConfig()}  # --model-shape: bert-base-uncased's published config
 
@@ -124,39 +124,6 @@ class PeakMemory:
         return max(0, peak - self.base), peak
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = PEAK_REPEATS) -> float:
-    """What this device does at its best: GFLOP/s of an n×n matmul (2n³ FLOPs), best of `repeats` after one warm-up."""
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        started = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best / 1e9
-
-
-def count_flops(fn) -> int:
-    """FLOPs that `fn()` dispatches: matmuls and attention, forward and (double) backward."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-    # PyTorch's table knows the CUDA attention kernels, not the CPU one the outer loss's fused attention uses.
-    cpu_attention = {
-        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(
-            q, k, v
-        ),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *_, out_shape=None, **__: (
-            sdpa_backward_flop_count(grad, q, k, v)
-        ),
-    }
-    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
 # Operators that are matrix products (the attention kernels included); everything else is elementwise
 # work, reductions, copies and the framework's own time.
 MATMUL_OPS = (
@@ -186,11 +153,6 @@ def op_seconds(fn, device: torch.device) -> Dict[str, float]:
     events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]  # operators, not kernels
     times = {e.key: (e.self_device_time_total if on_gpu else e.self_cpu_time_total) / 1e6 for e in events}
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cpu_model() -> str:
@@ -300,7 +262,7 @@ def worker(spec: dict) -> dict:
                 theta0, config, distilled, micro_batches, mode=mode, autocast=AUTOCAST[autocast], kernels=kernels
             )
             loss, grads = result.loss, result.grads
-        _sync(device)
+        synchronize(device)
         return loss, grads
 
     outer_step()  # warm-up: lazy initialisation, kernel selection, code pages faulted in

@@ -17,6 +17,12 @@ the K together; a model's seconds are the K's divided by K. It reports seconds p
 and this process's CPU time), models per hour, each as a ratio of the reference, the share of examples
 on which fp32 predicts what the reference predicts, how many classes each model predicts, and the
 metric of every evaluator with bf16's difference from fp32 (bench/README.md).
+
+It also counts each evaluator's arithmetic (`scoring_flops`: the FLOPs of scoring one model on the split)
+and reads this device's fp32 matmul peak before and after the models (`fp32_peak`), in the same process
+and threads: how fast the fp32 evaluator could be at best, had every FLOP of its scoring run at that peak
+and nothing else (training on D̃, softmax, LayerNorm, copies) cost any time — the highest speed against the
+reference that its arithmetic allows on this machine.
 """
 
 import statistics
@@ -31,7 +37,8 @@ from .checks import check_models_at_once
 from .data import eval_batches
 from .errors import UserError
 from .files import load_pretrained, read_bert_config
-from .method.bert import fresh_model
+from .flops import matmul_gflops
+from .method.bert import BertConfig, fresh_model
 from .method.distilled import DistilledConfig, DistilledData
 from .method.evaluation import choose_models_at_once, compute_metrics, headline_metric, predict_each
 from .method.kernels import resolve as resolve_kernels
@@ -85,6 +92,33 @@ def evaluator_names(allow_slow_bf16: bool):
     return EVALUATORS, None
 
 
+def layer_flops(c: BertConfig, B: int, S: int, query_rows: int) -> int:
+    """FLOPs of one encoder layer on B sequences of S tokens whose queries, attention output and FFN run on
+    `query_rows` rows each (S, or 1 in ddattn's [CLS]-only last layer); keys and values on all S rows, then
+    q kᵀ and P v. A matmul of (m × k) by (k × n) counts 2mkn; the rest (softmax, LayerNorm, GELU) is left out."""
+    D, I = c.hidden_size, c.intermediate_size
+    return 2 * B * (query_rows * (2 * D * D + 2 * D * I) + S * 2 * D * D + query_rows * S * 2 * D)
+
+
+def scoring_flops(c: BertConfig, batches, cls_only_last: bool) -> int:
+    """FLOPs of the encoder over `batches` (each as wide as its input_ids): every layer on every row, or
+    with `cls_only_last` the last layer for [CLS] only, as `evaluation.predict` runs it."""
+    total = 0
+    for batch in batches:
+        B, S = batch["input_ids"].shape
+        last = 1 if cls_only_last else S
+        total += sum(layer_flops(c, B, S, S) for _ in range(c.num_layers - 1)) + layer_flops(c, B, S, last)
+    return total
+
+
+def fp32_peak(device: torch.device, config: BertConfig, eval_set, square: int) -> float:
+    """The best GFLOP/s this device's fp32 matmuls reach here: a square one (`square`²) and the two FFN
+    matmuls of the evaluation's largest batch (all its tokens by hidden by FFN width, and back)."""
+    rows = max(batch["input_ids"].numel() for batch in eval_set)
+    D, I = config.hidden_size, config.intermediate_size
+    return max(matmul_gflops(device, torch.float32, *shape) for shape in [(square,), (rows, D, I), (rows, I, D)])
+
+
 def timed(fn):
     """(fn(), wall seconds, CPU seconds of this process)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -125,6 +159,9 @@ def run(args) -> dict:
         "fp32": lambda theta0s: fast(theta0s, "fp32"),
         "bf16": lambda theta0s: fast(theta0s, "bf16"),
     }
+    device = pretrained["pooler.weight"].device
+    square = args.matmul_size or (8192 if device.type == "cuda" else 2048)  # as the outer step's peak
+    peaks = [fp32_peak(device, config, eval_set, square)]  # before the models, and after them below
     per_model: Dict[str, List[dict]] = {name: [] for name in names}
     agreement = {"fp32 = reference": [], **({"bf16 = fp32": []} if "bf16" in names else {})}
     for start in range(0, args.n_models, k):
@@ -149,15 +186,40 @@ def run(args) -> dict:
             agreement["fp32 = reference"].append((fp32 == ref).double().mean().item())
         for bf16, fp32 in zip(predictions.get("bf16", []), predictions["fp32"]):
             agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
+    peaks.append(fp32_peak(device, config, eval_set, square))
+    fast_flops = scoring_flops(config, eval_set, cls_only_last=True)  # fp32 and bf16 alike
+    reference_batches = taskdata.batches(split, reference.EVAL_BATCH_SIZE, indices=rows)
+    flops = {"reference": scoring_flops(config, reference_batches, cls_only_last=False)}
+    flops.update({name: fast_flops for name in names if name != "reference"})
     return {
-        **summarise(per_model, agreement, task, len(rows), args, k),
+        **summarise(per_model, agreement, task, len(rows), args, k, flops),
+        "fp32_ceiling": ceiling(per_model, fast_flops, peaks),
         "kernels": kernels,
         "bf16_left_out": bf16_left_out,
     }
 
 
+def ceiling(per_model: Dict[str, List[dict]], fp32_flops: int, peaks: List[float]) -> dict:
+    """The fp32 evaluator at its best: all of its scoring at the best peak reading and nothing else."""
+    peak = max(peaks)
+    fastest = fp32_flops / (peak * 1e9)
+    reference_wall = statistics.mean(r["wall_s"] for r in per_model["reference"])
+    return {
+        "peak_gflops": peak,
+        "peak_readings_gflops": peaks,
+        "fastest_s_per_model": fastest,
+        "highest_speed_vs_reference_wall": reference_wall / fastest,
+    }
+
+
 def summarise(
-    per_model: Dict[str, List[dict]], agreement: Dict[str, List[float]], task, examples: int, args, models_at_once: int
+    per_model: Dict[str, List[dict]],
+    agreement: Dict[str, List[float]],
+    task,
+    examples: int,
+    args,
+    models_at_once: int,
+    flops: Dict[str, int],
 ) -> dict:
     metric = headline_metric(per_model["fp32"][0])
     reference_wall = statistics.mean(r["wall_s"] for r in per_model["reference"])
@@ -171,6 +233,8 @@ def summarise(
             "wall_s_per_model": wall,
             "cpu_s_per_model": cpu,
             "models_per_hour": 3600 / wall,
+            "scoring_gflop_per_model": flops[name] / 1e9,
+            "gflops_per_s_wall": flops[name] / 1e9 / wall,  # scoring FLOPs over all of a model's time
             "speed_vs_reference_wall": reference_wall / wall,
             "speed_vs_reference_cpu": reference_cpu / cpu,
             "metric": metric,
@@ -208,16 +272,27 @@ def markdown(result: dict, env: dict) -> str:
         ),
         "",
         f"| evaluator | s / model (wall) | s / model (CPU) | models / hour | speed vs reference (wall) "
-        f"| (CPU) | {result['summary']['fp32']['metric']} | minus fp32 (points) | largest per model |",
-        "|---|" + "---:|" * 8,
+        f"| (CPU) | scoring GFLOP / model | GFLOP/s (wall) | {result['summary']['fp32']['metric']} "
+        "| minus fp32 (points) | largest per model |",
+        "|---|" + "---:|" * 10,
     ]
     for name, s in result["summary"].items():
         lines.append(
             f"| {name} | {s['wall_s_per_model']:.1f} | {s['cpu_s_per_model']:.1f} | {s['models_per_hour']:.1f} "
             f"| **{s['speed_vs_reference_wall']:.2f}×** | {s['speed_vs_reference_cpu']:.2f}× "
+            f"| {s['scoring_gflop_per_model']:.1f} | {s['gflops_per_s_wall']:.1f} "
             f"| {100 * s['metric_mean']:.2f} | {s['metric_minus_fp32_points']:+.2f} "
             f"| {s['largest_metric_difference_points']:.2f} |"
         )
+    c = result["fp32_ceiling"]
+    lines += [
+        "",
+        f"fp32 matmul peak, this run: {c['peak_gflops']:.1f} GFLOP/s (readings before and after the models: "
+        + ", ".join(f"{g:.1f}" for g in c["peak_readings_gflops"])
+        + f"). All of fp32's scoring at that rate and nothing else would take {c['fastest_s_per_model']:.2f} s "
+        f"per model: at most **{c['highest_speed_vs_reference_wall']:.2f}×** the reference (wall) with this "
+        "arithmetic on this machine.",
+    ]
     lines += [
         "",
         "Same predictions (the worst model): "

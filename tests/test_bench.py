@@ -13,10 +13,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ddattn import bench, bench_eval, evaluate, options, settings
+from ddattn import bench, bench_eval, evaluate, options, reference, settings
 from ddattn.errors import UserError
 from ddattn.files import read_bert_config, write_bert_config
-from ddattn.method.bert import param_shapes
+from ddattn.flops import count_flops
+from ddattn.method.bert import fresh_model, param_shapes
+from ddattn.method.evaluation import predict
 from tests.helpers import REPO, TINY, one_error_line
 
 SST2_RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"  # distilled; its models' predictions vary
@@ -451,6 +453,8 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst
             "--threads",
             "1",
             "--allow-slow-bf16",
+            "--matmul-size",
+            "256",
             "--json",
             str(out),
         ]
@@ -466,7 +470,42 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst
     for name in ("fp32", "bf16"):  # how much faster
         reference_wall, wall = summary["reference"]["wall_s_per_model"], summary[name]["wall_s_per_model"]
         assert wall > 0 and summary[name]["speed_vs_reference_wall"] == pytest.approx(reference_wall / wall)
-    assert "| fp32 |" in (tmp_path / "eval.md").read_text()
+    assert summary["fp32"]["scoring_gflop_per_model"] == summary["bf16"]["scoring_gflop_per_model"]
+    assert summary["reference"]["scoring_gflop_per_model"] > summary["fp32"]["scoring_gflop_per_model"] > 0
+    ceiling = saved["fp32_ceiling"]  # the fp32 scoring at the best of two peak readings, nothing else
+    assert len(ceiling["peak_readings_gflops"]) == 2 and ceiling["peak_gflops"] == max(ceiling["peak_readings_gflops"])
+    fastest = summary["fp32"]["scoring_gflop_per_model"] / ceiling["peak_gflops"]
+    assert ceiling["fastest_s_per_model"] == pytest.approx(fastest)
+    reference_wall = summary["reference"]["wall_s_per_model"]
+    assert ceiling["highest_speed_vs_reference_wall"] == pytest.approx(reference_wall / fastest)
+    table = (tmp_path / "eval.md").read_text()
+    assert "| fp32 |" in table and "fp32 matmul peak, this run:" in table
+
+
+def test_scoring_flops_count_what_each_evaluator_dispatches(tiny):
+    """bench_eval.scoring_flops against torch's FLOP counter over the same batches: ddattn's predict (the
+    [CLS]-only last layer) and the reference's logits (every layer on every row), both exact once the
+    pooler's and classifier's matmuls, which scoring_flops leaves out, are added."""
+    config, theta0 = tiny
+    theta = {n: v.float() for n, v in fresh_model(theta0, config, 3, seed=0).items()}
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "input_ids": torch.randint(0, config.vocab_size, (B, S), generator=g),
+            "token_type_ids": torch.zeros(B, S, dtype=torch.long),
+            "attention_mask": torch.ones(B, S, dtype=torch.long),
+            "labels": torch.zeros(B, dtype=torch.long),
+        }
+        for B, S in [(3, 7), (2, 12)]
+    ]
+    D, rows = config.hidden_size, sum(len(b["labels"]) for b in batches)
+    head = 2 * rows * (D * D + D * 3)  # pooler (D × D) and classifier (D × 3) on each [CLS]
+    with torch.no_grad():
+        fast = count_flops(lambda: predict(theta, config, batches))
+        slow = count_flops(lambda: [reference.logits(theta, config, b) for b in batches])
+    assert fast == bench_eval.scoring_flops(config, batches, cls_only_last=True) + head
+    assert slow == bench_eval.scoring_flops(config, batches, cls_only_last=False) + head
+    assert slow > fast
 
 
 def test_eval_throughput_with_models_at_once(tmp_path, monkeypatch, sst2_data):
@@ -486,6 +525,8 @@ def test_eval_throughput_with_models_at_once(tmp_path, monkeypatch, sst2_data):
             "1",
             "--models-at-once",
             "2",
+            "--matmul-size",
+            "256",
             "--json",
             str(out),
         ]

@@ -30,6 +30,7 @@ TOOLS = {
     "fetch",
     "download",
     "opcount",
+    "flops",
     "reference",
 }
 

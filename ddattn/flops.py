@@ -1,0 +1,51 @@
+"""Arithmetic and the rate a device does it at, for the benchmarks (bench.py, bench_eval.py): the FLOPs a
+function dispatches (torch's FLOP counter) and the device's matmul peak (the best of a few timed matmuls)."""
+
+import time
+from typing import Optional
+
+import torch
+
+PEAK_REPEATS = 10  # each peak reading: the best of this many n×n matmuls, after one warm-up
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(
+    device: torch.device, dtype: torch.dtype, m: int, k: Optional[int] = None, n: Optional[int] = None
+) -> float:
+    """What this device does at its best: GFLOP/s of an (m × k) by (k × n) matmul (2mkn FLOPs; k and n default
+    to m, a square one), best of PEAK_REPEATS after one warm-up."""
+    k, n = k or m, n or m
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(PEAK_REPEATS):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * m * k * n / best / 1e9
+
+
+def count_flops(fn) -> int:
+    """FLOPs that `fn()` dispatches: matmuls and attention, forward and (double) backward."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    # PyTorch's table knows the CUDA attention kernels, not the CPU one the outer loss's fused attention uses.
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(
+            q, k, v
+        ),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *_, out_shape=None, **__: (
+            sdpa_backward_flop_count(grad, q, k, v)
+        ),
+    }
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn()
+    return counter.get_total_flops()
