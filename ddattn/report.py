@@ -38,7 +38,7 @@ from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
 from .paths import REPO_ROOT, atomic_path, file_sha256, runs_dir, write_json_atomic
 from .plots import pyplot, save_png
-from .settings import ADDED_LATER
+from .settings import with_added_later
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]  # the paper's column order; other tasks follow
 TITLES = {
@@ -114,13 +114,12 @@ class Result:
 
     @property
     def configuration(self) -> str:
-        """What the run computes, as a key: settings added later filled in with their values before them."""
+        """What the run computes, as a key (an older run's settings are completed when read: read_result)."""
         return self.configuration_but(frozenset())
 
     def configuration_but(self, varied: frozenset) -> str:
         """`configuration` without the settings in `varied` (budget.py: the outer-step budget)."""
-        settings = self.settings if self.baseline else {**ADDED_LATER, **self.settings}
-        return json.dumps({k: v for k, v in settings.items() if k not in RUN_ONLY | varied}, sort_keys=True)
+        return json.dumps({k: v for k, v in self.settings.items() if k not in RUN_ONLY | varied}, sort_keys=True)
 
     def cell(self, candidates: int) -> dict:
         return pooled_cell([self], candidates)
@@ -229,9 +228,10 @@ def _is_number(text: str) -> bool:
 def read_result(path: Path) -> Result:
     try:
         record = json.loads(path.read_text())
-        settings = record["settings"]
         check_belongs(record, path)
         check_distilled(record, path)
+        settings = record["settings"]
+        settings = settings if "baseline" in settings else with_added_later(settings)  # what an older run ran
         return Result(
             path.parent,
             record["task"],
@@ -311,7 +311,7 @@ def pick(candidates: List[Result]) -> Optional[dict]:
 
     # held-out losses compare on one kind of slice only: random training rows, where a cell has any
     def held_out(runs: List[Result]) -> str:
-        return runs[0].settings.get("held_out", ADDED_LATER["held_out"])
+        return runs[0].settings.get("held_out", "random")  # a baseline holds out no slice (its loss is inf)
 
     slices = {held_out(runs) for runs in configurations.values()}
     kind = "random" if "random" in slices else slices.pop()

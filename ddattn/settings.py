@@ -523,15 +523,18 @@ ADDED_LATER = {
 }
 
 
+def with_added_later(saved: dict) -> dict:
+    """A distillation's saved settings with those it predates filled in: ADDED_LATER's values, which it ran."""
+    return {**saved, **{name: value for name, value in ADDED_LATER.items() if name not in saved}}
+
+
 def read_saved_settings(path: Path) -> dict:
-    """A run's config.json, completed where the run predates a setting (ADDED_LATER's values; a run from before
+    """A run's config.json, completed where the run predates a setting (`with_added_later`; a run from before
     micro-batches took its real batch whole); any other missing setting is an error."""
     saved = checks.read_json(path)
     checks.require_fields(saved, [name for name in DEFAULTS if name not in ("micro_batch_size", *ADDED_LATER)], path)
     saved.setdefault("micro_batch_size", saved["real_batch_size"])  # runs from before micro-batches
-    for name, value in ADDED_LATER.items():
-        saved.setdefault(name, value)
-    return saved
+    return with_added_later(saved)
 
 
 def resumed_settings(args) -> "Settings":
