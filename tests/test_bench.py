@@ -435,31 +435,20 @@ def test_bad_flag_on_the_command_line_is_one_line_exit_2(tiny_dir):
     assert one_error_line(proc) == proc.stderr.strip() == "error: --steps must be ≥ 1, not [0]"
 
 
+def eval_bench(tmp_path, monkeypatch, sst2_data, *flags: str) -> dict:
+    """`bench --eval` on SST2_RUN's models over the first SST-2 dev rows, one thread, a small peak matmul,
+    with `flags`; its saved JSON (the table beside it, eval.md)."""
+    monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
+    out = tmp_path / "eval.json"
+    bench.main(["--eval", "--run", str(SST2_RUN), "--threads", "1", "--matmul-size", "256", *flags, "--json", str(out)])
+    return json.loads(out.read_text())
+
+
 def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst2_data):
     """--eval on 24 SST-2 dev sentences with a distilled set whose models' predictions vary (a model that
     answers one class would agree with any evaluator): every evaluator's model predicts both classes, and
     the fast fp32 path predicts what the reference evaluator predicts, all 24."""
-    monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
-    out = tmp_path / "eval.json"
-    bench.main(
-        [
-            "--eval",
-            "--run",
-            str(SST2_RUN),
-            "--n-models",
-            "1",
-            "--eval-limit",
-            "24",
-            "--threads",
-            "1",
-            "--allow-slow-bf16",
-            "--matmul-size",
-            "256",
-            "--json",
-            str(out),
-        ]
-    )
-    saved = json.loads(out.read_text())
+    saved = eval_bench(tmp_path, monkeypatch, sst2_data, "--n-models", "1", "--eval-limit", "24", "--allow-slow-bf16")
     summary, per_model = saved["summary"], saved["per_model"]
     assert saved["examples"] == 24 and set(summary) == {"reference", "fp32", "bf16"} and saved["models_at_once"] == 1
     assert [s["fewest_classes_predicted"] for s in summary.values()] == [2, 2, 2]  # the predictions vary
@@ -510,28 +499,9 @@ def test_scoring_flops_count_what_each_evaluator_dispatches(tiny):
 
 def test_eval_throughput_with_models_at_once(tmp_path, monkeypatch, sst2_data):
     """--models-at-once 2 on 3 models: chunks of 2 and 1, each model recorded, still the reference's predictions."""
-    monkeypatch.setenv("DDATTN_DATA_DIR", str(sst2_data))
-    out = tmp_path / "eval.json"
-    bench.main(
-        [
-            "--eval",
-            "--run",
-            str(SST2_RUN),
-            "--n-models",
-            "3",
-            "--eval-limit",
-            "16",
-            "--threads",
-            "1",
-            "--models-at-once",
-            "2",
-            "--matmul-size",
-            "256",
-            "--json",
-            str(out),
-        ]
+    saved = eval_bench(
+        tmp_path, monkeypatch, sst2_data, "--n-models", "3", "--eval-limit", "16", "--models-at-once", "2"
     )
-    saved = json.loads(out.read_text())
     assert saved["models_at_once"] == 2
     assert [r["seed"] for r in saved["per_model"]["fp32"]] == [0, 1, 2]
     assert saved["summary"]["fp32"]["fewest_classes_predicted"] == 2  # the predictions vary
