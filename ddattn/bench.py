@@ -46,7 +46,7 @@ from . import checks, reference
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .files import load_pretrained, read_bert_config
-from .flops import PEAK_REPEATS, count_flops, matmul_gflops, synchronize
+from .flops import PEAK_REPEATS, PEAK_TOLERANCE, count_flops, matmul_gflops, peak_summary, synchronize
 from .method.bert import BertConfig, Params, fresh_model, param_shapes
 from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .method.kernels import KERNELS
@@ -70,7 +70,6 @@ DEFAULT_MODEL = "minilm-l6"
 DEFAULT_SEQ_LEN = 64
 DEFAULT_STEPS = (1, 2, 4, 8)
 MATMUL_PEAK = "matmul-peak"  # a worker spec's "measure": the run's matmul peak, not an outer step
-PEAK_TOLERANCE = 0.10  # readings before and after the sweep further apart than this: say so
 MODEL_SHAPES = {"bert-base": BertConfig()}  # --model-shape: bert-base-uncased's published config
 
 
@@ -363,20 +362,6 @@ def run_in_subprocess(spec: dict) -> dict:
 
 
 # --- the run's matmul peak and memory slopes ------------------------------------------------------
-def peak_summary(readings: List[float]) -> dict:
-    """The run's one matmul peak from its readings (before and after the sweep): the best of them, and how
-    far they moved apart ((best − worst) ÷ best; above PEAK_TOLERANCE the machine's speed changed)."""
-    best = max(readings)
-    spread = (best - min(readings)) / best
-    return {
-        "readings_gflops": readings,
-        "gflops": best,
-        "spread": spread,
-        "tolerance": PEAK_TOLERANCE,
-        "moved": spread > PEAK_TOLERANCE,
-    }
-
-
 def apply_peak(results: List[dict], peak: Optional[dict]) -> None:
     """Every row's "% of matmul peak" against the run's one peak, so that at equal FLOPs a faster row
     never shows a lower share than a slower one."""

@@ -37,7 +37,7 @@ from .checks import check_models_at_once
 from .data import eval_batches
 from .errors import UserError
 from .files import load_pretrained, read_bert_config
-from .flops import matmul_gflops
+from .flops import matmul_gflops, peak_summary
 from .method.bert import BertConfig, fresh_model
 from .method.distilled import DistilledConfig, DistilledData
 from .method.evaluation import choose_models_at_once, compute_metrics, headline_metric, predict_each
@@ -100,14 +100,17 @@ def layer_flops(c: BertConfig, B: int, S: int, query_rows: int) -> int:
     return 2 * B * (query_rows * (2 * D * D + 2 * D * I) + S * 2 * D * D + query_rows * S * 2 * D)
 
 
-def scoring_flops(c: BertConfig, batches, cls_only_last: bool) -> int:
+def scoring_flops(c: BertConfig, batches, cls_only_last: bool, kernels: str = "cpu") -> int:
     """FLOPs of the encoder over `batches` (each as wide as its input_ids): every layer on every row, or
-    with `cls_only_last` the last layer for [CLS] only, as `evaluation.predict` runs it."""
+    with `cls_only_last` the last layer for [CLS] only, as `evaluation.predict` runs it under the policy
+    `kernels` (under gpu that layer still projects every row's query: one matmul for q, k, v; bert.py)."""
     total = 0
     for batch in batches:
         B, S = batch["input_ids"].shape
         last = 1 if cls_only_last else S
         total += sum(layer_flops(c, B, S, S) for _ in range(c.num_layers - 1)) + layer_flops(c, B, S, last)
+        if cls_only_last and kernels == "gpu":
+            total += 2 * B * (S - 1) * c.hidden_size**2  # the queries of the rows after [CLS]
     return total
 
 
@@ -187,29 +190,25 @@ def run(args) -> dict:
         for bf16, fp32 in zip(predictions.get("bf16", []), predictions["fp32"]):
             agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
     peaks.append(fp32_peak(device, config, eval_set, square))
-    fast_flops = scoring_flops(config, eval_set, cls_only_last=True)  # fp32 and bf16 alike
+    fast_flops = scoring_flops(config, eval_set, cls_only_last=True, kernels=kernels)  # fp32 and bf16 alike
     reference_batches = taskdata.batches(split, reference.EVAL_BATCH_SIZE, indices=rows)
     flops = {"reference": scoring_flops(config, reference_batches, cls_only_last=False)}
     flops.update({name: fast_flops for name in names if name != "reference"})
+    summary = summarise(per_model, agreement, task, len(rows), args, k, flops)
     return {
-        **summarise(per_model, agreement, task, len(rows), args, k, flops),
-        "fp32_ceiling": ceiling(per_model, fast_flops, peaks),
+        **summary,
+        "fp32_ceiling": ceiling(summary["summary"]["reference"]["wall_s_per_model"], fast_flops, peaks),
         "kernels": kernels,
         "bf16_left_out": bf16_left_out,
     }
 
 
-def ceiling(per_model: Dict[str, List[dict]], fp32_flops: int, peaks: List[float]) -> dict:
-    """The fp32 evaluator at its best: all of its scoring at the best peak reading and nothing else."""
-    peak = max(peaks)
-    fastest = fp32_flops / (peak * 1e9)
-    reference_wall = statistics.mean(r["wall_s"] for r in per_model["reference"])
-    return {
-        "peak_gflops": peak,
-        "peak_readings_gflops": peaks,
-        "fastest_s_per_model": fastest,
-        "highest_speed_vs_reference_wall": reference_wall / fastest,
-    }
+def ceiling(reference_wall: float, fp32_flops: int, peaks: List[float]) -> dict:
+    """The fp32 evaluator at its best: all of its scoring at the best peak reading and nothing else, against
+    the reference's mean wall seconds per model."""
+    peak = peak_summary(peaks)
+    fastest = fp32_flops / (peak["gflops"] * 1e9)
+    return {"peak": peak, "fastest_s_per_model": fastest, "highest_speed_vs_reference_wall": reference_wall / fastest}
 
 
 def summarise(
@@ -284,14 +283,16 @@ def markdown(result: dict, env: dict) -> str:
             f"| {100 * s['metric_mean']:.2f} | {s['metric_minus_fp32_points']:+.2f} "
             f"| {s['largest_metric_difference_points']:.2f} |"
         )
-    c = result["fp32_ceiling"]
+    c, peak = result["fp32_ceiling"], result["fp32_ceiling"]["peak"]
+    moved = " — they moved apart by more than the tolerance: the machine's speed changed" if peak["moved"] else ""
     lines += [
         "",
-        f"fp32 matmul peak, this run: {c['peak_gflops']:.1f} GFLOP/s (readings before and after the models: "
-        + ", ".join(f"{g:.1f}" for g in c["peak_readings_gflops"])
-        + f"). All of fp32's scoring at that rate and nothing else would take {c['fastest_s_per_model']:.2f} s "
-        f"per model: at most **{c['highest_speed_vs_reference_wall']:.2f}×** the reference (wall) with this "
-        "arithmetic on this machine.",
+        f"fp32 matmul peak, this run: {peak['gflops']:.1f} GFLOP/s, the best rate torch's fp32 matmuls reached "
+        "(readings before and after the models: "
+        + ", ".join(f"{g:.1f}" for g in peak["readings_gflops"])
+        + f"; spread {100 * peak['spread']:.1f} %, tolerance {100 * peak['tolerance']:.0f} %{moved}). All of fp32's "
+        f"scoring at that rate and nothing else would take {c['fastest_s_per_model']:.2f} s per model: at most "
+        f"**{c['highest_speed_vs_reference_wall']:.2f}×** the reference (wall) with this arithmetic here.",
     ]
     lines += [
         "",

@@ -2,11 +2,12 @@
 function dispatches (torch's FLOP counter) and the device's matmul peak (the best of a few timed matmuls)."""
 
 import time
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
-PEAK_REPEATS = 10  # each peak reading: the best of this many n×n matmuls, after one warm-up
+PEAK_REPEATS = 10  # each peak reading: the best of this many matmuls, after one warm-up
+PEAK_TOLERANCE = 0.10  # readings before and after the timed work further apart than this: say so
 
 
 def synchronize(device: torch.device) -> None:
@@ -49,3 +50,17 @@ def count_flops(fn) -> int:
     with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def peak_summary(readings: List[float]) -> dict:
+    """The run's one matmul peak from its readings (before and after the timed work): the best of them, and how
+    far they moved apart ((best − worst) ÷ best; above PEAK_TOLERANCE the machine's speed changed)."""
+    best = max(readings)
+    spread = (best - min(readings)) / best
+    return {
+        "readings_gflops": readings,
+        "gflops": best,
+        "spread": spread,
+        "tolerance": PEAK_TOLERANCE,
+        "moved": spread > PEAK_TOLERANCE,
+    }

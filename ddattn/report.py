@@ -38,7 +38,7 @@ from .files import read_distilled_metadata
 from .method.evaluation import headline_metric
 from .paths import REPO_ROOT, atomic_path, file_sha256, runs_dir, write_json_atomic
 from .plots import pyplot, save_png
-from .settings import with_added_later
+from .settings import ADDED_LATER, with_added_later
 
 PAPER_TASKS = ["ag_news", "sst2", "qnli", "mrpc"]  # the paper's column order; other tasks follow
 TITLES = {
@@ -231,7 +231,7 @@ def read_result(path: Path) -> Result:
         check_belongs(record, path)
         check_distilled(record, path)
         settings = record["settings"]
-        settings = settings if "baseline" in settings else with_added_later(settings)  # what an older run ran
+        settings = settings if settings.get("baseline") else with_added_later(settings)  # what an older run ran
         return Result(
             path.parent,
             record["task"],
@@ -311,7 +311,7 @@ def pick(candidates: List[Result]) -> Optional[dict]:
 
     # held-out losses compare on one kind of slice only: random training rows, where a cell has any
     def held_out(runs: List[Result]) -> str:
-        return runs[0].settings.get("held_out", "random")  # a baseline holds out no slice (its loss is inf)
+        return runs[0].settings.get("held_out", ADDED_LATER["held_out"])  # baselines lack it
 
     slices = {held_out(runs) for runs in configurations.values()}
     kind = "random" if "random" in slices else slices.pop()

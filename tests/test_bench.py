@@ -14,12 +14,13 @@ import torch
 from safetensors.torch import save_file
 
 from ddattn import bench, bench_eval, evaluate, options, reference, settings
+from ddattn.data import EvalBatch
 from ddattn.errors import UserError
 from ddattn.files import read_bert_config, write_bert_config
 from ddattn.flops import count_flops
-from ddattn.method.bert import fresh_model, param_shapes
+from ddattn.method.bert import param_shapes
 from ddattn.method.evaluation import predict
-from tests.helpers import REPO, TINY, one_error_line
+from tests.helpers import REPO, TINY, one_error_line, tiny_theta
 
 SST2_RUN = REPO / "results" / "runs" / "sst2" / "cpu-sl-al"  # distilled; its models' predictions vary
 FAST = [
@@ -461,9 +462,9 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst
         assert wall > 0 and summary[name]["speed_vs_reference_wall"] == pytest.approx(reference_wall / wall)
     assert summary["fp32"]["scoring_gflop_per_model"] == summary["bf16"]["scoring_gflop_per_model"]
     assert summary["reference"]["scoring_gflop_per_model"] > summary["fp32"]["scoring_gflop_per_model"] > 0
-    ceiling = saved["fp32_ceiling"]  # the fp32 scoring at the best of two peak readings, nothing else
-    assert len(ceiling["peak_readings_gflops"]) == 2 and ceiling["peak_gflops"] == max(ceiling["peak_readings_gflops"])
-    fastest = summary["fp32"]["scoring_gflop_per_model"] / ceiling["peak_gflops"]
+    ceiling, peak = saved["fp32_ceiling"], saved["fp32_ceiling"]["peak"]  # fp32's scoring at the best reading
+    assert len(peak["readings_gflops"]) == 2 and peak["gflops"] == max(peak["readings_gflops"])
+    fastest = summary["fp32"]["scoring_gflop_per_model"] / peak["gflops"]
     assert ceiling["fastest_s_per_model"] == pytest.approx(fastest)
     reference_wall = summary["reference"]["wall_s_per_model"]
     assert ceiling["highest_speed_vs_reference_wall"] == pytest.approx(reference_wall / fastest)
@@ -471,28 +472,38 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst
     assert "| fp32 |" in table and "fp32 matmul peak, this run:" in table
 
 
-def test_scoring_flops_count_what_each_evaluator_dispatches(tiny):
+def test_scoring_flops_count_what_each_evaluator_dispatches():
     """bench_eval.scoring_flops against torch's FLOP counter over the same batches: ddattn's predict (the
-    [CLS]-only last layer) and the reference's logits (every layer on every row), both exact once the
-    pooler's and classifier's matmuls, which scoring_flops leaves out, are added."""
-    config, theta0 = tiny
-    theta = {n: v.float() for n, v in fresh_model(theta0, config, 3, seed=0).items()}
+    [CLS]-only last layer) under both kernel policies, on unpadded batches as the bench times them (no
+    mask) and on a plain dict (masked), and the reference's logits (every layer on every row): all exact
+    once the pooler's and classifier's matmuls, which scoring_flops leaves out, are added. An FFN width
+    other than 2·D, so that no term of the count can stand in for another."""
+    config = dataclasses.replace(TINY, intermediate_size=48)
+    theta = {n: v.float() for n, v in tiny_theta(config, num_classes=3).items()}
     g = torch.Generator().manual_seed(0)
-    batches = [
-        {
-            "input_ids": torch.randint(0, config.vocab_size, (B, S), generator=g),
-            "token_type_ids": torch.zeros(B, S, dtype=torch.long),
-            "attention_mask": torch.ones(B, S, dtype=torch.long),
+
+    def batch(B: int, S: int, padded: bool) -> dict:
+        ones = torch.ones(B, S, dtype=torch.long)
+        tensors = {
+            "input_ids": torch.randint(1, config.vocab_size, (B, S), generator=g),
+            "token_type_ids": 0 * ones,
+            "attention_mask": ones,
             "labels": torch.zeros(B, dtype=torch.long),
         }
-        for B, S in [(3, 7), (2, 12)]
-    ]
+        if padded:
+            return tensors
+        unpadded = EvalBatch(tensors)
+        unpadded.padded = False
+        return unpadded
+
+    batches = [batch(3, 7, padded=False), batch(2, 12, padded=False), batch(2, 5, padded=True)]
     D, rows = config.hidden_size, sum(len(b["labels"]) for b in batches)
     head = 2 * rows * (D * D + D * 3)  # pooler (D × D) and classifier (D × 3) on each [CLS]
     with torch.no_grad():
-        fast = count_flops(lambda: predict(theta, config, batches))
+        for kernels in ("cpu", "gpu"):
+            fast = count_flops(lambda: predict(theta, config, batches, kernels=kernels))
+            assert fast == bench_eval.scoring_flops(config, batches, cls_only_last=True, kernels=kernels) + head
         slow = count_flops(lambda: [reference.logits(theta, config, b) for b in batches])
-    assert fast == bench_eval.scoring_flops(config, batches, cls_only_last=True) + head
     assert slow == bench_eval.scoring_flops(config, batches, cls_only_last=False) + head
     assert slow > fast
 
