@@ -7,7 +7,8 @@
 # T up to 32); (4) evaluation throughput on MRPC dev; (5) a 200-step gpu-preset MRPC distillation, timed.
 # Needs: python3 with torch (a CUDA build on the GPU machine: the lent machines' image has one; elsewhere
 # `pip install torch` picks one), safetensors, tokenizers, tqdm; the converted checkpoint weights/minilm-l6
-# (`make weights`, or carry it) and data/mrpc (copied from ../shared/data by step 0). Budget: ≤ 8 min on one H100.
+# (`make weights`; on a lent machine, which can take 64 MiB in all, the bf16 copy that bench/gpu_stage.sh makes,
+# put in its place here) and data/mrpc (copied from ../shared/data by step 0, or carried). Budget: ≤ 8 min on one H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -27,6 +28,11 @@ else
   out=bench/results/cuda-$gpu-$(date +%Y%m%d); mkdir -p "$out"
 fi
 report=$out.md; [ $dry = 1 ] && report=$out/report.md
+weights=""
+if [ ! -f weights/minilm-l6/model.safetensors ] && [ -f weights/minilm-l6-bf16/model.safetensors ]; then
+  cp -r weights/minilm-l6-bf16 weights/minilm-l6                               # carried: bench/gpu_stage.sh
+  weights="MiniLM's tensors were carried in bfloat16 (bench/gpu_stage.sh) and are read as float32."
+fi
 bench() { local name=$1; shift; echo "== $name: python -m ddattn.bench $*"
           "$PY" -m ddattn.bench --device $device --no-plot --json "$out/$name.json" "$@"; }
 section() { printf '\n## %s\n\n`%s`\n\n' "$1" "$2" >> "$report"; cat "$out/$3.md" >> "$report"; }
@@ -35,6 +41,7 @@ printf '# GPU check (%s, %s)\n\nDevice: %s. Commit %s. Written by bench/gpu_chec
   "$([ $dry = 1 ] && echo 'dry run on the CPU, tiny sizes' || echo 'S = 512')" \
   "$("$PY" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')")" \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$([ $dry = 1 ] && echo ' --dry-run')" > "$report"
+[ -z "$weights" ] || printf '%s\n' "$weights" >> "$report"
 
 "$PY" -m ddattn.fetch --task mrpc >/dev/null                                   # 0: data/mrpc from ../shared
 bench minilm --reference --ops --seq-len $S --steps $T_REF --repeat $REPEAT "${SMALL[@]}"      # 1
