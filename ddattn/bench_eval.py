@@ -27,7 +27,7 @@ reference that its arithmetic allows on this machine.
 
 import statistics
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -165,30 +165,15 @@ def run(args) -> dict:
     device = pretrained["pooler.weight"].device
     square = args.matmul_size or (8192 if device.type == "cuda" else 2048)  # as the outer step's peak
     peaks = [fp32_peak(device, config, eval_set, square)]  # before the models, and after them below
-    per_model: Dict[str, List[dict]] = {name: [] for name in names}
-    agreement = {"fp32 = reference": [], **({"bf16 = fp32": []} if "bf16" in names else {})}
-    for start in range(0, args.n_models, k):
-        seeds = range(start, min(start + k, args.n_models))
-        theta0s = [fresh_model(pretrained, config, distilled.config.num_classes, seed) for seed in seeds]
-        predictions = {}
-        for name in names:
-            predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0s))
-            per_model[name] += [
-                {
-                    "seed": seed,
-                    "wall_s": wall / len(seeds),
-                    "cpu_s": cpu / len(seeds),
-                    "classes_predicted": len(p.unique()),
-                    **compute_metrics(task.metrics, p, labels),
-                }
-                for seed, p in zip(seeds, predictions[name])
-            ]
-            which = f"models {seeds.start}–{seeds.stop - 1}" if len(seeds) > 1 else f"model {seeds.start}"
-            print(f"{which} {name}: {wall / len(seeds):.1f} s ({cpu / len(seeds):.1f} s CPU) per model", flush=True)
-        for fp32, ref in zip(predictions["fp32"], predictions["reference"]):
-            agreement["fp32 = reference"].append((fp32 == ref).double().mean().item())
-        for bf16, fp32 in zip(predictions.get("bf16", []), predictions["fp32"]):
-            agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
+    num_classes = distilled.config.num_classes
+    per_model, agreement = time_models(
+        evaluators,
+        names,
+        lambda seeds: [fresh_model(pretrained, config, num_classes, seed) for seed in seeds],
+        args.n_models,
+        k,
+        lambda p: compute_metrics(task.metrics, p, labels),
+    )
     peaks.append(fp32_peak(device, config, eval_set, square))
     fast_flops = scoring_flops(config, eval_set, cls_only_last=True, kernels=kernels)  # fp32 and bf16 alike
     reference_batches = taskdata.batches(split, reference.EVAL_BATCH_SIZE, indices=rows)
@@ -201,6 +186,43 @@ def run(args) -> dict:
         "kernels": kernels,
         "bf16_left_out": bf16_left_out,
     }
+
+
+def time_models(
+    evaluators: Dict[str, Callable],
+    names: Sequence[str],
+    theta0s_of: Callable,
+    n_models: int,
+    k: int,
+    metrics: Callable,
+) -> Tuple[Dict[str, List[dict]], Dict[str, List[float]]]:
+    """Every evaluator in turn on the same models, k at a time: (each evaluator's per-model records, the
+    shares of examples on which fp32 predicts what the reference predicts and bf16 what fp32 predicts)."""
+    per_model: Dict[str, List[dict]] = {name: [] for name in names}
+    agreement = {"fp32 = reference": [], **({"bf16 = fp32": []} if "bf16" in names else {})}
+    for start in range(0, n_models, k):
+        seeds = range(start, min(start + k, n_models))
+        theta0s = theta0s_of(seeds)
+        predictions = {}
+        for name in names:
+            predictions[name], wall, cpu = timed(lambda: evaluators[name](theta0s))
+            per_model[name] += [
+                {
+                    "seed": seed,
+                    "wall_s": wall / len(seeds),
+                    "cpu_s": cpu / len(seeds),
+                    "classes_predicted": len(p.unique()),
+                    **metrics(p),
+                }
+                for seed, p in zip(seeds, predictions[name])
+            ]
+            which = f"models {seeds.start}–{seeds.stop - 1}" if len(seeds) > 1 else f"model {seeds.start}"
+            print(f"{which} {name}: {wall / len(seeds):.1f} s ({cpu / len(seeds):.1f} s CPU) per model", flush=True)
+        for fp32, ref in zip(predictions["fp32"], predictions["reference"]):
+            agreement["fp32 = reference"].append((fp32 == ref).double().mean().item())
+        for bf16, fp32 in zip(predictions.get("bf16", []), predictions["fp32"]):
+            agreement["bf16 = fp32"].append((bf16 == fp32).double().mean().item())
+    return per_model, agreement
 
 
 def ceiling(reference_wall: float, fp32_flops: int, peaks: List[float]) -> dict:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -185,6 +186,100 @@ def differences(found, wanted: dict) -> str:
     return ", ".join(f"{k} {found.get(k)!r} instead of {v!r}" for k, v in wanted.items() if found.get(k) != v)
 
 
+@dataclass
+class Evaluation:
+    """One evaluation, ready to score: the run's task and split, the distilled file, this process's share of
+    the N heads, what decides their numbers (`identity`, Progress), and `score(todo, after_models)`."""
+
+    task: tasks.Task
+    split: taskdata.EncodedSplit
+    distilled_file: Path
+    head_seeds: List[int]
+    models_at_once: int
+    identity: dict
+    score: Callable[[List[int], Callable], List[dict]]
+
+
+def prepare(args: argparse.Namespace, settings: dict, distilled: DistilledData, device) -> Evaluation:
+    """Load the run's checkpoint, D̃ and split onto `device` (checked against each other) and cut the split
+    into batches once for all N models."""
+    task = tasks.task_from_settings(settings)
+    model_dir = resolve_checkpoint(settings["model"])
+    config, pretrained = load_pretrained(model_dir, device=device)
+    distilled_file = distilled_path(args.run_dir, args.which)
+    checks.check_distilled_for_model(distilled.config, config, distilled_file, model_dir)
+    distilled = DistilledData(distilled.config, {k: v.to(device) for k, v in distilled.tensors().items()})
+    split = taskdata.load_split(
+        task, args.split, model_dir / "tokenizer.json", settings["max_length"], settings.get("data_dir")
+    )
+    eval_set = taskdata.eval_batches(split, args.batch_size, device, one_length=True)
+    head_seeds = [seeds.stream_seed("evaluation-head", args.seed, i) for i in range(args.n_models)]
+    head_seeds = head_seeds[distributed.rank() :: distributed.world_size()]
+    models_at_once = choose_models_at_once(
+        args.models_at_once, device, pretrained, config, eval_set, max(1, len(head_seeds))
+    )
+    identity = {
+        "task": task.name,
+        "split": args.split,
+        "distilled": f"{distilled_file.name} sha256 {file_sha256(distilled_file)}",
+        "checkpoint": str(settings["model"]),
+        "seed": args.seed,
+        "eval_batch_size": args.batch_size,
+        "precision": args.precision,
+        "models_at_once": models_at_once,
+        "kernels": resolve_kernels(args.kernels, device),
+        "device": device.type,
+    }
+
+    def score(todo: List[int], after_models: Callable) -> List[dict]:
+        return evaluate_distilled(
+            pretrained,
+            config,
+            distilled,
+            lambda: eval_set,
+            todo,
+            task.metrics,
+            after_models=after_models,
+            precision=args.precision,
+            models_at_once=models_at_once,
+            kernels=args.kernels,
+        )
+
+    return Evaluation(task, split, distilled_file, head_seeds, models_at_once, identity, score)
+
+
+def result_record(
+    args, evaluation: Evaluation, settings: dict, runs: List[dict], kept: List[dict], seconds: float, device, commit
+) -> dict:
+    """eval.json: every model's metrics, their mean ± std, and what made them; `seconds` is this invocation's
+    wall time, to which the time earlier invocations spent on the models kept from them is added."""
+    result = {
+        "task": evaluation.task.name,
+        "split": args.split,
+        "examples": len(evaluation.split),
+        "checkpoint": str(settings["model"]),
+        "distilled": evaluation.distilled_file.name,
+        "n_models": args.n_models,
+        "precision": args.precision,
+        "models_at_once": evaluation.models_at_once,
+        "kernels": evaluation.identity["kernels"],
+        "settings": settings,
+        "summary": mean_std(runs),
+        "runs": runs,
+        "seconds": seconds + sum(line["seconds"] for line in kept),
+        "processes": distributed.world_size(),
+        "device": str(device),
+        "commit": commit,
+    }
+    if kept:
+        result["resumed"] = {
+            "models": len(kept),
+            "seconds": sum(line["seconds"] for line in kept),
+            "commits": sorted({line["commit"] for line in kept}),
+        }
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.precision == "bf16":
@@ -197,84 +292,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     lock = claim(args.run_dir) if distributed.is_main() else None  # one process per run: no result replaces another's
     ended_cleanly = False
     try:
-        task = tasks.task_from_settings(settings)
-        model_dir = resolve_checkpoint(settings["model"])
-        config, pretrained = load_pretrained(model_dir, device=device)
-        distilled_file = distilled_path(args.run_dir, args.which)
-        checks.check_distilled_for_model(distilled.config, config, distilled_file, model_dir)
-        distilled = DistilledData(distilled.config, {k: v.to(device) for k, v in distilled.tensors().items()})
-        split = taskdata.load_split(
-            task, args.split, model_dir / "tokenizer.json", settings["max_length"], settings.get("data_dir")
-        )
-        eval_set = taskdata.eval_batches(split, args.batch_size, device, one_length=True)
-        head_seeds = [seeds.stream_seed("evaluation-head", args.seed, i) for i in range(args.n_models)]
-        head_seeds = head_seeds[distributed.rank() :: distributed.world_size()]
-        models_at_once = choose_models_at_once(
-            args.models_at_once, device, pretrained, config, eval_set, max(1, len(head_seeds))
-        )
+        evaluation = prepare(args, settings, distilled, device)
         commit = code_version()  # the code that runs, read before HEAD can move
-        identity = {
-            "task": task.name,
-            "split": args.split,
-            "distilled": f"{distilled_file.name} sha256 {file_sha256(distilled_file)}",
-            "checkpoint": str(settings["model"]),
-            "seed": args.seed,
-            "eval_batch_size": args.batch_size,
-            "precision": args.precision,
-            "models_at_once": models_at_once,
-            "kernels": resolve_kernels(args.kernels, device),
-            "device": device.type,
-        }
-        progress = Progress(out, identity, commit)
-
-        def score(todo: List[int], after_models) -> List[dict]:
-            return evaluate_distilled(
-                pretrained,
-                config,
-                distilled,
-                lambda: eval_set,
-                todo,
-                task.metrics,
-                after_models=after_models,
-                precision=args.precision,
-                models_at_once=models_at_once,
-                kernels=args.kernels,
-            )
-
+        progress = Progress(out, evaluation.identity, commit)
         started = time.perf_counter()
-        runs, kept = progress.score(head_seeds, score, f"evaluate {task.name}")
+        runs, kept = progress.score(evaluation.head_seeds, evaluation.score, f"evaluate {evaluation.task.name}")
         runs = sorted(distributed.gather(runs), key=lambda r: r["seed"])
         kept = distributed.gather(kept)
         if distributed.is_main():
-            result = {
-                "task": task.name,
-                "split": args.split,
-                "examples": len(split),
-                "checkpoint": str(settings["model"]),
-                "distilled": distilled_file.name,
-                "n_models": args.n_models,
-                "precision": args.precision,
-                "models_at_once": models_at_once,
-                "kernels": identity["kernels"],
-                "settings": settings,
-                "summary": mean_std(runs),
-                "runs": runs,
-                # this invocation's wall time, plus the time earlier ones spent on the models kept from them
-                "seconds": time.perf_counter() - started + sum(line["seconds"] for line in kept),
-                "processes": distributed.world_size(),
-                "device": str(device),
-                "commit": commit,
-            }
-            if kept:
-                result["resumed"] = {
-                    "models": len(kept),
-                    "seconds": sum(line["seconds"] for line in kept),
-                    "commits": sorted({line["commit"] for line in kept}),
-                }
+            seconds = time.perf_counter() - started
+            result = result_record(args, evaluation, settings, runs, kept, seconds, device, commit)
             write_json_atomic(out, result)
             progress.remove()
             print(
-                f"{task.name} {args.split} ({len(split)} examples), {args.n_models} models: "
+                f"{evaluation.task.name} {args.split} ({len(evaluation.split)} examples), {args.n_models} models: "
                 f"{format_summary(result['summary'])}"
             )
             print(f"card: {write_card(args.run_dir)}")
