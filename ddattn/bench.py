@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -218,14 +218,9 @@ def matmul_peak_worker(spec: dict) -> dict:
     }
 
 
-def worker(spec: dict) -> dict:
-    """Load the model, build θ_0, D̃ and a real batch, then time, measure and count `hypergradient`."""
-    device, dtype = _worker_setup(spec)
-    kernels = resolve_kernels(spec.get("kernels", "auto"), device)
-    torch.manual_seed(spec["seed"])
-    started = time.perf_counter()
-    config, pretrained = load_model(spec, dtype, device)
-    theta0 = fresh_model(pretrained, config, NUM_CLASSES, spec["seed"])
+def step_inputs(spec: dict, config: BertConfig, dtype: torch.dtype, device) -> Tuple[DistilledData, dict]:
+    """A freshly initialised D̃ of the spec's shape (Algorithm 1's start) on `device`, and a real batch of
+    random token ids, unpadded (the worst case), on the CPU; both drawn from the spec's seed."""
     distilled_config = DistilledConfig(
         num_classes=NUM_CLASSES,
         seq_len=spec["seq_len"],
@@ -241,14 +236,27 @@ def worker(spec: dict) -> dict:
     distilled = DistilledData.initial(distilled_config, g, dtype=dtype, device=device)
     B, L = spec["real_batch"], spec["real_len"]
     batch = {
-        "input_ids": torch.randint(1, config.vocab_size, (B, L), generator=g),  # no padding: worst case
+        "input_ids": torch.randint(1, config.vocab_size, (B, L), generator=g),
         "token_type_ids": torch.zeros(B, L, dtype=torch.long),
         "attention_mask": torch.ones(B, L, dtype=torch.long),
         "labels": torch.randint(0, NUM_CLASSES, (B,), generator=g),
     }
+    return distilled, batch
+
+
+def worker(spec: dict) -> dict:
+    """Load the model, build θ_0, D̃ and a real batch, then time, measure and count `hypergradient`."""
+    device, dtype = _worker_setup(spec)
+    kernels = resolve_kernels(spec.get("kernels", "auto"), device)
+    torch.manual_seed(spec["seed"])
+    started = time.perf_counter()
+    config, pretrained = load_model(spec, dtype, device)
+    theta0 = fresh_model(pretrained, config, NUM_CLASSES, spec["seed"])
+    distilled, batch = step_inputs(spec, config, dtype, device)
     whole_batch = {k: v.to(device) for k, v in batch.items()}
     micro_batches = [
-        {k: v[rows].to(device) for k, v in batch.items()} for rows in torch.arange(B).split(spec["micro_batch"])
+        {k: v[rows].to(device) for k, v in batch.items()}
+        for rows in torch.arange(spec["real_batch"]).split(spec["micro_batch"])
     ]
     load_s = time.perf_counter() - started
 
@@ -286,7 +294,7 @@ def worker(spec: dict) -> dict:
         **spec,
         "kernels": kernels,
         **op_count,
-        "num_samples": distilled_config.num_samples,
+        "num_samples": distilled.config.num_samples,
         "outer_loss": loss.item(),
         "load_s": load_s,
         "relative_error": errors,
