@@ -914,25 +914,10 @@ def read_peak(settings: dict, when: str, run) -> Optional[float]:
     return r["matmul_gflops"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
-    if args.worker is not None:
-        return worker_main(args.worker)
-    if args.eval:
-        return eval_main(args, argv)
-    device = local_device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device.type}: only cpu and cuda are benchmarked")
-    config, model_dir = model_config(args)
-    axes = sweep_axes(args)
-    check_flags(args, axes, config, device)
-
-    json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+def worker_settings(args, device: torch.device, model_dir: Optional[Path]) -> dict:
+    """What every configuration of the sweep shares (its spec is this plus S, T, mode, autocast, attn)."""
     kernels = resolve_kernels(args.kernels, device)
-    settings = dict(
+    return dict(
         model=str(model_dir) if model_dir else None,
         model_shape=args.model_shape,
         layers=args.layers,
@@ -950,15 +935,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         threads=args.threads,
         matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048),
     )
-    env = {
-        "device": device.type,
-        "device_name": device_name(device),
-        **environment(argv, args.threads),
-        "settings": settings,
-    }
-    specs = [dict(settings, **c) for c in configurations(axes, args.reference)]
-    run = run_here if args.in_process else run_in_subprocess
-    readings = [read_peak(settings, "before the sweep", run)]
+
+
+def run_sweep(specs: List[dict], run, json_path: Path, env: dict) -> List[dict]:
+    """Each configuration by `run`, one line each, the JSON rewritten after every one."""
     results = []
     for i, spec in enumerate(specs, 1):
         print(
@@ -977,6 +957,37 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             flush=True,
         )
         write_json_atomic(json_path, {"environment": env, "results": results})  # a sweep cut short keeps its rows
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker_main(args.worker)
+    if args.eval:
+        return eval_main(args, argv)
+    device = local_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device.type}: only cpu and cuda are benchmarked")
+    config, model_dir = model_config(args)
+    axes = sweep_axes(args)
+    check_flags(args, axes, config, device)
+
+    json_path = args.json or REPO_ROOT / "bench" / "results" / f"{device.type}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    settings = worker_settings(args, device, model_dir)
+    env = {
+        "device": device.type,
+        "device_name": device_name(device),
+        **environment(argv, args.threads),
+        "settings": settings,
+    }
+    specs = [dict(settings, **c) for c in configurations(axes, args.reference)]
+    run = run_here if args.in_process else run_in_subprocess
+    readings = [read_peak(settings, "before the sweep", run)]
+    results = run_sweep(specs, run, json_path, env)
     readings = [g for g in readings + [read_peak(settings, "after the sweep", run)] if g is not None]
     env["matmul_peak"] = peak_summary(readings) if readings else None
     apply_peak(results, env["matmul_peak"])
