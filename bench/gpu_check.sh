@@ -24,7 +24,7 @@ else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device visible; use --dry-run on a CPU')"
   S=512; T_REF="1 4"; T_SWEEP="1 2 4 8 16 32"; BASE_T="1 4"; EVAL=(--n-models 100); STEPS=200; REPEAT=3
   SMALL=(); SHAPE=(--model-shape bert-base); TINY=()
-  gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+  gpu=$("$PY" -c "import re, torch; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
   out=bench/results/cuda-$gpu-$(date +%Y%m%d); mkdir -p "$out"
 fi
 report=$out.md; [ $dry = 1 ] && report=$out/report.md
@@ -40,7 +40,7 @@ start=$(date +%s)
 printf '# GPU check (%s, %s)\n\nDevice: %s. Commit %s. Written by bench/gpu_check.sh%s.\n' "$(date -u +%F)" \
   "$([ $dry = 1 ] && echo 'dry run on the CPU, tiny sizes' || echo 'S = 512')" \
   "$("$PY" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')")" \
-  "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$([ $dry = 1 ] && echo ' --dry-run')" > "$report"
+  "${DDATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" "$([ $dry = 1 ] && echo ' --dry-run')" > "$report"
 [ -z "$weights" ] || printf '%s\n' "$weights" >> "$report"
 
 "$PY" -m ddattn.fetch --task mrpc >/dev/null                                   # 0: data/mrpc from ../shared

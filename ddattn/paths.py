@@ -106,7 +106,9 @@ def resolve_checkpoint(name_or_path: str) -> Path:
 
 def code_version() -> str:
     """The git commit the code runs from ("<sha>-dirty" with uncommitted changes), for result files; "unknown"
-    outside a git checkout."""
+    outside a git checkout, unless env DDATTN_COMMIT names it (a copy sent without .git: bench/gpu_stage.sh)."""
+    if os.environ.get("DDATTN_COMMIT"):
+        return os.environ["DDATTN_COMMIT"]
 
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)

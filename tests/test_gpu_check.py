@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddattn.files import load_pretrained
-from ddattn.paths import shared_data_dir, weights_dir
+from ddattn.paths import code_version, shared_data_dir, weights_dir
 from tests.helpers import REPO
 
 
@@ -43,9 +43,12 @@ def staged(tmp_path_factory):
     git(copy, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "copy")
     (copy / "weights" / "minilm-l6").symlink_to(weights_dir() / "minilm-l6")
     env = dict(os.environ, PYTHON=sys.executable, DDATTN_SHARED_DATA=str(shared_data_dir()))
-    for variable in ("DDATTN_WEIGHTS_DIR", "DDATTN_DATA_DIR", "DDATTN_RUNS_DIR"):
+    for variable in ("DDATTN_WEIGHTS_DIR", "DDATTN_DATA_DIR", "DDATTN_RUNS_DIR", "DDATTN_COMMIT"):
         env.pop(variable, None)
-    proc = subprocess.run(["bash", "bench/gpu_stage.sh"], cwd=copy, env=env, capture_output=True, text=True)
+    no_identity = dict(env, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")  # as on a bare CI machine
+    proc = subprocess.run(
+        ["bash", "bench/gpu_stage.sh"], cwd=copy, env=no_identity, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return copy, proc.stdout, env
 
@@ -57,9 +60,14 @@ def test_gpu_stage_makes_what_a_device_call_can_carry(staged):
     assert "bench/gpu_check.sh" in slim and not [name for name in slim if name.startswith("results/")]
     assert git(copy, "rev-parse", "gpu-slim^") == git(copy, "rev-parse", "HEAD")
     assert git(copy, "status", "--porcelain", "--untracked-files=no") == ""  # working tree and branch untouched
-    total = float(re.search(r"= ([0-9.]+) MB \(limit 64 MiB\)", out).group(1))
+    total = float(re.search(r"= ([0-9.]+) MiB \(limit 64 MiB\)", out).group(1))
     assert 40 < total < 64  # MiniLM in bf16 (43 MiB) and data/mrpc travel, results/ does not
     assert 'carry ["weights/minilm-l6-bf16", "data/mrpc"]' in out
+    assert f"export DDATTN_COMMIT={git(copy, 'rev-parse', 'HEAD').strip()};" in out  # the code that runs there
+    git(copy, "switch", "-q", "gpu-slim")  # step 1: results/ leaves the working tree ...
+    assert not (copy / "results" / "table2.md").exists()
+    git(copy, "switch", "-q", re.search(r"3\. git switch (\S+)", out).group(1))  # step 3: ... and comes back
+    assert (copy / "results" / "table2.md").read_text() == "published runs\n"
     bf16 = load_file(copy / "weights" / "minilm-l6-bf16" / "model.safetensors")
     fp32 = load_file(weights_dir() / "minilm-l6" / "model.safetensors")
     assert bf16.keys() == fp32.keys() and all(t.dtype == torch.bfloat16 for t in bf16.values())
@@ -92,3 +100,11 @@ def test_gpu_check_dry_run_from_the_staged_weights_runs_every_step(staged):
     for name in ("minilm", "bert-base", "sweep"):  # every row measured: a failed row would still make a table
         rows = json.loads((report_path.parent / f"{name}.json").read_text())["results"]
         assert rows and not [r["error"] for r in rows if "error" in r], name
+
+
+def test_the_commit_is_named_where_the_copy_travels_without_git(monkeypatch):
+    """code_version(): env DDATTN_COMMIT (gpu_stage.sh's command sets it) where there is no .git to ask."""
+    monkeypatch.setenv("DDATTN_COMMIT", "0123abc")
+    assert code_version() == "0123abc"
+    monkeypatch.delenv("DDATTN_COMMIT")
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", code_version())  # this checkout's own
