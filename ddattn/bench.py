@@ -767,7 +767,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     evaluation.add_argument(
         "--eval",
         action="store_true",
-        help="time N evaluated models (T steps on D̃ + the eval split) against a reference evaluator",
+        help="time N evaluated models (T steps on D̃ + the eval split) against a reference evaluator, "
+        "and the most fp32 arithmetic allows at this machine's matmul peak",
     )
     evaluation.add_argument("--task", help="the task whose evaluation split is used (with a fresh D̃)")
     evaluation.add_argument("--run", type=Path, help="or a distillation run directory: its task and distilled_best")

@@ -180,9 +180,10 @@ def run(args) -> dict:
     flops = {"reference": scoring_flops(config, reference_batches, cls_only_last=False)}
     flops.update({name: fast_flops for name in names if name != "reference"})
     summary = summarise(per_model, agreement, task, len(rows), args, k, flops)
+    walls = {name: summary["summary"][name]["wall_s_per_model"] for name in ("reference", "fp32")}
     return {
         **summary,
-        "fp32_ceiling": ceiling(summary["summary"]["reference"]["wall_s_per_model"], fast_flops, peaks),
+        "fp32_ceiling": ceiling(walls["reference"], walls["fp32"], fast_flops, peaks),
         "kernels": kernels,
         "bf16_left_out": bf16_left_out,
     }
@@ -225,12 +226,18 @@ def time_models(
     return per_model, agreement
 
 
-def ceiling(reference_wall: float, fp32_flops: int, peaks: List[float]) -> dict:
+def ceiling(reference_wall: float, fp32_wall: float, fp32_flops: int, peaks: List[float]) -> dict:
     """The fp32 evaluator at its best: all of its scoring at the best peak reading and nothing else, against
-    the reference's mean wall seconds per model."""
+    the reference's mean wall seconds per model. A peak below the rate fp32 actually reached cannot bound
+    it (`peak_too_low`: a larger --matmul-size, or a machine whose speed changed)."""
     peak = peak_summary(peaks)
     fastest = fp32_flops / (peak["gflops"] * 1e9)
-    return {"peak": peak, "fastest_s_per_model": fastest, "highest_speed_vs_reference_wall": reference_wall / fastest}
+    return {
+        "peak": peak,
+        "fastest_s_per_model": fastest,
+        "highest_speed_vs_reference_wall": reference_wall / fastest,
+        "peak_too_low": fp32_wall < fastest,
+    }
 
 
 def summarise(
@@ -314,7 +321,13 @@ def markdown(result: dict, env: dict) -> str:
         + ", ".join(f"{g:.1f}" for g in peak["readings_gflops"])
         + f"; spread {100 * peak['spread']:.1f} %, tolerance {100 * peak['tolerance']:.0f} %{moved}). All of fp32's "
         f"scoring at that rate and nothing else would take {c['fastest_s_per_model']:.2f} s per model: at most "
-        f"**{c['highest_speed_vs_reference_wall']:.2f}×** the reference (wall) with this arithmetic here.",
+        f"**{c['highest_speed_vs_reference_wall']:.2f}×** the reference (wall) with this arithmetic here."
+        + (
+            " Warning: fp32 ran faster than that, so the peak reading is too low to bound it (try a larger "
+            "--matmul-size)."
+            if c["peak_too_low"]
+            else ""
+        ),
     ]
     lines += [
         "",

@@ -472,6 +472,15 @@ def test_eval_throughput_reports_ratios_and_agreement(tmp_path, monkeypatch, sst
     assert "| fp32 |" in table and "fp32 matmul peak, this run:" in table
 
 
+def test_the_ceiling_says_when_the_peak_reading_cannot_bound_fp32():
+    """At a 1 GFLOP/s peak, 2 GFLOP of scoring take at least 2 s: against a reference of 10 s, at most 5×. An
+    fp32 evaluator that took 1 s ran faster than the peak allows: the reading is flagged as too low."""
+    bound = bench_eval.ceiling(10.0, 3.0, 2 * 10**9, [0.5, 1.0])
+    assert bound["fastest_s_per_model"] == 2.0 and bound["highest_speed_vs_reference_wall"] == 5.0
+    assert bound["peak"]["gflops"] == 1.0 and not bound["peak_too_low"]
+    assert bench_eval.ceiling(10.0, 1.0, 2 * 10**9, [0.5, 1.0])["peak_too_low"]
+
+
 def test_scoring_flops_count_what_each_evaluator_dispatches():
     """bench_eval.scoring_flops against torch's FLOP counter over the same batches: ddattn's predict (the
     [CLS]-only last layer) under both kernel policies, on unpadded batches as the bench times them (no
