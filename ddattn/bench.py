@@ -46,7 +46,7 @@ from . import checks, reference
 from .distributed import local_device
 from .errors import ArgumentParser, UserError, run_cli
 from .files import load_pretrained, read_bert_config
-from .flops import PEAK_REPEATS, PEAK_TOLERANCE, count_flops, matmul_gflops, peak_summary, synchronize
+from .flops import PEAK_REPEATS, PEAK_TOLERANCE, count_flops, matmul_gflops, peak_size, peak_summary, synchronize
 from .method.bert import BertConfig, Params, fresh_model, param_shapes
 from .method.distilled import ATTENTION_TYPES, DistilledConfig, DistilledData
 from .method.kernels import KERNELS
@@ -934,7 +934,7 @@ def worker_settings(args, device: torch.device, model_dir: Optional[Path]) -> di
         profile=args.profile,
         ops=args.ops,
         threads=args.threads,
-        matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048),
+        matmul_size=peak_size(device, args.matmul_size),
     )
 
 

@@ -37,7 +37,7 @@ from .checks import check_models_at_once
 from .data import eval_batches
 from .errors import UserError
 from .files import load_pretrained, read_bert_config
-from .flops import matmul_gflops, peak_summary
+from .flops import matmul_gflops, peak_size, peak_summary
 from .method.bert import BertConfig, fresh_model
 from .method.distilled import DistilledConfig, DistilledData
 from .method.evaluation import choose_models_at_once, compute_metrics, headline_metric, predict_each
@@ -163,7 +163,7 @@ def run(args) -> dict:
         "bf16": lambda theta0s: fast(theta0s, "bf16"),
     }
     device = pretrained["pooler.weight"].device
-    square = args.matmul_size or (8192 if device.type == "cuda" else 2048)  # as the outer step's peak
+    square = peak_size(device, args.matmul_size)  # as the outer step's peak
     peaks = [fp32_peak(device, config, eval_set, square)]  # before the models, and after them below
     num_classes = distilled.config.num_classes
     per_model, agreement = time_models(

@@ -253,6 +253,7 @@ def result_record(
 ) -> dict:
     """eval.json: every model's metrics, their mean ± std, and what made them; `seconds` is this invocation's
     wall time, to which the time earlier invocations spent on the models kept from them is added."""
+    earlier = sum(line["seconds"] for line in kept)
     result = {
         "task": evaluation.task.name,
         "split": args.split,
@@ -266,7 +267,7 @@ def result_record(
         "settings": settings,
         "summary": mean_std(runs),
         "runs": runs,
-        "seconds": seconds + sum(line["seconds"] for line in kept),
+        "seconds": seconds + earlier,
         "processes": distributed.world_size(),
         "device": str(device),
         "commit": commit,
@@ -274,7 +275,7 @@ def result_record(
     if kept:
         result["resumed"] = {
             "models": len(kept),
-            "seconds": sum(line["seconds"] for line in kept),
+            "seconds": earlier,
             "commits": sorted({line["commit"] for line in kept}),
         }
     return result

@@ -10,6 +10,11 @@ PEAK_REPEATS = 10  # each peak reading: the best of this many matmuls, after one
 PEAK_TOLERANCE = 0.10  # readings before and after the timed work further apart than this: say so
 
 
+def peak_size(device: torch.device, requested: Optional[int] = None) -> int:
+    """n of the n×n matmul whose best rate is a run's peak (--matmul-size): large enough to fill the device."""
+    return requested or (8192 if device.type == "cuda" else 2048)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
